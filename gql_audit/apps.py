@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+from django.apps import AppConfig
+
+
+class GqlAuditConfig(AppConfig):
+    name = "gql_audit"
+    verbose_name = "GraphQL audit"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from auditlog import get_logentry_model
+        from django.contrib.auth import get_user_model
+        from django.db.models.signals import pre_delete, pre_save
+
+        from gql_audit import checks, receivers  # noqa: F401  (registers checks)
+
+        if not self.apps.is_installed("auditlog"):
+            return  # check gql_audit.E008 says so
+        pre_save.connect(
+            receivers.stamp_log_entry,
+            sender=get_logentry_model(),
+            dispatch_uid="gql_audit.stamp_log_entry",
+        )
+        pre_delete.connect(
+            receivers.note_deleted_user,
+            sender=get_user_model(),
+            dispatch_uid="gql_audit.note_deleted_user",
+        )

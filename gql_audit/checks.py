@@ -1,0 +1,237 @@
+"""System checks: a misconfiguration is reported at start-up, in words.
+
+Ids are stable; docs/checks.md lists them.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from django.apps import apps
+from django.core.checks import Error, Tags, Warning, register
+from django.utils.module_loading import import_string
+
+from gql_audit.conf import (
+    CLIENT_CERT_SOURCES,
+    DEFAULTS,
+    INTROSPECTION_CHOICES,
+    SETTINGS_NAME,
+    conf,
+)
+from gql_audit.net import REQUEST_ID_PATTERN, parse_networks
+
+OUR_MIDDLEWARE = "gql_audit.middleware.AuditContextMiddleware"
+OUR_GRAPHENE_MIDDLEWARE = "gql_audit.graphene.AuditMiddleware"
+AUTH_MIDDLEWARE = "django.contrib.auth.middleware.AuthenticationMiddleware"
+AUDITLOG_MIDDLEWARE = "auditlog.middleware.AuditlogMiddleware"
+JWT_MIDDLEWARE = "graphql_jwt.middleware.JSONWebTokenMiddleware"
+
+
+def _class_of(entry: Any) -> type | None:
+    """The class a middleware setting entry names (string, class or instance)."""
+    if isinstance(entry, str):
+        try:
+            entry = import_string(entry)
+        except ImportError:
+            return None
+    if inspect.isclass(entry):
+        return entry
+    return type(entry) if entry is not None else None
+
+
+def _index_of(entries: list[Any], path: str) -> int | None:
+    try:
+        wanted = import_string(path)
+    except ImportError:
+        return None
+    for index, entry in enumerate(entries):
+        cls = _class_of(entry)
+        if cls is not None and issubclass(cls, wanted):
+            return index
+    return None
+
+
+def _settings() -> Any:
+    from django.conf import settings
+
+    return settings
+
+
+@register(Tags.compatibility)
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    raw = getattr(_settings(), SETTINGS_NAME, {})
+    if not isinstance(raw, dict):
+        return [Error(f"{SETTINGS_NAME} must be a dict, not {type(raw).__name__}.", id="gql_audit.E001")]
+    errors: list[Any] = []
+    for key in sorted(set(raw) - set(DEFAULTS)):
+        errors.append(
+            Error(
+                f"{SETTINGS_NAME} has an unknown key {key!r}.",
+                hint="Known keys: " + ", ".join(sorted(DEFAULTS)) + ". See docs/settings.md.",
+                id="gql_audit.E001",
+            )
+        )
+    errors.extend(_check_values(raw))
+    return errors
+
+
+def _invalid(key: str, problem: str) -> Error:
+    return Error(f"{SETTINGS_NAME}[{key!r}] {problem}", hint="See docs/settings.md.", id="gql_audit.E002")
+
+
+def _check_values(raw: dict[str, Any]) -> list[Any]:
+    errors = []
+    if "INTROSPECTION" in raw and raw["INTROSPECTION"] not in INTROSPECTION_CHOICES:
+        errors.append(_invalid("INTROSPECTION", f"must be one of {', '.join(INTROSPECTION_CHOICES)}."))
+    if "CLIENT_CERT_SOURCE" in raw and raw["CLIENT_CERT_SOURCE"] not in CLIENT_CERT_SOURCES:
+        names = ", ".join(repr(s) for s in CLIENT_CERT_SOURCES)
+        errors.append(_invalid("CLIENT_CERT_SOURCE", f"must be one of {names}."))
+    header = raw.get("REQUEST_ID_HEADER", DEFAULTS["REQUEST_ID_HEADER"])
+    if not isinstance(header, str) or not REQUEST_ID_PATTERN.fullmatch(header) or ":" in header:
+        errors.append(_invalid("REQUEST_ID_HEADER", "must be an HTTP header name such as 'X-Request-ID'."))
+    if "TRUSTED_PROXIES" in raw:
+        try:
+            parse_networks(raw["TRUSTED_PROXIES"])
+        except ValueError as exc:
+            errors.append(_invalid("TRUSTED_PROXIES", f"is invalid: {exc}."))
+    public_fields = raw.get("PUBLIC_FIELDS", ())
+    if isinstance(public_fields, str) or not isinstance(public_fields, (list, tuple, set, frozenset)):
+        errors.append(_invalid("PUBLIC_FIELDS", "must be a list of 'Type.field' strings."))
+    else:
+        for name in public_fields:
+            if not isinstance(name, str) or name.count(".") != 1 or not all(name.split(".")):
+                errors.append(_invalid("PUBLIC_FIELDS", f"entry {name!r} is not of the form 'Type.field'."))
+    authenticator = raw.get("AUTHENTICATOR", DEFAULTS["AUTHENTICATOR"])
+    if isinstance(authenticator, str):
+        try:
+            authenticator = import_string(authenticator)
+        except ImportError as exc:
+            errors.append(_invalid("AUTHENTICATOR", f"cannot be imported: {exc}."))
+            authenticator = None
+    if authenticator is not None and not callable(authenticator):
+        errors.append(_invalid("AUTHENTICATOR", "must be a callable, an import path to one, or None."))
+    return errors
+
+
+@register(Tags.compatibility)
+def check_middleware(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    settings = _settings()
+    middleware = list(getattr(settings, "MIDDLEWARE", None) or [])
+    errors: list[Any] = []
+    ours = _index_of(middleware, OUR_MIDDLEWARE)
+    if _index_of(middleware, AUDITLOG_MIDDLEWARE) is not None:
+        errors.append(
+            Error(
+                "auditlog's AuditlogMiddleware is installed beside gql_audit's AuditContextMiddleware.",
+                hint=f"Remove {AUDITLOG_MIDDLEWARE!r}: {OUR_MIDDLEWARE!r} replaces it, and the two "
+                "would set the actor twice with different users.",
+                id="gql_audit.E003",
+            )
+        )
+    if ours is None:
+        errors.append(
+            Error(
+                f"{OUR_MIDDLEWARE!r} is not in MIDDLEWARE.",
+                hint=f"Add it right after {AUTH_MIDDLEWARE!r}.",
+                id="gql_audit.E004",
+            )
+        )
+    else:
+        auth = _index_of(middleware, AUTH_MIDDLEWARE)
+        if auth is None or auth > ours:
+            errors.append(
+                Error(
+                    f"{OUR_MIDDLEWARE!r} must come after {AUTH_MIDDLEWARE!r} in MIDDLEWARE.",
+                    hint="It replaces request.user set by AuthenticationMiddleware with the "
+                    "token's user; placed before it, its user would be overwritten.",
+                    id="gql_audit.E005",
+                )
+            )
+    graphene = getattr(settings, "GRAPHENE", None) or {}
+    graphene_middleware = list(graphene.get("MIDDLEWARE") or [])
+    ours_g = _index_of(graphene_middleware, OUR_GRAPHENE_MIDDLEWARE)
+    if ours_g is None:
+        errors.append(
+            Error(
+                f"{OUR_GRAPHENE_MIDDLEWARE!r} is not in GRAPHENE['MIDDLEWARE'].",
+                hint="Without it every field resolves whatever the token, and no GraphQL "
+                "error carries TOKEN_EXPIRED / TOKEN_INVALID / UNAUTHENTICATED.",
+                id="gql_audit.E006",
+            )
+        )
+    else:
+        jwt = _index_of(graphene_middleware, JWT_MIDDLEWARE)
+        if jwt is not None and jwt < ours_g:
+            errors.append(
+                Error(
+                    f"{OUR_GRAPHENE_MIDDLEWARE!r} runs before {JWT_MIDDLEWARE!r}.",
+                    hint="graphql-core runs the last listed middleware first: list "
+                    "JSONWebTokenMiddleware after AuditMiddleware so the user it sets is "
+                    "seen when fields are checked.",
+                    id="gql_audit.E007",
+                )
+            )
+    return errors
+
+
+@register(Tags.compatibility)
+def check_dependencies(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    errors: list[Any] = []
+    if not apps.is_installed("auditlog"):
+        errors.append(
+            Error("'auditlog' is not in INSTALLED_APPS.", hint="gql_audit writes django-auditlog entries.", id="gql_audit.E008")
+        )
+    settings = _settings()
+    graphene_middleware = list((getattr(settings, "GRAPHENE", None) or {}).get("MIDDLEWARE") or [])
+    uses_jwt = conf.user_settings().get("AUTHENTICATOR", DEFAULTS["AUTHENTICATOR"]) == DEFAULTS[
+        "AUTHENTICATOR"
+    ] or _index_of(graphene_middleware, JWT_MIDDLEWARE) is not None
+    jwt_settings = getattr(settings, "GRAPHQL_JWT", None) or {}
+    if uses_jwt and not jwt_settings.get("JWT_VERIFY_EXPIRATION", False):
+        errors.append(
+            Warning(
+                "GRAPHQL_JWT['JWT_VERIFY_EXPIRATION'] is off: tokens never expire.",
+                hint="Set it to True (django-graphql-jwt's default is False); expired tokens "
+                "are then reported as TOKEN_EXPIRED.",
+                id="gql_audit.W001",
+            )
+        )
+    return errors
+
+
+@register(Tags.compatibility)
+def check_schema(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    """Check the configured schema against the visibility rules."""
+    schema_path = (getattr(_settings(), "GRAPHENE", None) or {}).get("SCHEMA")
+    try:
+        schema = import_string(schema_path) if isinstance(schema_path, str) else schema_path
+        graphql_schema = schema.graphql_schema
+    except Exception:  # noqa: BLE001 - graphene-django reports a bad SCHEMA itself
+        return []
+    from gql_audit.visibility import build_rules
+
+    raw = conf.user_settings().get("PUBLIC_FIELDS", ())
+    try:
+        rules = build_rules(graphql_schema, raw if isinstance(raw, (list, tuple, set, frozenset)) else ())
+    except TypeError:
+        return []
+    warnings: list[Any] = [
+        Warning(
+            f"{SETTINGS_NAME}['PUBLIC_FIELDS'] names {name!r}, which is not a root field of "
+            f"{schema_path!r}; it stays private.",
+            hint="Use GraphQL names (camelCase), e.g. 'Query.serviceStatus'.",
+            id="gql_audit.W002",
+        )
+        for name in rules.unknown_public
+    ]
+    warnings.extend(
+        Warning(
+            f"{name} requires authentication but is declared Non-Null: when it is denied, "
+            "GraphQL nulls its parent too (for a root field, the whole 'data').",
+            hint="Declare fields that can be denied as nullable.",
+            id="gql_audit.W003",
+        )
+        for name in rules.non_null_guarded
+    )
+    return warnings

@@ -1,0 +1,84 @@
+"""The ``GQL_AUDIT`` settings dict, read lazily.
+
+Nothing here touches ``django.conf.settings`` at import time. Values are read on
+first access and cached; ``setting_changed`` (``override_settings`` in tests)
+clears the cache in place and bumps :attr:`Settings.generation`, which the
+Graphene middleware compares to know when its per-schema rules are stale.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+from django.utils.module_loading import import_string
+
+SETTINGS_NAME = "GQL_AUDIT"
+
+DEFAULTS: dict[str, Any] = {
+    "AUTHENTICATOR": "gql_audit.auth.jwt_authenticator",
+    "PUBLIC_FIELDS": (),
+    "INTROSPECTION": "public",
+    "REQUEST_ID_HEADER": "X-Request-ID",
+    "TRUSTED_PROXIES": (),
+    "CLIENT_CERT_SOURCE": None,
+}
+
+#: Settings whose value may be a dotted import path, resolved on first use.
+IMPORT_STRINGS = frozenset({"AUTHENTICATOR"})
+
+INTROSPECTION_CHOICES = ("public", "authenticated", "disabled")
+CLIENT_CERT_SOURCES = (None, "nginx", "envoy", "traefik", "aws-alb", "rfc9440", "environ")
+
+
+class Settings:
+    """Attribute access to ``settings.GQL_AUDIT`` merged over :data:`DEFAULTS`."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, Any] = {}
+        self.generation = 0
+
+    def user_settings(self) -> dict[str, Any]:
+        from django.conf import settings
+
+        value = getattr(settings, SETTINGS_NAME, None)
+        return value if isinstance(value, dict) else {}
+
+    def __getattr__(self, name: str) -> Any:
+        if name not in DEFAULTS:
+            raise AttributeError(f"Unknown {SETTINGS_NAME} setting: {name!r}")
+        try:
+            return self._cache[name]
+        except KeyError:
+            pass
+        value = self.user_settings().get(name, DEFAULTS[name])
+        if name in IMPORT_STRINGS and isinstance(value, str):
+            value = import_string(value)
+        self._cache[name] = value
+        return value
+
+    def derived(self, key: str, build: Any) -> Any:
+        """A value computed from settings, cached until the next :meth:`reload`."""
+        cache_key = f"derived:{key}"
+        try:
+            return self._cache[cache_key]
+        except KeyError:
+            value = self._cache[cache_key] = build()
+            return value
+
+    def reload(self) -> None:
+        self._cache.clear()
+        self.generation += 1
+
+
+conf = Settings()
+
+#: Django settings outside ``GQL_AUDIT`` whose change invalidates cached values.
+_WATCHED = frozenset({SETTINGS_NAME, "GRAPHQL_JWT", "AUTH_USER_MODEL"})
+
+
+@receiver(setting_changed)
+def _reload_on_change(*, setting: str, **kwargs: Any) -> None:
+    if setting in _WATCHED:
+        conf.reload()

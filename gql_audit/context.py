@@ -1,0 +1,74 @@
+"""The per-request audit context, carried in a ``contextvars.ContextVar``.
+
+``AuditContextMiddleware`` binds a :class:`RequestContext` when a request
+starts and resets it when the response is returned, so the context follows the
+request across threads handed work by asgiref and never leaks between asyncio
+tasks (which is what ``threading.local`` does).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from django.http import HttpRequest
+
+    from gql_audit.auth import AuthError
+
+
+@dataclass(eq=False)
+class RequestContext:
+    """What gql_audit knows about the request being handled."""
+
+    request_id: str
+    request: HttpRequest | None = None
+    remote_addr: str | None = None
+    #: The deferred authentication failure, if the authenticator raised.
+    auth_error: AuthError | None = None
+    #: ``{"type": ..., "name": ..., "hash": ...}`` of the GraphQL operation.
+    operation: dict[str, Any] | None = None
+    #: Response key of the root field being resolved, e.g. ``["updateDocument"]``.
+    path: list[str | int] | None = None
+    #: Primary keys of users deleted during this request: never set as actor.
+    deleted_actor_pks: set[Any] = field(default_factory=set)
+    _operation_node: Any = field(default=None, repr=False)
+
+    @property
+    def user(self) -> Any:
+        """The request's user as it is now (not as it was when the request began)."""
+        return getattr(self.request, "user", None)
+
+    def set_operation(self, operation_node: Any) -> None:
+        """Record the GraphQL operation once per operation definition node."""
+        if operation_node is self._operation_node:
+            return
+        self._operation_node = operation_node
+        loc = getattr(operation_node, "loc", None)
+        body = loc.source.body if loc is not None else ""
+        name = operation_node.name.value if operation_node.name is not None else None
+        self.operation = {
+            "type": operation_node.operation.value,
+            "name": name,
+            "hash": hashlib.sha256(body.encode("utf-8", "surrogatepass")).hexdigest(),
+        }
+
+
+_current: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar(
+    "gql_audit_request_context", default=None
+)
+
+
+def current() -> RequestContext | None:
+    """The context of the request being handled, or None outside a request."""
+    return _current.get()
+
+
+def bind(context: RequestContext) -> contextvars.Token[RequestContext | None]:
+    return _current.set(context)
+
+
+def reset(token: contextvars.Token[RequestContext | None]) -> None:
+    _current.reset(token)

@@ -1,0 +1,21 @@
+"""Error codes put in ``extensions.code`` of the GraphQL errors gql_audit raises."""
+
+from __future__ import annotations
+
+from graphql import GraphQLError
+
+TOKEN_EXPIRED = "TOKEN_EXPIRED"
+TOKEN_INVALID = "TOKEN_INVALID"
+UNAUTHENTICATED = "UNAUTHENTICATED"
+INTROSPECTION_DISABLED = "INTROSPECTION_DISABLED"
+
+MESSAGES = {
+    TOKEN_EXPIRED: "The authentication token has expired.",
+    TOKEN_INVALID: "The authentication token is invalid.",
+    UNAUTHENTICATED: "Authentication is required for this field.",
+    INTROSPECTION_DISABLED: "Introspection is disabled.",
+}
+
+
+def graphql_error(code: str, message: str | None = None) -> GraphQLError:
+    return GraphQLError(message or MESSAGES[code], extensions={"code": code})

@@ -1,0 +1,95 @@
+"""``AuditContextMiddleware``: request id, client address and early authentication."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from django.contrib.auth.models import AnonymousUser
+
+from gql_audit import context
+from gql_audit.auth import authenticate
+from gql_audit.conf import conf
+from gql_audit.net import client_address, request_id
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from django.http import HttpRequest, HttpResponseBase
+
+
+def begin(request: HttpRequest) -> context.RequestContext:
+    """Build the request's context (no I/O, so it is shared by both call paths)."""
+    ctx = context.RequestContext(
+        request_id=request_id(request),
+        request=request,
+        remote_addr=client_address(request),
+    )
+    request.gql_audit = ctx  # type: ignore[attr-defined]
+    return ctx
+
+
+def authenticate_request(request: HttpRequest, ctx: context.RequestContext) -> None:
+    """Run the ``AUTHENTICATOR`` once and keep, never raise, its failure."""
+    authenticator = conf.AUTHENTICATOR
+    if authenticator is None:
+        return
+    user, error = authenticate(request, authenticator)
+    if error is not None:
+        ctx.auth_error = error
+        # A bad token must not fall back to a session identity.
+        request.user = AnonymousUser()
+    elif user is not None:
+        request.user = user
+    else:
+        return
+    # Credentials were handled here: graphql_jwt's backend, if its Graphene
+    # middleware is also installed, must not read them again (and raise).
+    request._jwt_token_auth = True  # type: ignore[attr-defined]
+
+
+def finish(response: HttpResponseBase, ctx: context.RequestContext) -> HttpResponseBase:
+    response[conf.REQUEST_ID_HEADER] = ctx.request_id
+    return response
+
+
+class AuditContextMiddleware:
+    """Binds the audit context for the request and authenticates before the view.
+
+    Use it instead of auditlog's ``AuditlogMiddleware`` and after Django's
+    ``AuthenticationMiddleware``. Sync and async capable.
+    """
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(
+        self,
+        get_response: Callable[[HttpRequest], HttpResponseBase | Awaitable[HttpResponseBase]],
+    ) -> None:
+        self.get_response = get_response
+        self.async_mode = iscoroutinefunction(get_response)
+        if self.async_mode:
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if self.async_mode:
+            return self.__acall__(request)
+        ctx = begin(request)
+        token = context.bind(ctx)
+        try:
+            authenticate_request(request, ctx)
+            response = self.get_response(request)
+        finally:
+            context.reset(token)
+        return finish(response, ctx)  # type: ignore[arg-type]
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
+        ctx = begin(request)
+        token = context.bind(ctx)
+        try:
+            await sync_to_async(authenticate_request, thread_sensitive=True)(request, ctx)
+            response = await self.get_response(request)  # type: ignore[misc]
+        finally:
+            context.reset(token)
+        return finish(response, ctx)

@@ -1,0 +1,86 @@
+"""Signal receivers connected once, at start-up (``AppConfig.ready``).
+
+The actor is resolved lazily: each ``LogEntry`` is stamped at the moment it is
+saved with the user the request is authenticated as *then*, whoever set it
+(our middleware, graphql_jwt's Graphene middleware, or a login mid-request).
+Nothing is connected per request, so no receiver can leak (django-auditlog #846).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.db import connections
+
+from gql_audit import context
+
+#: ``LogEntry.actor_email`` is a CharField(max_length=254).
+EMAIL_MAX_LENGTH = 254
+
+
+def _explicit_auditlog_actor() -> bool:
+    """Whether service code wrapped this save in auditlog's own ``set_actor``."""
+    from auditlog.context import auditlog_value
+
+    value = auditlog_value.get(None)
+    return bool(value) and value.get("actor") is not None
+
+
+def audit_context_data(ctx: context.RequestContext, using: str | None) -> dict[str, Any]:
+    """The ``additional_data["gql_audit"]`` object for an entry saved now."""
+    alias = using or "default"
+    return {
+        "request_id": ctx.request_id,
+        "operation": ctx.operation,
+        "path": ctx.path,
+        "remote_addr": ctx.remote_addr,
+        "db": {"vendor": connections[alias].vendor, "alias": alias},
+    }
+
+
+def merge_additional_data(existing: Any, ours: dict[str, Any]) -> dict[str, Any]:
+    """Add our object beside what the service put there; never drop theirs."""
+    if existing is None:
+        return {"gql_audit": ours}
+    if isinstance(existing, dict):
+        return {**existing, "gql_audit": ours}
+    return {"value": existing, "gql_audit": ours}
+
+
+def stamp_log_entry(sender: Any, instance: Any, raw: bool = False, using: str | None = None, **kwargs: Any) -> None:
+    """``pre_save`` of auditlog's ``LogEntry``: actor, email, cid, address, context."""
+    ctx = context.current()
+    if ctx is None or raw:
+        return
+    if instance.actor_id is None and not _explicit_auditlog_actor():
+        user = ctx.user
+        if user is not None and user.is_authenticated and isinstance(user, get_user_model()):
+            if user.pk not in ctx.deleted_actor_pks:
+                instance.actor_id = user.pk
+            email = getattr(user, user.get_email_field_name(), None)
+            if email and not instance.actor_email:
+                instance.actor_email = str(email)[:EMAIL_MAX_LENGTH]
+    if not instance.cid:
+        instance.cid = ctx.request_id
+    if instance.remote_addr is None and ctx.remote_addr is not None:
+        from django.conf import settings
+
+        if not getattr(settings, "AUDITLOG_DISABLE_REMOTE_ADDR", False):
+            instance.remote_addr = ctx.remote_addr
+    instance.additional_data = merge_additional_data(
+        instance.additional_data, audit_context_data(ctx, using)
+    )
+
+
+def note_deleted_user(sender: Any, instance: Any, **kwargs: Any) -> None:
+    """``pre_delete`` of the user model.
+
+    Entries saved while the user is being deleted (their own DELETE entry, the
+    cascade's) cannot point at the row being removed: they keep the actor's
+    email and leave ``actor`` empty, which is what ``SET_NULL`` does to the
+    user's older entries anyway (django-auditlog #245).
+    """
+    ctx = context.current()
+    if ctx is not None and instance.pk is not None:
+        ctx.deleted_actor_pks.add(instance.pk)
