@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timedelta, timezone
+
+import jwt
+import pytest
+from django.conf import settings
+
+from gql_audit.conf import conf
+
+
+def pytest_report_header(config):
+    return f"gql_audit test database: {os.environ.get('GQL_AUDIT_TEST_DB', 'sqlite')}"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_settings():
+    conf.reload()
+    yield
+    conf.reload()
+
+
+@pytest.fixture
+def users(django_user_model):
+    from example_service.models import Document, Profile
+
+    made = {}
+    for name, active in [("alice", True), ("bob", True), ("carol", False)]:
+        user = django_user_model.objects.create_user(
+            username=name, email=f"{name}@example.org", password=f"{name}-password", is_active=active
+        )
+        Profile.objects.create(user=user, full_name=name.title())
+        Document.objects.create(owner=user, title=f"{name} public", classification="public")
+        Document.objects.create(owner=user, title=f"{name} secret", classification="confidential")
+        made[name] = user
+    return made
+
+
+def make_token(username: str, *, expires_in: timedelta = timedelta(minutes=5), key: str | None = None) -> str:
+    payload = {"username": username, "exp": datetime.now(timezone.utc) + expires_in}
+    return jwt.encode(payload, key or settings.SECRET_KEY, algorithm="HS256")
+
+
+@pytest.fixture
+def token():
+    return make_token
+
+
+def post_graphql(client, query, *, variables=None, token=None, headers=None, path="/graphql/", **extra):
+    payload = {"query": query}
+    if variables is not None:
+        payload["variables"] = variables
+    if token is not None:
+        extra["HTTP_AUTHORIZATION"] = f"JWT {token}"
+    return client.post(path, json.dumps(payload), content_type="application/json", headers=headers or {}, **extra)
+
+
+@pytest.fixture
+def gql(client):
+    def run(query, **kwargs):
+        response = post_graphql(client, query, **kwargs)
+        assert response.status_code == 200, response.content
+        assert b"Traceback" not in response.content
+        return response.json()
+
+    return run
+
+
+def codes(body) -> dict[tuple, str]:
+    """``{path: extensions.code}`` of a GraphQL response body."""
+    return {tuple(e.get("path") or ()): (e.get("extensions") or {}).get("code") for e in body.get("errors", [])}

@@ -1,0 +1,44 @@
+"""Test settings: the example service, on SQLite or PostgreSQL.
+
+``GQL_AUDIT_TEST_DB=postgres`` selects PostgreSQL, reached through the usual
+libpq variables (PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE).
+"""
+
+import os
+from pathlib import Path
+
+from example_service.settings import *  # noqa: F403
+
+TEST_DB = os.environ.get("GQL_AUDIT_TEST_DB", "sqlite")
+TMP_DIR = Path(__file__).resolve().parent / ".tmp"
+
+if TEST_DB == "postgres":
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.postgresql",
+            "HOST": os.environ.get("PGHOST", "localhost"),
+            "PORT": os.environ.get("PGPORT", "5432"),
+            "USER": os.environ.get("PGUSER", "postgres"),
+            "PASSWORD": os.environ.get("PGPASSWORD", ""),
+            "NAME": os.environ.get("PGDATABASE", "gql_audit"),
+            "TEST": {"NAME": "test_gql_audit"},
+        }
+    }
+elif TEST_DB == "sqlite":
+    TMP_DIR.mkdir(exist_ok=True)
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            # A file, not memory: threaded servers in the tests each need their own connection.
+            "NAME": str(TMP_DIR / "gql_audit.sqlite3"),
+            "TEST": {"NAME": str(TMP_DIR / f"test_gql_audit_{os.getpid()}.sqlite3")},
+            "OPTIONS": {"timeout": 60, "transaction_mode": "IMMEDIATE"},
+        }
+    }
+else:
+    raise RuntimeError(f"GQL_AUDIT_TEST_DB must be 'sqlite' or 'postgres', not {TEST_DB!r}")
+
+ROOT_URLCONF = "tests.urls"
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+ALLOWED_HOSTS = ["*"]
+DEBUG = False

@@ -1,0 +1,16 @@
+from django.urls import path
+from django.views.decorators.csrf import csrf_exempt
+from graphene_django.views import GraphQLView
+from graphql_jwt.middleware import JSONWebTokenMiddleware
+
+from example_service.urls import urlpatterns as example_urlpatterns
+from gql_audit.graphene import AuditMiddleware
+
+urlpatterns = [
+    *example_urlpatterns,
+    # graphql_jwt's own Graphene middleware kept beside ours (listed after: it runs first).
+    path(
+        "graphql-jwt/",
+        csrf_exempt(GraphQLView.as_view(middleware=[AuditMiddleware, JSONWebTokenMiddleware])),
+    ),
+]
