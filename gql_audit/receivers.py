@@ -12,6 +12,7 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.db import connections
+from django.db.models.signals import pre_save
 
 from gql_audit import context
 
@@ -20,11 +21,19 @@ EMAIL_MAX_LENGTH = 254
 
 
 def _explicit_auditlog_actor() -> bool:
-    """Whether service code wrapped this save in auditlog's own ``set_actor``."""
+    """Whether service code wrapped this save in auditlog's own ``set_actor``.
+
+    auditlog leaves its context variable set after the ``with`` block ends and
+    only disconnects its receiver, so the block is active only while a
+    receiver with its dispatch uid is still connected.
+    """
     from auditlog.context import auditlog_value
 
     value = auditlog_value.get(None)
-    return bool(value) and value.get("actor") is not None
+    if not value or value.get("actor") is None:
+        return False
+    uid = value.get("signal_duid")
+    return any(lookup_key[0] == uid for lookup_key, *_ in pre_save.receivers)
 
 
 def audit_context_data(ctx: context.RequestContext, using: str | None) -> dict[str, Any]:

@@ -82,7 +82,7 @@ class Query(graphene.ObjectType):
         return DocumentNode.get_queryset(Document.objects.all(), info)
 
     def resolve_document(root, info, id):
-        return DocumentNode.get_node(info, id)
+        return relay.Node.get_node_from_global_id(info, id, only_type=DocumentNode)
 
 
 class CreateDocument(graphene.Mutation):
@@ -111,7 +111,7 @@ class UpdateDocument(graphene.Mutation):
     document = graphene.Field(DocumentNode)
 
     def mutate(root, info, id, title=None, body=None):
-        document = DocumentNode.get_node(info, id)
+        document = relay.Node.get_node_from_global_id(info, id, only_type=DocumentNode)
         if document is None:
             raise GraphQLError("No such document.", extensions={"code": "NOT_FOUND"})
         if document.owner_id != info.context.user.pk:
