@@ -76,6 +76,10 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     return errors
 
 
+def _is_field_name(name: object) -> bool:
+    return isinstance(name, str) and name.count(".") == 1 and all(name.split("."))
+
+
 def _invalid(key: str, problem: str) -> Error:
     return Error(f"{SETTINGS_NAME}[{key!r}] {problem}", hint="See docs/settings.md.", id="gql_audit.E002")
 
@@ -100,7 +104,7 @@ def _check_values(raw: dict[str, Any]) -> list[Any]:
         errors.append(_invalid("PUBLIC_FIELDS", "must be a list of 'Type.field' strings."))
     else:
         for name in public_fields:
-            if not isinstance(name, str) or name.count(".") != 1 or not all(name.split(".")):
+            if not _is_field_name(name):
                 errors.append(_invalid("PUBLIC_FIELDS", f"entry {name!r} is not of the form 'Type.field'."))
     authenticator = raw.get("AUTHENTICATOR", DEFAULTS["AUTHENTICATOR"])
     if isinstance(authenticator, str):
@@ -224,6 +228,7 @@ def check_schema(app_configs: Any = None, **kwargs: Any) -> list[Any]:
             id="gql_audit.W002",
         )
         for name in rules.unknown_public
+        if _is_field_name(name)  # malformed entries are E002's
     ]
     warnings.extend(
         Warning(

@@ -1,0 +1,115 @@
+"""System checks: each misconfiguration has its own stable id."""
+
+from __future__ import annotations
+
+import pytest
+from django.core import checks
+
+GOOD_MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "gql_audit.middleware.AuditContextMiddleware",
+]
+JWT = "graphql_jwt.middleware.JSONWebTokenMiddleware"
+OURS = "gql_audit.graphene.AuditMiddleware"
+
+
+def ids(**kwargs):
+    return sorted(m.id for m in checks.run_checks(tags=[checks.Tags.compatibility]) if m.id.startswith("gql_audit."))
+
+
+def test_example_configuration_is_clean():
+    assert ids() == []
+
+
+@pytest.mark.parametrize(
+    ("gql_audit", "expected"),
+    [
+        ({"PUBLIC_FIELD": ["Query.x"]}, ["gql_audit.E001"]),
+        ({"A": 1, "B": 2}, ["gql_audit.E001", "gql_audit.E001"]),
+        ("not a dict", ["gql_audit.E001"]),
+        ({"INTROSPECTION": "yes"}, ["gql_audit.E002"]),
+        ({"CLIENT_CERT_SOURCE": "apache"}, ["gql_audit.E002"]),
+        ({"REQUEST_ID_HEADER": "X Request"}, ["gql_audit.E002"]),
+        ({"REQUEST_ID_HEADER": 5}, ["gql_audit.E002"]),
+        ({"TRUSTED_PROXIES": "10.0.0.0/8"}, ["gql_audit.E002"]),
+        ({"TRUSTED_PROXIES": ["10.0.0.0/33"]}, ["gql_audit.E002"]),
+        ({"TRUSTED_PROXIES": ["10.0.0.0/8", "::1"]}, []),
+        ({"PUBLIC_FIELDS": "Query.serviceStatus"}, ["gql_audit.E002"]),
+        ({"PUBLIC_FIELDS": ["serviceStatus"]}, ["gql_audit.E002"]),
+        ({"PUBLIC_FIELDS": ["Query.service_status"]}, ["gql_audit.W002"]),
+        ({"AUTHENTICATOR": "nowhere.to.be.found"}, ["gql_audit.E002"]),
+        ({"AUTHENTICATOR": 42}, ["gql_audit.E002"]),
+        ({"AUTHENTICATOR": None}, []),
+    ],
+)
+def test_settings_checks(settings, gql_audit, expected):
+    settings.GQL_AUDIT = gql_audit
+    assert ids() == expected
+
+
+def test_unknown_key_message_names_the_key(settings):
+    settings.GQL_AUDIT = {"PUBLIC_FIELD": []}
+    (error,) = [m for m in checks.run_checks() if m.id == "gql_audit.E001"]
+    assert "'PUBLIC_FIELD'" in error.msg and "PUBLIC_FIELDS" in error.hint
+
+
+@pytest.mark.parametrize(
+    ("middleware", "expected"),
+    [
+        (GOOD_MIDDLEWARE + ["auditlog.middleware.AuditlogMiddleware"], ["gql_audit.E003"]),
+        (GOOD_MIDDLEWARE[:2], ["gql_audit.E004"]),
+        ([GOOD_MIDDLEWARE[0], GOOD_MIDDLEWARE[2], GOOD_MIDDLEWARE[1]], ["gql_audit.E005"]),
+        ([GOOD_MIDDLEWARE[0], GOOD_MIDDLEWARE[2]], ["gql_audit.E005"]),
+    ],
+)
+def test_django_middleware_checks(settings, middleware, expected):
+    settings.MIDDLEWARE = middleware
+    assert ids() == expected
+
+
+@pytest.mark.parametrize(
+    ("graphene_middleware", "expected"),
+    [
+        ([], ["gql_audit.E006"]),
+        ([JWT], ["gql_audit.E006"]),
+        ([JWT, OURS], ["gql_audit.E007"]),
+        ([OURS, JWT], []),
+    ],
+)
+def test_graphene_middleware_checks(settings, graphene_middleware, expected):
+    settings.GRAPHENE = {**settings.GRAPHENE, "MIDDLEWARE": graphene_middleware}
+    assert ids() == expected
+
+
+def test_graphene_middleware_given_as_class_or_subclass(settings):
+    from gql_audit.graphene import AuditMiddleware
+
+    class Custom(AuditMiddleware):
+        pass
+
+    settings.GRAPHENE = {**settings.GRAPHENE, "MIDDLEWARE": [Custom]}
+    assert ids() == []
+
+
+def test_jwt_expiration_warning(settings):
+    settings.GRAPHQL_JWT = {"JWT_VERIFY_EXPIRATION": False}
+    assert ids() == ["gql_audit.W001"]
+    settings.GRAPHQL_JWT = {}
+    assert ids() == ["gql_audit.W001"]
+    settings.GQL_AUDIT = {**settings.GQL_AUDIT, "AUTHENTICATOR": None}
+    assert ids() == []
+
+
+def test_auditlog_not_installed(settings):
+    settings.INSTALLED_APPS = [a for a in settings.INSTALLED_APPS if a != "auditlog"]
+    assert "gql_audit.E008" in ids()
+
+
+def test_non_null_private_fields_are_reported(settings):
+    settings.GRAPHENE = {**settings.GRAPHENE, "SCHEMA": "tests.schemas.non_null_schema"}
+    settings.GQL_AUDIT = {"PUBLIC_FIELDS": ["Query.open"]}
+    assert ids() == ["gql_audit.W003", "gql_audit.W003"]
+    messages = [m.msg for m in checks.run_checks() if m.id == "gql_audit.W003"]
+    assert any(m.startswith("Query.required ") for m in messages)
+    assert any(m.startswith("Thing.secret ") for m in messages)
