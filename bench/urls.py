@@ -1,0 +1,15 @@
+from django.urls import path
+from django.views.decorators.csrf import csrf_exempt
+from graphene_django.views import GraphQLView
+from graphql_jwt.middleware import JSONWebTokenMiddleware
+
+from gql_audit.graphene import AuditMiddleware
+
+urlpatterns = [
+    # Bare graphene-django: no Graphene middleware at all.
+    path("bare/", csrf_exempt(GraphQLView.as_view(middleware=[]))),
+    # Bare graphene-django authenticating with graphql_jwt's own middleware.
+    path("jwt/", csrf_exempt(GraphQLView.as_view(middleware=[JSONWebTokenMiddleware]))),
+    # gql_audit.
+    path("audit/", csrf_exempt(GraphQLView.as_view(middleware=[AuditMiddleware]))),
+]
