@@ -20,13 +20,11 @@ if TYPE_CHECKING:
 
 def begin(request: HttpRequest) -> context.RequestContext:
     """Build the request's context (no I/O, so it is shared by both call paths)."""
-    ctx = context.RequestContext(
+    return context.RequestContext(
         request_id=request_id(request),
         request=request,
         remote_addr=client_address(request),
     )
-    request.gql_audit = ctx  # type: ignore[attr-defined]
-    return ctx
 
 
 def authenticate_request(request: HttpRequest, ctx: context.RequestContext) -> None:
