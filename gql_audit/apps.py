@@ -15,7 +15,9 @@ class GqlAuditConfig(AppConfig):
 
         from gql_audit import checks, receivers  # noqa: F401  (registers checks)
 
-        if not self.apps.is_installed("auditlog"):
+        from django.apps import apps
+
+        if not apps.is_installed("auditlog"):
             return  # check gql_audit.E008 says so
         pre_save.connect(
             receivers.stamp_log_entry,

@@ -184,13 +184,18 @@ def check_dependencies(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     errors: list[Any] = []
     if not apps.is_installed("auditlog"):
         errors.append(
-            Error("'auditlog' is not in INSTALLED_APPS.", hint="gql_audit writes django-auditlog entries.", id="gql_audit.E008")
+            Error(
+                "'auditlog' is not in INSTALLED_APPS.",
+                hint="gql_audit writes django-auditlog entries.",
+                id="gql_audit.E008",
+            )
         )
     settings = _settings()
     graphene_middleware = list((getattr(settings, "GRAPHENE", None) or {}).get("MIDDLEWARE") or [])
-    uses_jwt = conf.user_settings().get("AUTHENTICATOR", DEFAULTS["AUTHENTICATOR"]) == DEFAULTS[
-        "AUTHENTICATOR"
-    ] or _index_of(graphene_middleware, JWT_MIDDLEWARE) is not None
+    uses_jwt = (
+        conf.user_settings().get("AUTHENTICATOR", DEFAULTS["AUTHENTICATOR"]) == DEFAULTS["AUTHENTICATOR"]
+        or _index_of(graphene_middleware, JWT_MIDDLEWARE) is not None
+    )
     jwt_settings = getattr(settings, "GRAPHQL_JWT", None) or {}
     if uses_jwt and not jwt_settings.get("JWT_VERIFY_EXPIRATION", False):
         errors.append(
@@ -209,7 +214,7 @@ def check_schema(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     """Check the configured schema against the visibility rules."""
     schema_path = (getattr(_settings(), "GRAPHENE", None) or {}).get("SCHEMA")
     try:
-        schema = import_string(schema_path) if isinstance(schema_path, str) else schema_path
+        schema: Any = import_string(schema_path) if isinstance(schema_path, str) else schema_path
         graphql_schema = schema.graphql_schema
     except Exception:  # noqa: BLE001 - graphene-django reports a bad SCHEMA itself
         return []

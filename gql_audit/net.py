@@ -30,7 +30,7 @@ def meta_key(header: str) -> str:
 def request_id(request: HttpRequest) -> str:
     """The incoming request id when well formed, otherwise a new UUID4."""
     incoming = request.META.get(meta_key(conf.REQUEST_ID_HEADER))
-    if incoming and REQUEST_ID_PATTERN.fullmatch(incoming):
+    if isinstance(incoming, str) and REQUEST_ID_PATTERN.fullmatch(incoming):
         return incoming
     return str(uuid.uuid4())
 
@@ -66,7 +66,8 @@ def parse_networks(values: object) -> list[Network]:
 
 
 def trusted_networks() -> list[Network]:
-    return conf.derived("trusted_networks", lambda: parse_networks(conf.TRUSTED_PROXIES))
+    networks: list[Network] = conf.derived("trusted_networks", lambda: parse_networks(conf.TRUSTED_PROXIES))
+    return networks
 
 
 def is_trusted(ip: IPAddress | None) -> bool:

@@ -77,9 +77,7 @@ def stamp_log_entry(sender: Any, instance: Any, raw: bool = False, using: str | 
 
         if not getattr(settings, "AUDITLOG_DISABLE_REMOTE_ADDR", False):
             instance.remote_addr = ctx.remote_addr
-    instance.additional_data = merge_additional_data(
-        instance.additional_data, audit_context_data(ctx, using)
-    )
+    instance.additional_data = merge_additional_data(instance.additional_data, audit_context_data(ctx, using))
 
 
 def note_deleted_user(sender: Any, instance: Any, **kwargs: Any) -> None:

@@ -28,9 +28,7 @@ def _mark(target: F, value: str) -> F:
         # A graphene Mutation class: its Field() resolves through ``mutate``.
         mutate = target.__dict__.get("mutate")
         if mutate is None:
-            raise TypeError(
-                f"{target.__name__} defines no mutate(); mark the resolver function instead"
-            )
+            raise TypeError(f"{target.__name__} defines no mutate(); mark the resolver function instead")
         function = getattr(mutate, "__func__", mutate)
         setattr(function, MARK, value)
         setattr(target, MARK, value)
@@ -118,11 +116,7 @@ def build_rules(schema: Any, public_fields: Any) -> SchemaRules:
     for graphql_type in schema.type_map.values():
         if graphql_type in root_set or not isinstance(graphql_type, GraphQLObjectType):
             continue
-        names = frozenset(
-            name
-            for name, field in graphql_type.fields.items()
-            if marking(field.resolve) == PRIVATE
-        )
+        names = frozenset(name for name, field in graphql_type.fields.items() if marking(field.resolve) == PRIVATE)
         if names:
             private_nested[graphql_type] = names
             non_null.extend(

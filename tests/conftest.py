@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import jwt
 import pytest
@@ -39,7 +39,7 @@ def users(django_user_model):
 
 
 def make_token(username: str, *, expires_in: timedelta = timedelta(minutes=5), key: str | None = None) -> str:
-    payload = {"username": username, "exp": datetime.now(timezone.utc) + expires_in}
+    payload = {"username": username, "exp": datetime.now(UTC) + expires_in}
     return jwt.encode(payload, key or settings.SECRET_KEY, algorithm="HS256")
 
 

@@ -12,6 +12,10 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e '.[dev]'
 
+echo "== lint (ruff) and types (mypy --strict)"
+.venv/bin/ruff check --quiet .
+PYTHONPATH=.:example_service .venv/bin/mypy
+
 echo "== gql_audit tests on SQLite"
 GQL_AUDIT_TEST_DB=sqlite .venv/bin/python -m pytest "$@"
 

@@ -76,7 +76,9 @@ def test_graphql_jwt_middleware_does_not_re_raise_a_handled_bad_token(gql, users
 
 @pytest.mark.django_db
 @pytest.mark.parametrize("authenticator", ["default", None])
-@pytest.mark.parametrize("query", ["{ serviceStatus { ok } me { username } }", "{ me { username } serviceStatus { ok } }"])
+@pytest.mark.parametrize(
+    "query", ["{ serviceStatus { ok } me { username } }", "{ me { username } serviceStatus { ok } }"]
+)
 def test_public_then_private_root_fields_with_graphql_jwt_middleware(gql, users, settings, query, authenticator):
     """graphql_jwt 0.4 caches allow-any on ``info.path[0]`` (None for every root field
     in graphql-core 3); the private field must still see the token's user, in
@@ -142,7 +144,11 @@ def test_explicit_actor_and_additional_data_are_kept(users):
     try:
         doc = Document.objects.create(owner=users["bob"], title="x")
         entry = LogEntry.objects.log_create(
-            doc, action=LogEntry.Action.ACCESS, force_log=True, actor=users["bob"], additional_data={"reason": "support"}
+            doc,
+            action=LogEntry.Action.ACCESS,
+            force_log=True,
+            actor=users["bob"],
+            additional_data={"reason": "support"},
         )
         listed = LogEntry.objects.log_create(doc, action=LogEntry.Action.ACCESS, force_log=True, additional_data=[1, 2])
     finally:

@@ -137,7 +137,9 @@ async def test_async_client_gets_same_behaviour(async_client, settings):
     await sync_to_async(get_user_model().objects.create_user)("dora", "dora@example.org", "pw")
     query = "{ serviceStatus { ok } me { username } }"
     response = await async_client.post(
-        "/graphql/", {"query": query}, content_type="application/json",
+        "/graphql/",
+        {"query": query},
+        content_type="application/json",
         headers={"Authorization": f"JWT {make_token('dora')}", "X-Request-ID": "async-1"},
     )
     assert response.status_code == 200
@@ -150,9 +152,13 @@ async def test_async_client_gets_same_behaviour(async_client, settings):
     assert body["data"]["serviceStatus"] == {"ok": True}
     assert codes(body) == {("me",): "TOKEN_INVALID"}
     response = await async_client.post(
-        "/graphql/", {"query": PROFILE}, content_type="application/json",
+        "/graphql/",
+        {"query": PROFILE},
+        content_type="application/json",
         headers={"Authorization": f"JWT {make_token('dora')}", "X-Request-ID": "async-2"},
     )
     assert response.json() == {"data": {"updateProfile": {"profile": {"phone": "1"}}}}
-    entries = await sync_to_async(list)(LogEntry.objects.filter(cid="async-2").values_list("actor__username", flat=True))
+    entries = await sync_to_async(list)(
+        LogEntry.objects.filter(cid="async-2").values_list("actor__username", flat=True)
+    )
     assert entries and set(entries) == {"dora"}

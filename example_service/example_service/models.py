@@ -23,9 +23,7 @@ class Document(models.Model):
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="documents")
     title = models.CharField(max_length=200)
     body = models.TextField(blank=True)
-    classification = models.CharField(
-        max_length=20, choices=Classification.choices, default=Classification.INTERNAL
-    )
+    classification = models.CharField(max_length=20, choices=Classification.choices, default=Classification.INTERNAL)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

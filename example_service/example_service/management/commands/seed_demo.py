@@ -42,15 +42,17 @@ class Command(BaseCommand):
         if quiet:
             return
         base = url.rstrip("/")
+        login = r'{"query": "mutation { tokenAuth(username: \"alice\", password: \"alice-password\") { token } }"}'
+        change = r'{"query": "mutation { updateProfile(phone: \"+1 555 0100\") { profile { phone } } }"}'
         self.stdout.write(
             f"""
 Demo data ready. Users: alice / alice-password, bob / bob-password, admin / admin-password.
 
 GraphiQL:        {base}/graphql/
 Get a token:     curl -s {base}/graphql/ -H 'Content-Type: application/json' \\
-                   -d '{{"query": "mutation {{ tokenAuth(username: \\"alice\\", password: \\"alice-password\\") {{ token }} }}"}}'
+                   -d '{login}'
 Use it:          curl -s {base}/graphql/ -H 'Content-Type: application/json' -H 'Authorization: JWT <token>' \\
-                   -d '{{"query": "mutation {{ updateProfile(phone: \\"+1 555 0100\\") {{ profile {{ phone }} }} }}"}}'
+                   -d '{change}'
 Audit trail:     {base}/admin/auditlog/logentry/  (log in as admin / admin-password)
                  every entry's actor is the token's user, its cid the X-Request-ID of the response.
 """
