@@ -10,12 +10,11 @@ class GqlAuditConfig(AppConfig):
 
     def ready(self) -> None:
         from auditlog import get_logentry_model
+        from django.apps import apps
         from django.contrib.auth import get_user_model
         from django.db.models.signals import pre_delete, pre_save
 
         from gql_audit import checks, receivers  # noqa: F401  (registers checks)
-
-        from django.apps import apps
 
         if not apps.is_installed("auditlog"):
             return  # check gql_audit.E008 says so
@@ -29,3 +28,6 @@ class GqlAuditConfig(AppConfig):
             sender=get_user_model(),
             dispatch_uid="gql_audit.note_deleted_user",
         )
+        from auditlog.signals import pre_log
+
+        pre_log.connect(receivers.defer_access_entry, dispatch_uid="gql_audit.defer_access_entry")

@@ -75,6 +75,20 @@ def authenticate(request: HttpRequest, authenticator: Any) -> tuple[Any, AuthErr
         return None, error
 
 
+def scrub_credentials(request: HttpRequest, text: str) -> str:
+    """``text`` without any credential the request carried (header or JWT cookie)."""
+    from graphql_jwt.settings import jwt_settings
+
+    secrets = request.META.get(jwt_settings.JWT_AUTH_HEADER_NAME, "").split()
+    cookie = request.COOKIES.get(jwt_settings.JWT_COOKIE_NAME)
+    if cookie:
+        secrets.append(cookie)
+    for secret in sorted(secrets, key=len, reverse=True):
+        if len(secret) >= 8:
+            text = text.replace(secret, "[redacted]")
+    return text
+
+
 def jwt_credentials(request: HttpRequest) -> str | None:
     """The django-graphql-jwt token of ``request``: header first, then cookie.
 

@@ -23,6 +23,21 @@ DEFAULTS: dict[str, Any] = {
     "REQUEST_ID_HEADER": "X-Request-ID",
     "TRUSTED_PROXIES": (),
     "CLIENT_CERT_SOURCE": None,
+    "ACCESS_LOG": True,
+    "AUDIT_DATABASE": None,
+    "FAIL_CLOSED": False,
+    "REDACT_KEYS": (
+        "pass",
+        "secret",
+        "token",
+        "auth",
+        "cookie",
+        "session",
+        "api[-_]?key",
+        "credential",
+        "private[-_]?key",
+    ),
+    "REDACT_MAX_LENGTH": 1024,
 }
 
 #: Settings whose value may be a dotted import path, resolved on first use.

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from django.http import HttpRequest
 
+    from gql_audit.access import AccessRecord
     from gql_audit.auth import AuthError
 
 
@@ -34,6 +35,12 @@ class RequestContext:
     path: list[str | int] | None = None
     #: Primary keys of users deleted during this request: never set as actor.
     deleted_actor_pks: set[Any] = field(default_factory=set)
+    #: Objects exposed so far, by identity; None when ``ACCESS_LOG`` is off.
+    accessed: dict[int, AccessRecord] | None = None
+    #: Models registered with auditlog: objects of these are access-logged.
+    audited: dict[type, Any] = field(default_factory=dict)
+    #: Security events recorded so far, written after the view.
+    events: dict[tuple[Any, ...], dict[str, Any]] = field(default_factory=dict)
     _operation_node: Any = field(default=None, repr=False)
 
     @property

@@ -1,10 +1,12 @@
-"""``AuditMiddleware``: the Graphene middleware that decides each field.
+"""``AuditMiddleware``: the Graphene middleware that decides and records each field.
 
-It runs for every field of every response, so the common case (a nested field
-not marked private) costs one attribute read and one truthiness test. Root
-fields, a handful per operation, do the real work: they record the operation
-on the request context and turn a deferred authentication error, or a missing
-user, into a GraphQL error on that field only.
+It runs for every field of every response. For a nested field it does: is the
+field marked ``@private`` (one truthiness test when nothing is), is the object
+it is read on one to access-log (one dict lookup by identity, one by class),
+and a ``try`` around the resolver (free in Python 3.11 unless it raises). Root
+fields, a handful per operation, do the rest: record the operation, and turn a
+deferred authentication error, or a missing user, into a GraphQL error on that
+field only.
 """
 
 from __future__ import annotations
@@ -14,11 +16,18 @@ from typing import Any
 from graphql import GraphQLError
 
 from gql_audit import context
+from gql_audit.access import object_path, track
 from gql_audit.conf import conf
 from gql_audit.errors import INTROSPECTION_DISABLED, UNAUTHENTICATED, graphql_error
+from gql_audit.events import classify_resolver_error, plain_path, record_event
 from gql_audit.visibility import INTROSPECTION_FIELDS, SchemaRules, build_rules
 
 _rules_cache: dict[int, tuple[Any, int, SchemaRules]] = {}
+_current = context._current.get
+
+
+class Denied(GraphQLError):
+    """A field gql_audit refused; recorded as its own security event, not as an error."""
 
 
 def rules_for(schema: Any) -> SchemaRules:
@@ -35,15 +44,38 @@ def denial(info: Any) -> GraphQLError | None:
     """The error a private field gets for this request, or None if it may resolve."""
     ctx = context.current()
     if ctx is not None and ctx.auth_error is not None:
-        return graphql_error(ctx.auth_error.code, ctx.auth_error.message)
+        error = ctx.auth_error
+        record_event(
+            "token_expired" if error.code == "TOKEN_EXPIRED" else "token_invalid",
+            message=error.message,
+            path=plain_path(info.path),
+        )
+        return Denied(error.message, extensions={"code": error.code})
     user = getattr(info.context, "user", None)
     if user is None or not user.is_authenticated:
-        return graphql_error(UNAUTHENTICATED)
+        if ctx is not None:
+            record_event("unauthenticated", message="Authentication required", path=plain_path(info.path))
+        base = graphql_error(UNAUTHENTICATED)
+        return Denied(base.message, extensions=base.extensions)
     return None
 
 
+def record_resolver_error(exc: Exception, info: Any) -> None:
+    if isinstance(exc, Denied) or _current() is None:
+        return
+    kind, sqlstate = classify_resolver_error(exc)
+    original = getattr(exc, "original_error", None) or exc
+    record_event(
+        kind,
+        message=str(exc),
+        path=plain_path(info.path),
+        sqlstate=sqlstate,
+        details={"exception": type(original).__name__, "variables": info.variable_values},
+    )
+
+
 class AuditMiddleware:
-    """Public and private fields, and the operation on the audit context.
+    """Public and private fields, access records and failure events.
 
     List it in ``GRAPHENE["MIDDLEWARE"]``. graphql-core runs the *last* listed
     middleware first, so if graphql_jwt's ``JSONWebTokenMiddleware`` is kept it
@@ -54,16 +86,29 @@ class AuditMiddleware:
         self._private_nested: dict[Any, frozenset[str]] = {}
 
     def resolve(self, next: Any, root: Any, info: Any, **args: Any) -> Any:
-        if info.path.prev is not None:
-            # Nested field: only fields marked @private need a look.
-            if self._private_nested:
-                names = self._private_nested.get(info.parent_type)
-                if names is not None and info.field_name in names:
-                    error = denial(info)
-                    if error is not None:
-                        raise error
+        if info.path.prev is None:
+            return self._resolve_root(next, root, info, args)
+        if self._private_nested:
+            names = self._private_nested.get(info.parent_type)
+            if names is not None and info.field_name in names:
+                error = denial(info)
+                if error is not None:
+                    raise error
+        record = None
+        ctx = _current()
+        if ctx is not None and ctx.accessed is not None:
+            record = ctx.accessed.get(id(root))
+            if record is None and root.__class__ in ctx.audited:
+                record = track(ctx, root, root.__class__, root.pk, object_path(info))
+            if record is not None:
+                record.fields.add(info.field_name)
+        try:
             return next(root, info, **args)
-        return self._resolve_root(next, root, info, args)
+        except Exception as exc:
+            if record is not None:
+                record.fields.discard(info.field_name)
+            record_resolver_error(exc, info)
+            raise
 
     def _resolve_root(self, next: Any, root: Any, info: Any, args: dict[str, Any]) -> Any:
         rules = rules_for(info.schema)
@@ -74,16 +119,21 @@ class AuditMiddleware:
             ctx.path = [info.path.key]
         name = info.field_name
         if name == "__typename":
-            return next(root, info, **args)
-        if name in INTROSPECTION_FIELDS:
+            pass
+        elif name in INTROSPECTION_FIELDS:
             mode = conf.INTROSPECTION
             if mode == "disabled":
                 raise graphql_error(INTROSPECTION_DISABLED)
-            if mode == "public":
-                return next(root, info, **args)
-        elif (info.parent_type.name, name) in rules.public_roots:
+            if mode != "public":
+                error = denial(info)
+                if error is not None:
+                    raise error
+        elif (info.parent_type.name, name) not in rules.public_roots:
+            error = denial(info)
+            if error is not None:
+                raise error
+        try:
             return next(root, info, **args)
-        error = denial(info)
-        if error is not None:
-            raise error
-        return next(root, info, **args)
+        except Exception as exc:
+            record_resolver_error(exc, info)
+            raise

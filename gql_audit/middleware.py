@@ -8,9 +8,13 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_asy
 from django.contrib.auth.models import AnonymousUser
 
 from gql_audit import context
-from gql_audit.auth import authenticate
+from gql_audit.access import registered_models
+from gql_audit.auth import authenticate, scrub_credentials
 from gql_audit.conf import conf
+from gql_audit.errors import TOKEN_EXPIRED
+from gql_audit.events import record_event
 from gql_audit.net import client_address, request_id
+from gql_audit.storage import flush
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -20,11 +24,15 @@ if TYPE_CHECKING:
 
 def begin(request: HttpRequest) -> context.RequestContext:
     """Build the request's context (no I/O, so it is shared by both call paths)."""
-    return context.RequestContext(
+    ctx = context.RequestContext(
         request_id=request_id(request),
         request=request,
         remote_addr=client_address(request),
     )
+    if conf.ACCESS_LOG:
+        ctx.accessed = {}
+        ctx.audited = registered_models()
+    return ctx
 
 
 def authenticate_request(request: HttpRequest, ctx: context.RequestContext) -> None:
@@ -35,6 +43,11 @@ def authenticate_request(request: HttpRequest, ctx: context.RequestContext) -> N
     user, error = authenticate(request, authenticator)
     if error is not None:
         ctx.auth_error = error
+        record_event(
+            "token_expired" if error.code == TOKEN_EXPIRED else "token_invalid",
+            message=error.message,
+            details={"reason": scrub_credentials(request, error.reason), "code": error.code},
+        )
         # A bad token must not fall back to a session identity.
         request.user = AnonymousUser()
     elif user is not None:
@@ -47,6 +60,8 @@ def authenticate_request(request: HttpRequest, ctx: context.RequestContext) -> N
 
 
 def finish(response: HttpResponseBase, ctx: context.RequestContext) -> HttpResponseBase:
+    """Write what the request recorded (outside the view's transaction), echo the id."""
+    response = flush(ctx, response)
     response[conf.REQUEST_ID_HEADER] = ctx.request_id
     return response
 
@@ -77,10 +92,10 @@ class AuditContextMiddleware:
         token = context.bind(ctx)
         try:
             authenticate_request(request, ctx)
-            response = self.get_response(request)
+            response = finish(self.get_response(request), ctx)  # type: ignore[arg-type]
         finally:
             context.reset(token)
-        return finish(response, ctx)  # type: ignore[arg-type]
+        return response
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
         ctx = begin(request)
@@ -88,6 +103,7 @@ class AuditContextMiddleware:
         try:
             await sync_to_async(authenticate_request, thread_sensitive=True)(request, ctx)
             response = await self.get_response(request)  # type: ignore[misc]
+            response = await sync_to_async(finish, thread_sensitive=True)(response, ctx)
         finally:
             context.reset(token)
-        return finish(response, ctx)
+        return response

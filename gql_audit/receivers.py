@@ -80,6 +80,25 @@ def stamp_log_entry(sender: Any, instance: Any, raw: bool = False, using: str | 
     instance.additional_data = merge_additional_data(instance.additional_data, audit_context_data(ctx, using))
 
 
+def defer_access_entry(sender: Any, instance: Any, action: Any = None, **kwargs: Any) -> bool | None:
+    """auditlog's ``pre_log``: an ACCESS entry from service code (``accessed.send``).
+
+    During a request it joins the request's access records, written after the
+    view with the same actor and context, and returning False stops auditlog
+    writing its own row inside the view's transaction, where a rollback would
+    take it.
+    """
+    from auditlog import get_logentry_model
+
+    ctx = context.current()
+    if ctx is None or ctx.accessed is None or action != get_logentry_model().Action.ACCESS:
+        return None
+    from gql_audit.access import record_instance
+
+    record_instance(instance)
+    return False
+
+
 def note_deleted_user(sender: Any, instance: Any, **kwargs: Any) -> None:
     """``pre_delete`` of the user model.
 

@@ -67,8 +67,9 @@ def verify(work, prefix, responses):
     entries = list(
         LogEntry.objects.filter(cid__startswith=f"{prefix}-").values_list("cid", "actor_id", "additional_data")
     )
-    # One UPDATE of the profile and one CREATE of the document per request.
-    assert Counter(cid for cid, _, _ in entries) == Counter({rid: 2 for rid in owner_of})
+    # Per request: the profile's UPDATE and the document's CREATE, and an ACCESS
+    # entry for each of the two objects the response returned.
+    assert Counter(cid for cid, _, _ in entries) == Counter({rid: 4 for rid in owner_of})
     wrong_actor = [(cid, actor) for cid, actor, _ in entries if actor != owner_of[cid]]
     wrong_cid = [cid for cid, _, data in entries if data["gql_audit"]["request_id"] != cid]
     assert wrong_actor == [] and wrong_cid == []
