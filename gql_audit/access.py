@@ -14,27 +14,31 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from django.apps import apps
+from django.db.models import Model
 
 from gql_audit import context
 from gql_audit.events import plain_path
 
 
 class AccessRecord:
-    __slots__ = ("obj", "model", "pk", "fields", "paths")
+    __slots__ = ("obj", "model", "pk", "fields", "paths", "parent")
 
-    def __init__(self, obj: Any, model: type, pk: Any, path: str) -> None:
+    def __init__(self, obj: Any, model: type[Model], pk: Any, path: str) -> None:
         self.obj = obj
         self.model = model
         self.pk = pk
         self.fields: set[str] = set()
         self.paths = {path} if path else set()
+        #: The graphql-core Path the object was last seen at: sibling fields
+        #: share it, so a new location is one identity test away.
+        self.parent: Any = None
 
 
-def registered_models() -> dict[type, Any]:
+def registered_models() -> dict[type[Model], Any]:
     """The models registered with django-auditlog (its live registry)."""
     from auditlog.registry import auditlog
 
-    registry: dict[type, Any] = auditlog._registry
+    registry: dict[type[Model], Any] = auditlog._registry
     return registry
 
 
@@ -43,7 +47,7 @@ def object_path(info: Any) -> str:
     return plain_path(info.path.prev)
 
 
-def track(ctx: context.RequestContext, obj: Any, model: type, pk: Any, path: str) -> AccessRecord | None:
+def track(ctx: context.RequestContext, obj: Any, model: type[Model], pk: Any, path: str) -> AccessRecord | None:
     """Start (or continue) the record of ``obj`` for this request."""
     if ctx.accessed is None or pk is None:
         return None
@@ -62,13 +66,13 @@ def record_instance(instance: Any) -> None:
         track(ctx, instance, type(instance), instance.pk, "")
 
 
-def _resolve_model(model: type | str) -> type:
+def _resolve_model(model: type[Model] | str) -> type[Model]:
     if isinstance(model, str):
         return apps.get_model(model)
     return model
 
 
-def audit_access(model: type | str, pk: str | Callable[[Any], Any] = "pk") -> Callable[[Any], Any]:
+def audit_access(model: type[Model] | str, pk: str | Callable[[Any], Any] = "pk") -> Callable[[Any], Any]:
     """Decorate a resolver whose values are not model instances (dicts, dataclasses).
 
     ``model`` is the model class (or ``"app_label.Model"``) the values stand

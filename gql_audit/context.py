@@ -38,10 +38,20 @@ class RequestContext:
     #: Objects exposed so far, by identity; None when ``ACCESS_LOG`` is off.
     accessed: dict[int, AccessRecord] | None = None
     #: Models registered with auditlog: objects of these are access-logged.
-    audited: dict[type, Any] = field(default_factory=dict)
+    audited: dict[type[Any], Any] = field(default_factory=dict)
     #: Security events recorded so far, written after the view.
     events: dict[tuple[Any, ...], dict[str, Any]] = field(default_factory=dict)
     _operation_node: Any = field(default=None, repr=False)
+    _secret_variables: frozenset[str] | None = field(default=None, repr=False)
+
+    def secret_variables(self) -> frozenset[str]:
+        """Variables of the current operation that feed secret arguments (computed once)."""
+        if self._secret_variables is None:
+            from gql_audit.redaction import secret_variables
+
+            node = self._operation_node
+            self._secret_variables = secret_variables(node) if node is not None else frozenset()
+        return self._secret_variables
 
     @property
     def user(self) -> Any:
@@ -53,6 +63,7 @@ class RequestContext:
         if operation_node is self._operation_node:
             return
         self._operation_node = operation_node
+        self._secret_variables = None
         loc = getattr(operation_node, "loc", None)
         body = loc.source.body if loc is not None else ""
         name = operation_node.name.value if operation_node.name is not None else None

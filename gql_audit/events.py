@@ -97,12 +97,11 @@ def record_event(
     if event is None:
         event = ctx.events[key] = build_event(kind, ctx, message=message, path=path, sqlstate=sqlstate, details=details)
         event["details"].setdefault("count", 0)
-        if path:
-            event["details"]["paths"] = []
     event["details"]["count"] += 1
-    paths = event["details"].get("paths")
-    if path and paths is not None and path not in paths and len(paths) < MAX_PATHS:
-        paths.append(path)
+    if path:
+        paths = event["details"].setdefault("paths", [])
+        if path not in paths and len(paths) < MAX_PATHS:
+            paths.append(path)
 
 
 def sqlstate_of(exc: BaseException) -> str:

@@ -20,6 +20,7 @@ from gql_audit.access import object_path, track
 from gql_audit.conf import conf
 from gql_audit.errors import INTROSPECTION_DISABLED, UNAUTHENTICATED, graphql_error
 from gql_audit.events import classify_resolver_error, plain_path, record_event
+from gql_audit.redaction import redact_variables
 from gql_audit.visibility import INTROSPECTION_FIELDS, SchemaRules, build_rules
 
 _rules_cache: dict[int, tuple[Any, int, SchemaRules]] = {}
@@ -61,7 +62,8 @@ def denial(info: Any) -> GraphQLError | None:
 
 
 def record_resolver_error(exc: Exception, info: Any) -> None:
-    if isinstance(exc, Denied) or _current() is None:
+    ctx = _current()
+    if isinstance(exc, Denied) or ctx is None:
         return
     kind, sqlstate = classify_resolver_error(exc)
     original = getattr(exc, "original_error", None) or exc
@@ -70,7 +72,10 @@ def record_resolver_error(exc: Exception, info: Any) -> None:
         message=str(exc),
         path=plain_path(info.path),
         sqlstate=sqlstate,
-        details={"exception": type(original).__name__, "variables": info.variable_values},
+        details={
+            "exception": type(original).__name__,
+            "variables": redact_variables(info.variable_values, ctx.secret_variables()),
+        },
     )
 
 
@@ -102,6 +107,9 @@ class AuditMiddleware:
                 record = track(ctx, root, root.__class__, root.pk, object_path(info))
             if record is not None:
                 record.fields.add(info.field_name)
+                if record.parent is not info.path.prev:
+                    record.parent = info.path.prev
+                    record.paths.add(object_path(info))
         try:
             return next(root, info, **args)
         except Exception as exc:

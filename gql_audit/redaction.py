@@ -31,6 +31,39 @@ def is_secret_key(key: str) -> bool:
     return bool(_pattern().search(key))
 
 
+def secret_variables(operation: Any) -> frozenset[str]:
+    """Names of the operation's variables that feed a secret argument.
+
+    ``tokenAuth(password: $p)`` makes ``$p`` secret whatever the client named
+    it; input-object fields (``{password: $p}``) count too.
+    """
+    from graphql import ArgumentNode, ObjectFieldNode, VariableNode, visit
+    from graphql.language import Visitor
+
+    found: set[str] = set()
+
+    class Finder(Visitor):
+        def enter_argument(self, node: ArgumentNode, *args: Any) -> None:
+            self._check(node)
+
+        def enter_object_field(self, node: ObjectFieldNode, *args: Any) -> None:
+            self._check(node)
+
+        def _check(self, node: ArgumentNode | ObjectFieldNode) -> None:
+            if isinstance(node.value, VariableNode) and is_secret_key(node.name.value):
+                found.add(node.value.name.value)
+
+    visit(operation, Finder())
+    return frozenset(found)
+
+
+def redact_variables(variables: Any, secret_names: frozenset[str]) -> Any:
+    """GraphQL variables, redacted by their own names and by the arguments they feed."""
+    if not isinstance(variables, dict):
+        return redact(variables)
+    return redact({k: (REDACTED if k in secret_names else v) for k, v in variables.items()})
+
+
 def redact(value: Any, *, depth: int = 0) -> Any:
     """A JSON-safe, bounded copy of ``value`` with secrets replaced."""
     limit = conf.REDACT_MAX_LENGTH

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 from typing import Any
 
 from django.db import connections, transaction
+from django.db.models import Model
 from django.http import HttpResponseBase, JsonResponse
 from django.utils import timezone
 from django.utils.encoding import smart_str
@@ -28,6 +30,8 @@ from gql_audit.receivers import EMAIL_MAX_LENGTH, audit_context_data
 audit_logger = logging.getLogger("gql_audit.audit")
 
 AUDIT_UNAVAILABLE = "AUDIT_UNAVAILABLE"
+#: Rows per INSERT at most, whatever the driver allows: bounds statement size.
+MAX_ROWS_PER_INSERT = 2000
 MAX_REPORTED_ERRORS = 5
 
 
@@ -61,7 +65,7 @@ def access_entries(ctx: context.RequestContext, alias: str) -> list[dict[str, An
         return []
     from django.contrib.contenttypes.models import ContentType
 
-    merged: dict[tuple[type, str], Any] = {}
+    merged: dict[tuple[type[Model], str], Any] = {}
     for record in ctx.accessed.values():
         key = (record.model, str(record.pk))
         seen = merged.get(key)
@@ -73,7 +77,7 @@ def access_entries(ctx: context.RequestContext, alias: str) -> list[dict[str, An
     actor_id, actor_email = _actor(ctx)
     shared = audit_context_data(ctx, alias)
     now = timezone.now()
-    content_types: dict[type, int] = {}
+    content_types: dict[type[Model], int] = {}
     entries = []
     for (model, pk), record in merged.items():
         if model not in content_types:
@@ -95,6 +99,19 @@ def access_entries(ctx: context.RequestContext, alias: str) -> list[dict[str, An
             }
         )
     return entries
+
+
+def max_query_params(connection: Any) -> int:
+    """Bound parameters one statement may carry on this connection.
+
+    Django assumes SQLite's historic 999; SQLite builds since 3.32 allow
+    32,766 or more and report it. PostgreSQL's wire protocol allows 65,535.
+    """
+    if connection.vendor == "sqlite":
+        connection.ensure_connection()
+        limit: int = connection.connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+        return limit
+    return int(connection.features.max_query_params or 65535)
 
 
 def insert_access_entries(entries: list[dict[str, Any]], alias: str) -> None:
@@ -133,7 +150,7 @@ def insert_access_entries(entries: list[dict[str, Any]], alias: str) -> None:
     table = connection.ops.quote_name(LogEntry._meta.db_table)
     columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
     placeholder = "(" + ", ".join(["%s"] * len(fields)) + ")"
-    batch = max(1, min(500, connection.ops.bulk_batch_size(fields, rows)))
+    batch = max(1, min(MAX_ROWS_PER_INSERT, max_query_params(connection) // len(fields)))
     with connection.cursor() as cursor:
         for start in range(0, len(rows), batch):
             chunk = rows[start : start + batch]
@@ -219,6 +236,10 @@ def flush(ctx: context.RequestContext, response: HttpResponseBase) -> HttpRespon
     _graphql_request_errors(ctx, response)
     alias = audit_alias()
     events = list(ctx.events.values())
+    for event in events:
+        # Recorded before the operation was known (at authentication): it is now.
+        if event["operation"] is None:
+            event["operation"] = ctx.operation
     try:
         entries = access_entries(ctx, alias)
     except Exception as exc:  # noqa: BLE001 - e.g. the content types table is unreachable

@@ -10,6 +10,7 @@ from django.contrib.auth import get_user_model
 from django.db.models import Q
 from graphene import relay
 from graphene_django import DjangoConnectionField, DjangoObjectType
+from graphene_django.constants import MUTATION_ERRORS_FLAG
 from graphql import GraphQLError
 
 import gql_audit
@@ -54,6 +55,14 @@ class DocumentNode(DjangoObjectType):
         return queryset.filter(visible)
 
 
+class DocumentSummary(graphene.ObjectType):
+    """Served from plain dicts: gql_audit.audit_access names the model they stand for."""
+
+    id = graphene.Int(required=True)
+    title = graphene.String(required=True)
+    classification = graphene.String(required=True)
+
+
 class ServiceStatus(graphene.ObjectType):
     name = graphene.String(required=True)
     ok = graphene.Boolean(required=True)
@@ -66,6 +75,7 @@ class Query(graphene.ObjectType):
     documents = graphene.List(graphene.NonNull(DocumentNode))
     document = graphene.Field(DocumentNode, id=graphene.ID(required=True))
     documents_connection = DjangoConnectionField(DocumentNode)
+    document_summaries = graphene.List(graphene.NonNull(DocumentSummary))
     node = relay.Node.Field()
 
     def resolve_service_status(root, info):
@@ -80,6 +90,11 @@ class Query(graphene.ObjectType):
 
     def resolve_documents(root, info):
         return DocumentNode.get_queryset(Document.objects.all(), info)
+
+    @gql_audit.audit_access("example_service.Document", pk="id")
+    def resolve_document_summaries(root, info):
+        visible = DocumentNode.get_queryset(Document.objects.all(), info)
+        return list(visible.values("id", "title", "classification"))
 
     def resolve_document(root, info, id):
         return relay.Node.get_node_from_global_id(info, id, only_type=DocumentNode)
@@ -142,6 +157,24 @@ class UpdateProfile(graphene.Mutation):
         return UpdateProfile(profile=profile)
 
 
+class ImportDocuments(graphene.Mutation):
+    """Create several documents, all or none: a title that is empty fails the lot."""
+
+    class Arguments:
+        titles = graphene.List(graphene.NonNull(graphene.String), required=True)
+
+    count = graphene.Int(required=True)
+
+    def mutate(root, info, titles):
+        for number, title in enumerate(titles, start=1):
+            if not title.strip():
+                # Tells graphene-django's ATOMIC_MUTATIONS to roll back what was written.
+                setattr(info.context, MUTATION_ERRORS_FLAG, True)
+                raise GraphQLError(f"Title {number} is empty.", extensions={"code": "BAD_USER_INPUT"})
+            Document.objects.create(owner=info.context.user, title=title)
+        return ImportDocuments(count=len(titles))
+
+
 class DeleteAccount(graphene.Mutation):
     """Delete the caller's own account, with their profile and documents."""
 
@@ -159,6 +192,7 @@ class Mutation(graphene.ObjectType):
     create_document = CreateDocument.Field()
     update_document = UpdateDocument.Field()
     update_profile = UpdateProfile.Field()
+    import_documents = ImportDocuments.Field()
     delete_account = DeleteAccount.Field()
 
 
