@@ -1,8 +1,11 @@
 """A schema with a wide list, to measure the per-field path of the middleware."""
 
 import graphene
+from auditlog.signals import accessed
+from graphene_django import DjangoObjectType
 
 import gql_audit
+from bench.models import Record
 
 FIELDS = [f"f{i}" for i in range(8)]
 
@@ -19,5 +22,30 @@ class Query(graphene.ObjectType):
         return [{name: f"{name}-{i}" for name in FIELDS} for i in range(n)]
 
 
+class RecordType(DjangoObjectType):
+    class Meta:
+        model = Record
+        fields = ("id", "name", "email", "phone", "city", "country", "status", "score")
+
+
+class RecordQuery(graphene.ObjectType):
+    records = graphene.List(graphene.NonNull(RecordType))
+    records_with_accessed_signal = graphene.List(graphene.NonNull(RecordType))
+
+    @gql_audit.public
+    def resolve_records(root, info):
+        return Record.objects.all()
+
+    @gql_audit.public
+    def resolve_records_with_accessed_signal(root, info):
+        # What services do with auditlog alone: one accessed signal per object.
+        records = list(Record.objects.all())
+        for record in records:
+            accessed.send(sender=Record, instance=record)
+        return records
+
+
 schema = graphene.Schema(query=Query)
+record_schema = graphene.Schema(query=RecordQuery)
+RECORD_FIELDS = "id name email phone city country status score"
 QUERY = "query Rows($n: Int!) { rows(n: $n) { %s } }" % " ".join(FIELDS)

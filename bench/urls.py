@@ -3,6 +3,7 @@ from django.views.decorators.csrf import csrf_exempt
 from graphene_django.views import GraphQLView
 from graphql_jwt.middleware import JSONWebTokenMiddleware
 
+from bench.schema import record_schema
 from gql_audit.graphene import AuditMiddleware
 
 urlpatterns = [
@@ -12,4 +13,6 @@ urlpatterns = [
     path("jwt/", csrf_exempt(GraphQLView.as_view(middleware=[JSONWebTokenMiddleware]))),
     # gql_audit.
     path("audit/", csrf_exempt(GraphQLView.as_view(middleware=[AuditMiddleware]))),
+    path("records/bare/", csrf_exempt(GraphQLView.as_view(schema=record_schema, middleware=[]))),
+    path("records/audit/", csrf_exempt(GraphQLView.as_view(schema=record_schema, middleware=[AuditMiddleware]))),
 ]

@@ -1,37 +1,62 @@
 """Access records: which objects a response exposed, and which fields of each.
 
-``AuditMiddleware`` records, per request, every object of an
-auditlog-registered model that a field is resolved on, with the GraphQL field
-names read on it. The records are kept by object identity (the object is held,
-so its id cannot be reused mid-request) and merged by model and primary key
-when they are written, one ``LogEntry`` per object per request.
+An object enters a response through a field whose value is the object (a
+relay node, an edge's node, a foreign key, a custom resolver) or a list of
+objects (a list field, a queryset). ``AuditMiddleware`` looks at every field's
+value for that (one set lookup for the usual scalar) and records each object of
+an auditlog-registered model with the fields the query selects on it, as
+graphql-core collects them (fragments, aliases, ``@include``/``@skip``), once
+per list rather than once per field. Records are kept by object identity (the
+object is held, so its id cannot be reused mid-request) and merged by model
+and primary key when written: one ``LogEntry`` per object per request.
 """
 
 from __future__ import annotations
 
+import datetime
+import decimal
 import functools
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from django.apps import apps
-from django.db.models import Model
+from django.db.models import Model, QuerySet
+from graphql import GraphQLObjectType, get_named_type
+from graphql.execution.collect_fields import collect_sub_fields
 
 from gql_audit import context
 from gql_audit.events import plain_path
 
+#: Values that can never be, or contain, a model instance: the common case.
+SCALARS = frozenset(
+    {
+        str,
+        int,
+        float,
+        bool,
+        type(None),
+        bytes,
+        decimal.Decimal,
+        uuid.UUID,
+        datetime.datetime,
+        datetime.date,
+        datetime.time,
+        datetime.timedelta,
+    }
+)
+NO_FIELDS: frozenset[str] = frozenset()
+
 
 class AccessRecord:
-    __slots__ = ("obj", "model", "pk", "fields", "paths", "parent")
+    __slots__ = ("obj", "model", "pk", "fields", "paths")
 
-    def __init__(self, obj: Any, model: type[Model], pk: Any, path: str) -> None:
+    def __init__(self, obj: Any, model: type[Model], pk: Any, path: str, fields: frozenset[str]) -> None:
         self.obj = obj
         self.model = model
         self.pk = pk
-        self.fields: set[str] = set()
+        self.fields = fields
         self.paths = {path} if path else set()
-        #: The graphql-core Path the object was last seen at: sibling fields
-        #: share it, so a new location is one identity test away.
-        self.parent: Any = None
 
 
 def registered_models() -> dict[type[Model], Any]:
@@ -42,28 +67,87 @@ def registered_models() -> dict[type[Model], Any]:
     return registry
 
 
-def object_path(info: Any) -> str:
-    """Where the object ``info``'s field is resolved on sits in the response."""
-    return plain_path(info.path.prev)
-
-
-def track(ctx: context.RequestContext, obj: Any, model: type[Model], pk: Any, path: str) -> AccessRecord | None:
-    """Start (or continue) the record of ``obj`` for this request."""
+def track(
+    ctx: context.RequestContext, obj: Any, model: type[Model], pk: Any, path: str, fields: frozenset[str]
+) -> AccessRecord | None:
+    """Start, or add to, the record of ``obj`` for this request."""
     if ctx.accessed is None or pk is None:
         return None
     record = ctx.accessed.get(id(obj))
     if record is None:
-        record = ctx.accessed[id(obj)] = AccessRecord(obj, model, pk, path)
-    elif path:
-        record.paths.add(path)
+        record = ctx.accessed[id(obj)] = AccessRecord(obj, model, pk, path, fields)
+    else:
+        if path:
+            record.paths.add(path)
+        if not fields <= record.fields:
+            record.fields = record.fields | fields
     return record
+
+
+def selected_fields(ctx: context.RequestContext, info: Any, object_type: Any) -> frozenset[str]:
+    """Names of the fields the query selects on a value of ``info``'s field (cached per request)."""
+    nodes = info.field_nodes
+    key = (object_type, *map(id, nodes))
+    names = ctx.selections.get(key)
+    if names is None:
+        groups = collect_sub_fields(info.schema, info.fragments, info.variable_values, object_type, nodes)
+        names = ctx.selections[key] = frozenset(
+            group[0].name.value for group in groups.values() if not group[0].name.value.startswith("__")
+        )
+    return names
+
+
+def object_type_for(info: Any, model: type[Model]) -> Any:
+    """The GraphQL object type a ``model`` instance is shown as in ``info``'s field."""
+    named = get_named_type(info.return_type)
+    if isinstance(named, GraphQLObjectType):
+        return named
+    try:
+        candidates = info.schema.get_possible_types(named)
+    except Exception:  # noqa: BLE001 - not an abstract type either
+        return None
+    for candidate in candidates:
+        meta = getattr(getattr(candidate, "graphene_type", None), "_meta", None)
+        if getattr(meta, "model", None) is model:
+            return candidate
+    return None
+
+
+def record_value(ctx: context.RequestContext, value: Any, info: Any) -> None:
+    """Record the registered model instances ``value`` is, or lists."""
+    audited = ctx.audited
+    if value.__class__ in audited:
+        items: Iterable[Any] = (value,)
+    elif isinstance(value, (list, tuple, QuerySet)):
+        items = value
+    else:
+        return
+    path = plain_path(info.path)
+    fields_of: dict[type[Model], frozenset[str]] = {}
+    for item in items:
+        model = item.__class__
+        if model not in audited:
+            continue
+        fields = fields_of.get(model)
+        if fields is None:
+            object_type = object_type_for(info, model)
+            fields = fields_of[model] = selected_fields(ctx, info, object_type) if object_type else NO_FIELDS
+        track(ctx, item, model, item.pk, path, fields)
+
+
+def unread(ctx: context.RequestContext, obj: Any, field_name: str) -> None:
+    """A field of ``obj`` failed (denied, raised): it was not read after all."""
+    if ctx.accessed is not None:
+        record = ctx.accessed.get(id(obj))
+        if record is not None and field_name in record.fields:
+            record.fields = record.fields - {field_name}
 
 
 def record_instance(instance: Any) -> None:
     """Record an access to a model instance without fields (auditlog's ``accessed``)."""
     ctx = context.current()
     if ctx is not None:
-        track(ctx, instance, type(instance), instance.pk, "")
+        track(ctx, instance, type(instance), instance.pk, "", NO_FIELDS)
 
 
 def _resolve_model(model: type[Model] | str) -> type[Model]:
@@ -79,7 +163,7 @@ def audit_access(model: type[Model] | str, pk: str | Callable[[Any], Any] = "pk"
     for; ``pk`` is the key or attribute holding each value's primary key, or a
     callable returning it. Every value the resolver returns (one, or each of an
     iterable) is recorded as an access to that model's object, with the fields
-    read on it.
+    the query selects on it (for a list of scalars: the field itself).
     """
 
     def get_pk(item: Any) -> Any:
@@ -97,15 +181,17 @@ def audit_access(model: type[Model] | str, pk: str | Callable[[Any], Any] = "pk"
             if ctx is None or ctx.accessed is None or result is None:
                 return result
             target = _resolve_model(model)
-            single = isinstance(result, Mapping) or not isinstance(result, Iterable) or isinstance(result, (str, bytes))
+            single = isinstance(result, (Mapping, str, bytes)) or not isinstance(result, Iterable)
             items = [result] if single else list(result)
+            named = get_named_type(info.return_type)
+            if isinstance(named, GraphQLObjectType):
+                fields = selected_fields(ctx, info, named)
+            else:
+                fields = frozenset({info.field_name})
             path = plain_path(info.path)
             for item in items:
-                if item is None:
-                    continue
-                record = track(ctx, item, target, get_pk(item), path)
-                if record is not None and isinstance(item, (str, bytes, int, float)):
-                    record.fields.add(info.field_name)  # a scalar: the field itself is what was read
+                if item is not None:
+                    track(ctx, item, target, get_pk(item), path, fields)
             return items[0] if single else items
 
         return wrapper

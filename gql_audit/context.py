@@ -39,6 +39,8 @@ class RequestContext:
     accessed: dict[int, AccessRecord] | None = None
     #: Models registered with auditlog: objects of these are access-logged.
     audited: dict[type[Any], Any] = field(default_factory=dict)
+    #: Field names selected per (object type, field nodes): computed once a list.
+    selections: dict[tuple[Any, ...], frozenset[str]] = field(default_factory=dict)
     #: Security events recorded so far, written after the view.
     events: dict[tuple[Any, ...], dict[str, Any]] = field(default_factory=dict)
     _operation_node: Any = field(default=None, repr=False)

@@ -1,9 +1,10 @@
 """``AuditMiddleware``: the Graphene middleware that decides and records each field.
 
 It runs for every field of every response. For a nested field it does: is the
-field marked ``@private`` (one truthiness test when nothing is), is the object
-it is read on one to access-log (one dict lookup by identity, one by class),
-and a ``try`` around the resolver (free in Python 3.11 unless it raises). Root
+field marked ``@private`` (one truthiness test when nothing is), a ``try``
+around the resolver (free in Python 3.11 unless it raises), and is the value
+a scalar (one set lookup): only other values can bring objects to access-log,
+and a list of them is recorded once, not field by field. Root
 fields, a handful per operation, do the rest: record the operation, and turn a
 deferred authentication error, or a missing user, into a GraphQL error on that
 field only.
@@ -16,7 +17,7 @@ from typing import Any
 from graphql import GraphQLError
 
 from gql_audit import context
-from gql_audit.access import object_path, track
+from gql_audit.access import SCALARS, record_value, unread
 from gql_audit.conf import conf
 from gql_audit.errors import INTROSPECTION_DISABLED, UNAUTHENTICATED, graphql_error
 from gql_audit.events import classify_resolver_error, plain_path, record_event
@@ -98,25 +99,25 @@ class AuditMiddleware:
             if names is not None and info.field_name in names:
                 error = denial(info)
                 if error is not None:
+                    self._unread(root, info)
                     raise error
-        record = None
-        ctx = _current()
-        if ctx is not None and ctx.accessed is not None:
-            record = ctx.accessed.get(id(root))
-            if record is None and root.__class__ in ctx.audited:
-                record = track(ctx, root, root.__class__, root.pk, object_path(info))
-            if record is not None:
-                record.fields.add(info.field_name)
-                if record.parent is not info.path.prev:
-                    record.parent = info.path.prev
-                    record.paths.add(object_path(info))
         try:
-            return next(root, info, **args)
+            value = next(root, info, **args)
         except Exception as exc:
-            if record is not None:
-                record.fields.discard(info.field_name)
+            self._unread(root, info)
             record_resolver_error(exc, info)
             raise
+        if value.__class__ not in SCALARS:
+            ctx = _current()
+            if ctx is not None and ctx.accessed is not None:
+                record_value(ctx, value, info)
+        return value
+
+    @staticmethod
+    def _unread(root: Any, info: Any) -> None:
+        ctx = _current()
+        if ctx is not None:
+            unread(ctx, root, info.field_name)
 
     def _resolve_root(self, next: Any, root: Any, info: Any, args: dict[str, Any]) -> Any:
         rules = rules_for(info.schema)
@@ -141,7 +142,10 @@ class AuditMiddleware:
             if error is not None:
                 raise error
         try:
-            return next(root, info, **args)
+            value = next(root, info, **args)
         except Exception as exc:
             record_resolver_error(exc, info)
             raise
+        if ctx is not None and ctx.accessed is not None and value.__class__ not in SCALARS:
+            record_value(ctx, value, info)
+        return value

@@ -32,6 +32,7 @@ audit_logger = logging.getLogger("gql_audit.audit")
 AUDIT_UNAVAILABLE = "AUDIT_UNAVAILABLE"
 #: Rows per INSERT at most, whatever the driver allows: bounds statement size.
 MAX_ROWS_PER_INSERT = 2000
+MAX_ROWS_PER_ARRAY_INSERT = 10000
 MAX_REPORTED_ERRORS = 5
 
 
@@ -59,46 +60,43 @@ def _object_repr(record: Any) -> str:
     return f"{record.model._meta.label} {record.pk}"
 
 
-def access_entries(ctx: context.RequestContext, alias: str) -> list[dict[str, Any]]:
-    """One entry per (model, primary key) the request exposed, fields merged."""
-    if not ctx.accessed:
-        return []
-    from django.contrib.contenttypes.models import ContentType
-
+def merge_records(ctx: context.RequestContext) -> list[Any]:
+    """The request's access records, one per (model, primary key), fields merged."""
     merged: dict[tuple[type[Model], str], Any] = {}
-    for record in ctx.accessed.values():
+    for record in (ctx.accessed or {}).values():
         key = (record.model, str(record.pk))
         seen = merged.get(key)
         if seen is None:
             merged[key] = record
-        else:
+        elif seen is not record:
             seen.fields |= record.fields
             seen.paths |= record.paths
+    return list(merged.values())
+
+
+def access_data(ctx: context.RequestContext, alias: str, record: Any) -> dict[str, Any]:
+    """``additional_data`` of an ACCESS entry."""
+    fields = sorted(name for name in record.fields if not name.startswith("__"))
+    return {"gql_audit": {**audit_context_data(ctx, alias), "path": sorted(record.paths), "fields": fields}}
+
+
+def describe(ctx: context.RequestContext, alias: str, records: list[Any]) -> list[dict[str, Any]]:
+    """The entries as plain data, for the log when they cannot be written."""
     actor_id, actor_email = _actor(ctx)
-    shared = audit_context_data(ctx, alias)
-    now = timezone.now()
-    content_types: dict[type[Model], int] = {}
-    entries = []
-    for (model, pk), record in merged.items():
-        if model not in content_types:
-            content_types[model] = ContentType.objects.db_manager(alias).get_for_model(model).pk
-        fields = sorted(name for name in record.fields if not name.startswith("__"))
-        entries.append(
-            {
-                "content_type_id": content_types[model],
-                "model": model._meta.label,
-                "object_pk": pk,
-                "object_id": record.pk if isinstance(record.pk, int) else None,
-                "object_repr": _object_repr(record),
-                "actor_id": actor_id,
-                "actor_email": actor_email,
-                "cid": ctx.request_id,
-                "remote_addr": ctx.remote_addr,
-                "timestamp": now,
-                "gql_audit": {**shared, "path": sorted(record.paths), "fields": fields},
-            }
-        )
-    return entries
+    return [
+        {
+            "model": record.model._meta.label,
+            "object_pk": str(record.pk),
+            "object_repr": _object_repr(record),
+            "actor_id": actor_id,
+            "actor_email": actor_email,
+            "cid": ctx.request_id,
+            "remote_addr": ctx.remote_addr,
+            "timestamp": timezone.now(),
+            **access_data(ctx, alias, record),
+        }
+        for record in records
+    ]
 
 
 def max_query_params(connection: Any) -> int:
@@ -114,48 +112,128 @@ def max_query_params(connection: Any) -> int:
     return int(connection.features.max_query_params or 65535)
 
 
-def insert_access_entries(entries: list[dict[str, Any]], alias: str) -> None:
-    """Multi-row INSERTs into auditlog's table: few statements whatever the count."""
-    from auditlog import get_logentry_model
+#: Columns that differ from one ACCESS entry of a request to the next.
+PER_ROW = ("content_type_id", "object_pk", "object_id", "object_repr", "additional_data")
+#: Backends taking whole columns as array parameters (``unnest``).
+ARRAY_VENDORS = frozenset({"postgresql", "cockroachdb"})
 
-    LogEntry = get_logentry_model()
-    connection = connections[alias]
-    fields = [f for f in LogEntry._meta.concrete_fields if not f.primary_key]
-    data_field = LogEntry._meta.get_field("additional_data")
-    prepared_data: dict[str, Any] = {}
-    constant = {
-        "action": LogEntry.Action.ACCESS,
-        "changes_text": "",
-        "changes": None,
-        "serialized_data": None,
-        "remote_port": None,
-    }
-    rows = []
-    for entry in entries:
-        # Objects read the same way share one serialized additional_data.
-        data = {"gql_audit": entry["gql_audit"]}
-        data_key = json.dumps(data, sort_keys=True, default=str)
-        if data_key not in prepared_data:
-            prepared_data[data_key] = data_field.get_db_prep_save(data, connection)
-        values = {**constant, **entry}
-        row = []
-        for field in fields:
-            if field.attname == "additional_data":
-                row.append(prepared_data[data_key])
-            elif field.attname in values:
-                row.append(field.get_db_prep_save(values[field.attname], connection))
+
+class AccessInsert:
+    """The INSERT of one request's ACCESS entries into auditlog's table.
+
+    Values shared by every entry of the request are prepared once. Objects
+    read alike share one ``additional_data`` document: a row holds the index of
+    its document in ``documents``.
+    """
+
+    def __init__(self, ctx: context.RequestContext, alias: str) -> None:
+        from auditlog import get_logentry_model
+
+        LogEntry = get_logentry_model()
+        self.ctx, self.alias = ctx, alias
+        self.connection = connections[alias]
+        self.meta = LogEntry._meta
+        self.data_field = self.meta.get_field("additional_data")
+        actor_id, actor_email = _actor(ctx)
+        shared = {
+            "action": LogEntry.Action.ACCESS,
+            "changes_text": "",
+            "actor_id": actor_id,
+            "actor_email": actor_email,
+            "cid": ctx.request_id,
+            "remote_addr": ctx.remote_addr,
+            "timestamp": timezone.now(),
+        }
+        self.per_row = [self.meta.get_field(name) for name in PER_ROW]
+        # Columns not set here take their default; NULLs are left to the column.
+        self.constant = []
+        for field in self.meta.concrete_fields:
+            if field.primary_key or field.attname in PER_ROW:
+                continue
+            value = shared[field.attname] if field.attname in shared else field.get_default()
+            if value is not None:
+                self.constant.append((field, field.get_db_prep_save(value, self.connection)))
+        self.rows: list[tuple[Any, ...]] = []
+        self.documents: list[dict[str, Any]] = []
+        self._index_of: dict[tuple[Any, ...], int] = {}
+        self._content_types: dict[type[Model], int] = {}
+
+    def add(self, record: Any) -> None:
+        from django.contrib.contenttypes.models import ContentType
+
+        model = record.model
+        if model not in self._content_types:
+            self._content_types[model] = ContentType.objects.db_manager(self.alias).get_for_model(model).pk
+        key = (frozenset(record.fields), frozenset(record.paths))
+        index = self._index_of.get(key)
+        if index is None:
+            index = self._index_of[key] = len(self.documents)
+            self.documents.append(access_data(self.ctx, self.alias, record))
+        pk = record.pk
+        self.rows.append(
+            (self._content_types[model], str(pk), pk if isinstance(pk, int) else None, _object_repr(record), index)
+        )
+
+    def execute(self) -> None:
+        if not self.rows:
+            return
+        quote = self.connection.ops.quote_name
+        self.table = quote(self.meta.db_table)
+        self.columns = ", ".join(quote(f.column) for f in [*self.per_row, *(f for f, _ in self.constant)])
+        with self.connection.cursor() as cursor:
+            if self.connection.vendor in ARRAY_VENDORS:
+                self._by_arrays(cursor)
             else:
-                row.append(field.get_db_prep_save(field.get_default(), connection))
-        rows.append(row)
-    table = connection.ops.quote_name(LogEntry._meta.db_table)
-    columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
-    placeholder = "(" + ", ".join(["%s"] * len(fields)) + ")"
-    batch = max(1, min(MAX_ROWS_PER_INSERT, max_query_params(connection) // len(fields)))
-    with connection.cursor() as cursor:
-        for start in range(0, len(rows), batch):
-            chunk = rows[start : start + batch]
-            sql = f"INSERT INTO {table} ({columns}) VALUES " + ", ".join([placeholder] * len(chunk))
-            cursor.execute(sql, [value for row in chunk for value in row])
+                self._by_values(cursor)
+
+    def _by_values(self, cursor: Any) -> None:
+        """``INSERT ... VALUES (...), (...)``: as many rows a statement as parameters allow."""
+        documents = [self.data_field.get_db_prep_save(d, self.connection) for d in self.documents]
+        constants = [value for _, value in self.constant]
+        width = len(self.per_row) + len(constants)
+        placeholder = "(" + ", ".join(["%s"] * width) + ")"
+        batch = max(1, min(MAX_ROWS_PER_INSERT, max_query_params(self.connection) // width))
+        for start in range(0, len(self.rows), batch):
+            chunk = self.rows[start : start + batch]
+            params: list[Any] = []
+            for row in chunk:
+                params.extend(row[:-1])
+                params.append(documents[row[-1]])
+                params.extend(constants)
+            sql = f"INSERT INTO {self.table} ({self.columns}) VALUES " + ", ".join([placeholder] * len(chunk))
+            cursor.execute(sql, params)
+
+    def _by_arrays(self, cursor: Any) -> None:
+        """``INSERT ... SELECT FROM unnest(arrays)``: one short statement, one parameter a column.
+
+        Thousands of placeholders make psycopg parse a huge query text on every
+        request, and JSON inside an array literal is slow to escape: rows
+        carry the index of their document, each document travels once.
+        """
+        connection = self.connection
+        types = ["integer" if f.attname == "additional_data" else f.db_type(connection) for f in self.per_row]
+        selects = [
+            f"(%s::jsonb[])[u.c{i} + 1]" if f.attname == "additional_data" else f"u.c{i}"
+            for i, f in enumerate(self.per_row)
+        ] + [f"CAST(%s AS {f.db_type(connection)})" for f, _ in self.constant]
+        arrays = ", ".join(f"%s::{t}[]" for t in types)
+        names = ", ".join(f"c{i}" for i in range(len(self.per_row)))
+        sql = (
+            f"INSERT INTO {self.table} ({self.columns}) SELECT {', '.join(selects)} FROM unnest({arrays}) AS u({names})"
+        )
+        documents = [json.dumps(d, cls=self.data_field.encoder) for d in self.documents]
+        for start in range(0, len(self.rows), MAX_ROWS_PER_ARRAY_INSERT):
+            chunk = self.rows[start : start + MAX_ROWS_PER_ARRAY_INSERT]
+            columns = [list(column) for column in zip(*chunk, strict=True)]
+            cursor.execute(sql, [documents, *(value for _, value in self.constant), *columns])
+
+
+def insert_access_entries(ctx: context.RequestContext, records: list[Any], alias: str) -> None:
+    """Few statements whatever the number of entries."""
+    insert = AccessInsert(ctx, alias)
+    for record in records:
+        insert.add(record)
+    insert.execute()
 
 
 def insert_events(events: list[dict[str, Any]], alias: str) -> None:
@@ -186,17 +264,23 @@ def log_unwritten(entries: list[dict[str, Any]], events: list[dict[str, Any]], e
         audit_logger.error(_json({"event": "security_event", **event}))
 
 
-def write(entries: list[dict[str, Any]], events: list[dict[str, Any]], alias: str) -> bool:
+def write(ctx: context.RequestContext | None, records: list[Any], events: list[dict[str, Any]], alias: str) -> bool:
     """Write both kinds in one transaction; on failure log them and return False."""
-    if not entries and not events:
+    if not records and not events:
         return True
     try:
         with transaction.atomic(using=alias):
-            if entries:
-                insert_access_entries(entries, alias)
+            if records and ctx is not None:
+                insert_access_entries(ctx, records, alias)
             if events:
                 insert_events(events, alias)
     except Exception as exc:  # noqa: BLE001 - the request must not fail because auditing did
+        try:
+            entries = describe(ctx, alias, records) if ctx is not None else []
+        except Exception:  # noqa: BLE001 - still log what can be said without the database
+            entries = [
+                {"model": r.model._meta.label, "object_pk": str(r.pk), "fields": sorted(r.fields)} for r in records
+            ]
         log_unwritten(entries, events, exc)
         return False
     return True
@@ -204,7 +288,7 @@ def write(entries: list[dict[str, Any]], events: list[dict[str, Any]], alias: st
 
 def write_now(*, events: list[dict[str, Any]]) -> bool:
     """Write events recorded outside a request."""
-    return write([], events, audit_alias())
+    return write(None, [], events, audit_alias())
 
 
 def _graphql_request_errors(ctx: context.RequestContext, response: HttpResponseBase) -> None:
@@ -240,17 +324,7 @@ def flush(ctx: context.RequestContext, response: HttpResponseBase) -> HttpRespon
         # Recorded before the operation was known (at authentication): it is now.
         if event["operation"] is None:
             event["operation"] = ctx.operation
-    try:
-        entries = access_entries(ctx, alias)
-    except Exception as exc:  # noqa: BLE001 - e.g. the content types table is unreachable
-        bare = [
-            {"model": r.model._meta.label, "object_pk": str(r.pk), "fields": sorted(r.fields), "cid": ctx.request_id}
-            for r in (ctx.accessed or {}).values()
-        ]
-        log_unwritten(bare, events, exc)
-        written = False
-    else:
-        written = write(entries, events, alias)
+    written = write(ctx, merge_records(ctx), events, alias)
     ctx.accessed = {} if ctx.accessed is not None else None
     ctx.events = {}
     if written or not conf.FAIL_CLOSED:

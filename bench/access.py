@@ -1,0 +1,76 @@
+"""Full read auditing against bare graphene-django: 1,000 objects x 8 fields.
+
+    python bench/access.py [--rounds 7] [--requests 10] [--objects 1000]
+    BENCH_DB=postgres PGHOST=... python bench/access.py
+
+Three configurations, one process, one run, full Django WSGI stacks called
+in-process, rounds alternating, median round reported:
+
+- bare graphene-django, no access logging;
+- gql_audit with access logging (one ACCESS LogEntry per object, fields listed);
+- auditlog alone, one ``accessed.send`` per object (one INSERT each).
+
+Access entries are deleted between rounds (untimed) so every round writes
+into a table of the same size.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from harness import audited_handler, bare_handler, call, environ, measure, report  # noqa: I001
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--requests", type=int, default=10)
+    parser.add_argument("--objects", type=int, default=1000)
+    args = parser.parse_args()
+
+    from auditlog.models import LogEntry
+    from django.db import connection
+
+    from bench.models import Record
+    from bench.schema import RECORD_FIELDS
+
+    connection.creation.create_test_db(verbosity=0, autoclobber=True, serialize=False)
+    Record.objects.bulk_create(
+        Record(
+            name=f"name {i}", email=f"user{i}@example.org", phone=f"+1 555 {i:04}", city="Lisbon",
+            country="PT", status="active", score=i,
+        )
+        for i in range(args.objects)
+    )
+    LogEntry.objects.all().delete()
+    bare, audited = bare_handler(), audited_handler()
+
+    def clear() -> None:
+        LogEntry.objects.filter(action=LogEntry.Action.ACCESS).delete()
+
+    query = "{ records { %s } }" % RECORD_FIELDS
+    signal_query = "{ recordsWithAccessedSignal { %s } }" % RECORD_FIELDS
+    results = measure(
+        {
+            "bare graphene-django": (bare, environ("/records/bare/", query)),
+            "gql_audit, full access logging": (audited, environ("/records/audit/", query)),
+            "auditlog accessed.send per object": (bare, environ("/records/bare/", signal_query)),
+        },
+        args.rounds,
+        args.requests,
+        warmup=3,
+        between=clear,
+    )
+    clear()
+    call(audited, environ("/records/audit/", query))
+    written = LogEntry.objects.filter(action=LogEntry.Action.ACCESS).count()
+    print(
+        f"gql_audit access benchmark ({connection.vendor}): {args.objects} objects x 8 fields, "
+        f"{args.rounds} rounds x {args.requests} requests; one audited request wrote {written} entries"
+    )
+    report("List query (goal: gql_audit <= 1.15 x bare)", results, "bare graphene-django")
+    connection.creation.destroy_test_db(connection.settings_dict["NAME"], verbosity=0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""Shared set-up for the benchmarks: Django configured, WSGI stacks called in-process."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "example_service")]
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.settings")
+
+import django  # noqa: E402
+
+django.setup()
+
+from django.conf import settings  # noqa: E402
+from django.core.handlers.wsgi import WSGIHandler  # noqa: E402
+from django.test import override_settings  # noqa: E402
+
+OURS = "gql_audit.middleware.AuditContextMiddleware"
+AUTH = "django.contrib.auth.middleware.AuthenticationMiddleware"
+BASE_MIDDLEWARE = [m for m in settings.MIDDLEWARE if m != OURS]
+
+
+def handler(middleware: list[str]) -> WSGIHandler:
+    with override_settings(MIDDLEWARE=middleware):
+        return WSGIHandler()
+
+
+def bare_handler() -> WSGIHandler:
+    return handler(BASE_MIDDLEWARE)
+
+
+def audited_handler() -> WSGIHandler:
+    after_auth = BASE_MIDDLEWARE.index(AUTH) + 1
+    return handler([*BASE_MIDDLEWARE[:after_auth], OURS, *BASE_MIDDLEWARE[after_auth:]])
+
+
+def environ(path: str, query: str, token: str | None = None) -> dict:
+    body = json.dumps({"query": query}).encode()
+    env = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": path,
+        "SCRIPT_NAME": "",
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "80",
+        "REMOTE_ADDR": "127.0.0.1",
+        "CONTENT_TYPE": "application/json",
+        "CONTENT_LENGTH": str(len(body)),
+        "wsgi.url_scheme": "http",
+        "wsgi.errors": sys.stderr,
+        "_body": body,
+    }
+    if token:
+        env["HTTP_AUTHORIZATION"] = f"JWT {token}"
+    return env
+
+
+def call(app: WSGIHandler, env: dict) -> bytes:
+    env = dict(env)
+    env["wsgi.input"] = io.BytesIO(env["_body"])
+    status = []
+    out = b"".join(app(env, lambda s, h, *a: status.append(s)))
+    if not status[0].startswith("200") or b'"errors"' in out:
+        raise SystemExit(f"benchmark request failed: {status[0]} {out[:300]!r}")
+    return out
+
+
+def measure(
+    configs: dict[str, tuple[WSGIHandler, dict]],
+    rounds: int,
+    requests: int,
+    *,
+    warmup: int = 20,
+    between: Callable[[], None] | None = None,
+) -> dict[str, float]:
+    """Median seconds per request of each configuration, rounds alternating."""
+    for app, env in configs.values():
+        for _ in range(warmup):
+            call(app, env)
+    samples: dict[str, list[float]] = {name: [] for name in configs}
+    for _ in range(rounds):
+        for name, (app, env) in configs.items():
+            if between is not None:
+                between()
+            start = time.perf_counter()
+            for _ in range(requests):
+                call(app, env)
+            samples[name].append((time.perf_counter() - start) / requests)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def report(title: str, results: dict[str, float], baseline: str, unit: str = "request") -> None:
+    print(f"\n{title}")
+    base = results[baseline]
+    for name, seconds in results.items():
+        print(f"  {name:<48} {seconds * 1e3:9.3f} ms/{unit}   ratio {seconds / base:5.3f}")
