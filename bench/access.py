@@ -37,8 +37,13 @@ def main() -> None:
     connection.creation.create_test_db(verbosity=0, autoclobber=True, serialize=False)
     Record.objects.bulk_create(
         Record(
-            name=f"name {i}", email=f"user{i}@example.org", phone=f"+1 555 {i:04}", city="Lisbon",
-            country="PT", status="active", score=i,
+            name=f"name {i}",
+            email=f"user{i}@example.org",
+            phone=f"+1 555 {i:04}",
+            city="Lisbon",
+            country="PT",
+            status="active",
+            score=i,
         )
         for i in range(args.objects)
     )

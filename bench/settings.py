@@ -1,8 +1,8 @@
 """Settings for the benchmarks: the example service on an in-memory SQLite."""
 
-from example_service.settings import *  # noqa: F403
-
 import os
+
+from example_service.settings import *  # noqa: F403
 
 DEBUG = False
 INSTALLED_APPS = [*INSTALLED_APPS, "bench"]  # noqa: F405

@@ -10,9 +10,22 @@ from django.conf import settings
 
 from gql_audit.conf import conf
 
+TEST_DB = os.environ.get("GQL_AUDIT_TEST_DB", "sqlite")
+
 
 def pytest_report_header(config):
-    return f"gql_audit test database: {os.environ.get('GQL_AUDIT_TEST_DB', 'sqlite')}"
+    return f"gql_audit test database: {TEST_DB}"
+
+
+def pytest_collection_modifyitems(config, items):
+    if TEST_DB == "postgres":
+        return
+    skip = pytest.mark.skip(
+        reason="needs PostgreSQL: runs in the PostgreSQL pass of tests/run.sh (GQL_AUDIT_TEST_DB=postgres)"
+    )
+    for item in items:
+        if "postgres" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True)

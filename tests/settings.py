@@ -24,6 +24,8 @@ if TEST_DB == "postgres":
             "TEST": {"NAME": "test_gql_audit"},
         }
     }
+    # A second connection to the same database, for AUDIT_DATABASE.
+    DATABASES["audit"] = {**DATABASES["default"], "TEST": {"MIRROR": "default"}}
 elif TEST_DB == "sqlite":
     TMP_DIR.mkdir(exist_ok=True)
     DATABASES = {

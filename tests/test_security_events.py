@@ -94,9 +94,11 @@ def test_token_auth_password_never_stored(gql, users, caplog):
     assert secret not in caplog.text
 
 
-@pytest.mark.django_db
-@pytest.mark.skipif(connection.vendor != "postgresql", reason="SQLite does not enforce VARCHAR lengths")
-def test_database_error_carries_sqlstate(gql, users):
+@pytest.mark.postgres  # SQLite does not enforce VARCHAR lengths
+@pytest.mark.django_db(transaction=True)  # as in production: the failed statement ends no outer transaction
+@pytest.mark.parametrize("atomic_requests", [False, True])
+def test_database_error_carries_sqlstate(gql, users, monkeypatch, atomic_requests):
+    monkeypatch.setitem(connection.settings_dict, "ATOMIC_REQUESTS", atomic_requests)
     gql(
         'mutation { updateProfile(phone: "%s") { profile { phone } } }' % ("9" * 60),
         token=make_token("alice"),
@@ -256,3 +258,24 @@ def test_secret_variables_found_through_arguments_and_input_fields():
     assert names == {"a", "c", "d"}
     out = redact_variables({"a": "1", "b": "visible", "c": "3", "d": {"user": "u"}}, names)
     assert out == {"a": "[redacted]", "b": "visible", "c": "[redacted]", "d": "[redacted]"}
+
+
+@pytest.mark.postgres  # on SQLite a second connection cannot write while the first holds a transaction
+@pytest.mark.django_db(transaction=True, databases=["default", "audit"])
+def test_audit_database_alias_commits_independently(settings, users):
+    """Events recorded outside a request inside a transaction that rolls back."""
+    from django.db import transaction
+
+    settings.GQL_AUDIT = {**settings.GQL_AUDIT, "AUDIT_DATABASE": "audit"}
+    with transaction.atomic():
+        Document.objects.create(owner=users["alice"], title="undone")
+        events.record_event("db_error", message="failed inside", sqlstate="23505")
+        transaction.set_rollback(True)
+    assert not Document.objects.filter(title="undone").exists()
+    assert SecurityEvent.objects.using("default").filter(message="failed inside").exists()
+
+    settings.GQL_AUDIT = {**settings.GQL_AUDIT, "AUDIT_DATABASE": None}
+    with transaction.atomic():
+        events.record_event("db_error", message="same connection")
+        transaction.set_rollback(True)
+    assert not SecurityEvent.objects.filter(message="same connection").exists()
