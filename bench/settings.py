@@ -2,22 +2,13 @@
 
 import os
 
+from example_service.databases import postgres_from_environment
 from example_service.settings import *  # noqa: F403
 
 DEBUG = False
 INSTALLED_APPS = [*INSTALLED_APPS, "bench"]  # noqa: F405
 if os.environ.get("BENCH_DB") == "postgres":
-    DATABASES = {
-        "default": {
-            "ENGINE": "django.db.backends.postgresql",
-            "HOST": os.environ.get("PGHOST", "localhost"),
-            "PORT": os.environ.get("PGPORT", "5432"),
-            "USER": os.environ.get("PGUSER", "postgres"),
-            "PASSWORD": os.environ.get("PGPASSWORD", ""),
-            "NAME": os.environ.get("PGDATABASE", "gql_audit"),
-            "TEST": {"NAME": "gql_audit_bench"},
-        }
-    }
+    DATABASES = {"default": postgres_from_environment("gql_audit_bench")}
 else:
     DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
 ROOT_URLCONF = "bench.urls"

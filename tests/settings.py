@@ -7,23 +7,14 @@ libpq variables (PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE).
 import os
 from pathlib import Path
 
+from example_service.databases import postgres_from_environment
 from example_service.settings import *  # noqa: F403
 
 TEST_DB = os.environ.get("GQL_AUDIT_TEST_DB", "sqlite")
 TMP_DIR = Path(__file__).resolve().parent / ".tmp"
 
 if TEST_DB == "postgres":
-    DATABASES = {
-        "default": {
-            "ENGINE": "django.db.backends.postgresql",
-            "HOST": os.environ.get("PGHOST", "localhost"),
-            "PORT": os.environ.get("PGPORT", "5432"),
-            "USER": os.environ.get("PGUSER", "postgres"),
-            "PASSWORD": os.environ.get("PGPASSWORD", ""),
-            "NAME": os.environ.get("PGDATABASE", "gql_audit"),
-            "TEST": {"NAME": "test_gql_audit"},
-        }
-    }
+    DATABASES = {"default": postgres_from_environment("test_gql_audit")}
     # A second connection to the same database, for AUDIT_DATABASE.
     DATABASES["audit"] = {**DATABASES["default"], "TEST": {"MIRROR": "default"}}
 elif TEST_DB == "sqlite":
