@@ -81,6 +81,26 @@ def gql(client):
     return run
 
 
+def close_async_connections():
+    """Close the database connections of asgiref's shared sync thread.
+
+    Sync work of async requests runs there; left open, PostgreSQL cannot drop
+    the test database at the end of the session.
+    """
+    import asyncio
+
+    from asgiref.sync import sync_to_async
+    from django.db import connections
+
+    asyncio.run(sync_to_async(connections.close_all, thread_sensitive=True)())
+
+
+@pytest.fixture
+def async_connections_closed():
+    yield
+    close_async_connections()
+
+
 def codes(body) -> dict[tuple, str]:
     """``{path: extensions.code}`` of a GraphQL response body."""
     return {tuple(e.get("path") or ()): (e.get("extensions") or {}).get("code") for e in body.get("errors", [])}

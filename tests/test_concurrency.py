@@ -20,7 +20,7 @@ from auditlog.models import LogEntry
 from django.contrib.auth import get_user_model
 
 from example_service.models import Document, Profile
-from tests.conftest import make_token
+from tests.conftest import close_async_connections, make_token
 
 pytestmark = [pytest.mark.server, pytest.mark.django_db(transaction=True)]
 
@@ -116,12 +116,7 @@ def asgi_server():
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(timeout=20)
-    # Sync work of async requests ran in asgiref's shared thread; close its
-    # database connections there, or PostgreSQL cannot drop the test database.
-    from asgiref.sync import sync_to_async
-    from django.db import connections
-
-    asyncio.run(sync_to_async(connections.close_all, thread_sensitive=True)())
+    close_async_connections()
 
 
 def test_asyncio_tasks_through_an_asgi_server(asgi_server, team):

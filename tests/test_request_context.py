@@ -130,7 +130,7 @@ def test_middleware_picks_sync_or_async():
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_async_client_gets_same_behaviour(async_client, settings):
+async def test_async_client_gets_same_behaviour(async_client, settings, async_connections_closed):
     from asgiref.sync import sync_to_async
     from django.contrib.auth import get_user_model
 
