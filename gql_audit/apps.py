@@ -12,9 +12,12 @@ class GqlAuditConfig(AppConfig):
         from auditlog import get_logentry_model
         from django.apps import apps
         from django.contrib.auth import get_user_model
+        from django.db.backends.signals import connection_created
         from django.db.models.signals import pre_delete, pre_save
 
-        from gql_audit import checks, receivers  # noqa: F401  (registers checks)
+        from gql_audit import checks, db, receivers  # noqa: F401  (registers checks)
+
+        connection_created.connect(db.on_connection_created, dispatch_uid="gql_audit.on_connection_created")
 
         if not apps.is_installed("auditlog"):
             return  # check gql_audit.E008 says so

@@ -38,6 +38,8 @@ DEFAULTS: dict[str, Any] = {
         "private[-_]?key",
     ),
     "REDACT_MAX_LENGTH": 1024,
+    "APPLICATION_NAME": None,
+    "SQL_COMMENT": False,
 }
 
 #: Settings whose value may be a dotted import path, resolved on first use.

@@ -39,6 +39,8 @@ class RequestContext:
     accessed: dict[int, AccessRecord] | None = None
     #: Models registered with auditlog: objects of these are access-logged.
     audited: dict[type[Any], Any] = field(default_factory=dict)
+    #: Transactions retried by ``run_in_transaction`` during this request.
+    db_retries: int = 0
     #: Field names selected per (object type, field nodes): computed once a list.
     selections: dict[tuple[Any, ...], frozenset[str]] = field(default_factory=dict)
     #: Security events recorded so far, written after the view.

@@ -82,8 +82,13 @@ def record_event(
     path: str = "",
     sqlstate: str = "",
     details: dict[str, Any] | None = None,
+    merge: bool = True,
 ) -> None:
-    """Record a security event for the current request (or write it now, outside one)."""
+    """Record a security event for the current request (or write it now, outside one).
+
+    Events of one kind, path, message and SQLSTATE merge into one row with a
+    ``count``, unless ``merge`` is False (each retry is its own row).
+    """
     if kind not in SEVERITY:
         raise ValueError(f"unknown security event kind {kind!r}")
     ctx = context.current()
@@ -93,6 +98,8 @@ def record_event(
         write_now(events=[build_event(kind, None, message=message, path=path, sqlstate=sqlstate, details=details)])
         return
     key = (kind,) if kind in ONCE_PER_REQUEST else (kind, path, message, sqlstate)
+    if not merge:
+        key = (*key, len(ctx.events))
     event = ctx.events.get(key)
     if event is None:
         event = ctx.events[key] = build_event(kind, ctx, message=message, path=path, sqlstate=sqlstate, details=details)

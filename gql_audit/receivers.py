@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.db import connections
 from django.db.models.signals import pre_save
 
 from gql_audit import context
@@ -38,13 +37,14 @@ def _explicit_auditlog_actor() -> bool:
 
 def audit_context_data(ctx: context.RequestContext, using: str | None) -> dict[str, Any]:
     """The ``additional_data["gql_audit"]`` object for an entry saved now."""
-    alias = using or "default"
+    from gql_audit.db import connection_context
+
     return {
         "request_id": ctx.request_id,
         "operation": ctx.operation,
         "path": ctx.path,
         "remote_addr": ctx.remote_addr,
-        "db": {"vendor": connections[alias].vendor, "alias": alias},
+        "db": connection_context(using or "default"),
     }
 
 

@@ -59,6 +59,11 @@ DATABASES = {
         "NAME": os.environ.get("EXAMPLE_SQLITE_PATH", str(BASE_DIR / "db.sqlite3")),
     }
 }
+# postgres://user:password@host:5432/name or cockroach://user@host:26257/name?sslmode=verify-full
+if os.environ.get("DATABASE_URL"):
+    import dj_database_url
+
+    DATABASES["default"] = dj_database_url.parse(os.environ["DATABASE_URL"], conn_max_age=60, conn_health_checks=True)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 USE_TZ = True
@@ -86,4 +91,5 @@ GQL_AUDIT = {
     ],
     # The development server is reached directly; behind a proxy, list its address.
     "TRUSTED_PROXIES": [],
+    "APPLICATION_NAME": "example-service",
 }

@@ -3,8 +3,11 @@ from django.urls import path
 from django.views.decorators.csrf import csrf_exempt
 from graphene_django.views import GraphQLView
 
+from gql_audit.views import health
+
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("health/", health),
     # Tokens travel in the Authorization header, not in cookies, so the API
     # is exempt from CSRF checks (see docs/faq.md before enabling JWT cookies).
     path("graphql/", csrf_exempt(GraphQLView.as_view(graphiql=True))),

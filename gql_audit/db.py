@@ -1,0 +1,252 @@
+"""Database context, transaction retries and the request id in SQL.
+
+- Per connection, once, when Django opens it (``connection_created``): a probe
+  for the context every audit record carries (on CockroachDB the session
+  variables ``node_id``, ``locality``, ``session_id``; on PostgreSQL the backend
+  pid), and ``SET application_name`` when ``APPLICATION_NAME`` is set.
+- ``run_in_transaction`` / ``retry_transaction``: run a function in a
+  transaction, and on SQLSTATE 40001 roll back and run it again, with capped
+  exponential backoff and jitter, recording every retry as a ``db_retry``
+  security event.
+- With ``SQL_COMMENT`` on, every statement run during a request ends with
+  ``/*request_id='...'*/`` (sqlcommenter style), so the database's own logs
+  and statement statistics lead back to the request.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import random
+import re
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+from django.db import connections, transaction
+from django.dispatch import Signal
+
+from gql_audit import context
+from gql_audit.conf import conf
+from gql_audit.events import record_event, sqlstate_of
+
+logger = logging.getLogger("gql_audit.db")
+
+SERIALIZATION_FAILURE = "40001"
+RESULT_UNKNOWN = "40003"  # CockroachDB: "result is ambiguous"
+POSTGRES_VENDORS = frozenset({"postgresql", "cockroachdb"})
+BACKOFF_BASE = 0.01
+BACKOFF_CAP = 1.0
+
+#: Sent on every retry: ``attempt`` (1 for the first failure), ``sqlstate``,
+#: ``reason`` and ``txn`` (CockroachDB, or None), ``error``, ``using``.
+transaction_retried = Signal()
+
+T = TypeVar("T")
+
+# --- CockroachDB retry errors ---------------------------------------------------
+
+_REASON = re.compile(r"\b(RETRY_[A-Z_]+|ABORT_REASON_[A-Z_]+|ReadWithinUncertaintyIntervalError|WriteTooOldError)\b")
+_INJECTED = "inject_retry_errors_enabled"
+_DEADLINE = "transaction deadline exceeded"
+_SQL_TXN_ID = re.compile(r'"sql txn" meta=\{id=([0-9a-f]{8})\b')
+_ANY_TXN_ID = re.compile(r"meta=\{id=([0-9a-f]{8})\b")
+MAX_PARSED_MESSAGE = 20_000
+
+
+def parse_retry_error(message: object) -> dict[str, str] | None:
+    """The CockroachDB retry reason and transaction id prefix in an error message.
+
+    ``{"reason": "RETRY_SERIALIZABLE", "txn": "07d42834"}``; ``txn`` only when
+    the message names the transaction. None for anything else; never raises.
+    """
+    try:
+        text = str(message)[:MAX_PARSED_MESSAGE]
+    except Exception:  # noqa: BLE001 - a hostile __str__
+        return None
+    found = _REASON.search(text)
+    if found is not None:
+        reason = found.group(1)
+    elif _INJECTED in text:
+        reason = "INJECTED_RETRY_ERROR"
+    elif _DEADLINE in text:
+        reason = "RETRY_COMMIT_DEADLINE_EXCEEDED"
+    else:
+        return None
+    result = {"reason": reason}
+    txn = _SQL_TXN_ID.search(text) or _ANY_TXN_ID.search(text)
+    if txn is not None:
+        result["txn"] = txn.group(1)
+    return result
+
+
+# --- retries --------------------------------------------------------------------
+
+
+def backoff(attempt: int) -> float:
+    """Seconds to wait after failed ``attempt``: full jitter, exponential, capped."""
+    return random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (attempt - 1)))
+
+
+def _retryable(sqlstate: str, idempotent: bool) -> bool:
+    # 40003: the commit may or may not have happened; running it again is only
+    # safe when doing it twice does no harm.
+    return sqlstate == SERIALIZATION_FAILURE or (idempotent and sqlstate == RESULT_UNKNOWN)
+
+
+def run_in_transaction(
+    fn: Callable[..., T],
+    *args: Any,
+    using: str = "default",
+    max_attempts: int = 5,
+    idempotent: bool = False,
+    **kwargs: Any,
+) -> T:
+    """Run ``fn(*args, **kwargs)`` in a transaction on ``using``, retrying serialization failures.
+
+    On SQLSTATE 40001 the transaction is rolled back and ``fn`` runs again from
+    the start (on CockroachDB too: a full rerun is what the client-side retry
+    protocol amounts to when the transaction's work is a Python function),
+    after a randomized, capped, exponential pause. Each retry is a ``db_retry``
+    security event. 40003 ("result is ambiguous") is retried only with
+    ``idempotent=True``. After ``max_attempts`` the last error is raised and a
+    ``db_error`` event records it.
+
+    Inside an outer transaction (``atomic`` block) nothing can be retried
+    alone: the failure aborted the outer transaction too. ``fn`` then runs once,
+    in a savepoint, and the error goes up to whoever owns the outer
+    transaction, such as an outer ``run_in_transaction``.
+    """
+    if max_attempts < 1:
+        raise ValueError("max_attempts must be at least 1")
+    if connections[using].in_atomic_block:
+        with transaction.atomic(using=using):
+            return fn(*args, **kwargs)
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            with transaction.atomic(using=using):
+                return fn(*args, **kwargs)
+        except Exception as exc:
+            sqlstate = sqlstate_of(exc)
+            if not _retryable(sqlstate, idempotent):
+                raise
+            parsed = parse_retry_error(exc) or {}
+            if attempt >= max_attempts:
+                record_event(
+                    "db_error",
+                    message=f"transaction failed after {attempt} attempts: {exc}",
+                    sqlstate=sqlstate,
+                    details={"attempts": attempt, "exhausted": True, **parsed, "using": using},
+                )
+                raise
+            _note_retry(exc, attempt, sqlstate, parsed, using)
+            time.sleep(backoff(attempt))
+
+
+def _note_retry(exc: Exception, attempt: int, sqlstate: str, parsed: dict[str, str], using: str) -> None:
+    ctx = context.current()
+    if ctx is not None:
+        ctx.db_retries += 1
+    record_event(
+        "db_retry",
+        message=str(exc),
+        sqlstate=sqlstate,
+        details={"attempt": attempt, **parsed, "using": using},
+        merge=False,
+    )
+    transaction_retried.send(
+        sender=run_in_transaction,
+        attempt=attempt,
+        sqlstate=sqlstate,
+        reason=parsed.get("reason"),
+        txn=parsed.get("txn"),
+        error=exc,
+        using=using,
+    )
+
+
+def retry_transaction(
+    fn: Callable[..., T] | None = None,
+    *,
+    using: str = "default",
+    max_attempts: int = 5,
+    idempotent: bool = False,
+) -> Any:
+    """Decorator form of :func:`run_in_transaction`.
+
+    ``@retry_transaction`` or ``@retry_transaction(max_attempts=8)``.
+    """
+
+    def decorate(function: Callable[..., T]) -> Callable[..., T]:
+        @functools.wraps(function)
+        def wrapper(*args: Any, **kwargs: Any) -> T:
+            return run_in_transaction(
+                function, *args, using=using, max_attempts=max_attempts, idempotent=idempotent, **kwargs
+            )
+
+        return wrapper
+
+    return decorate(fn) if fn is not None else decorate
+
+
+# --- per-connection context ----------------------------------------------------
+
+PROBE_SQL = (
+    "SELECT current_setting('node_id', true), current_setting('locality', true), "
+    "current_setting('session_id', true), pg_backend_pid()"
+)
+#: Where the probe's result lives on a Django connection object.
+ATTRIBUTE = "gql_audit_context"
+
+
+def probe(connection: Any) -> dict[str, Any]:
+    """The connection's database context (one query, PostgreSQL and CockroachDB alike)."""
+    if connection.vendor not in POSTGRES_VENDORS:
+        return {}
+    with connection.cursor() as cursor:
+        cursor.execute(PROBE_SQL)
+        node_id, locality, session_id, pid = cursor.fetchone()
+    if connection.vendor == "cockroachdb":
+        return {"node_id": node_id, "locality": locality or None, "session_id": session_id}
+    return {"backend_pid": pid}
+
+
+def on_connection_created(sender: Any, connection: Any, **kwargs: Any) -> None:
+    """``connection_created``: name the application, probe once, add the SQL comment."""
+    try:
+        name = conf.APPLICATION_NAME
+        if name and connection.vendor in POSTGRES_VENDORS:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT set_config('application_name', %s, false)", [name])
+        setattr(connection, ATTRIBUTE, probe(connection))
+    except Exception:  # noqa: BLE001 - context is a nicety; the connection must still work
+        logger.warning("database context probe failed on %r", connection.alias, exc_info=True)
+        setattr(connection, ATTRIBUTE, {})
+    if sql_comment not in connection.execute_wrappers:
+        connection.execute_wrappers.append(sql_comment)
+
+
+def connection_context(alias: str) -> dict[str, Any]:
+    """``vendor``, ``alias``, the probe's fields and the request's ``retries`` so far."""
+    connection = connections[alias]
+    data: dict[str, Any] = {"vendor": connection.vendor, "alias": alias}
+    data.update(getattr(connection, ATTRIBUTE, None) or {})
+    ctx = context.current()
+    data["retries"] = ctx.db_retries if ctx is not None else 0
+    return data
+
+
+# --- request id in SQL -----------------------------------------------------------
+
+
+def sql_comment(execute: Callable[..., Any], sql: str, params: Any, many: bool, context_: dict[str, Any]) -> Any:
+    """An execute wrapper: append ``/*request_id='...'*/`` during a request, when enabled."""
+    if conf.SQL_COMMENT:
+        ctx = context.current()
+        if ctx is not None and isinstance(sql, str):
+            # The id is already restricted to [A-Za-z0-9._:-]; quoting is belt and braces.
+            sql = f"{sql} /*request_id='{quote(ctx.request_id, safe='')}'*/"
+    return execute(sql, params, many, context_)

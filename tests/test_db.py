@@ -1,0 +1,374 @@
+"""Database context, retries on 40001, the health view and the SQL comment."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from auditlog.models import LogEntry
+from django.db import OperationalError, connection, connections, transaction
+
+from gql_audit import db
+from gql_audit.models import SecurityEvent
+from tests.conftest import make_token, post_graphql
+
+FIXTURES = Path(__file__).parent / "fixtures" / "cockroachdb_retry_errors.txt"
+
+
+def documented_errors():
+    text = "\n".join(line for line in FIXTURES.read_text().splitlines() if not line.startswith("#"))
+    for block in text.split("\n---\n"):
+        head, message = block.strip().split("\n", 1)
+        reason, txn = head.split()
+        yield pytest.param(reason, None if txn == "-" else txn, message, id=reason)
+
+
+@pytest.mark.parametrize(("reason", "txn", "message"), list(documented_errors()))
+def test_parser_on_documented_messages(reason, txn, message):
+    parsed = db.parse_retry_error(message)
+    assert parsed["reason"] == reason
+    assert parsed.get("txn") == (txn or _first_txn(message))
+
+
+def _first_txn(message):
+    import re
+
+    found = re.search(r'"sql txn" meta=\{id=([0-9a-f]{8})', message)
+    return found.group(1) if found else None
+
+
+class Hostile:
+    def __str__(self):
+        raise RuntimeError("no")
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        "",
+        "duplicate key value violates unique constraint",
+        "RETRY",
+        "meta={id=zzzz",
+        None,
+        42,
+        b"\xff\xfe",
+        Hostile(),
+        "x" * 1_000_000,
+        "restart transaction",
+        "retry_serializable",
+    ],
+)
+def test_parser_returns_nothing_on_garbage(garbage):
+    assert db.parse_retry_error(garbage) is None
+
+
+def test_backoff_is_capped_and_jittered():
+    waits = [db.backoff(attempt) for attempt in range(1, 30) for _ in range(20)]
+    assert all(0 <= w <= db.BACKOFF_CAP for w in waits)
+    assert len({round(w, 6) for w in waits}) > 100
+
+
+class FakeError(Exception):
+    def __init__(self, sqlstate, message="fake"):
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+@pytest.mark.django_db(transaction=True)
+def test_retries_only_serialization_failures(monkeypatch):
+    monkeypatch.setattr(db, "backoff", lambda attempt: 0)
+    calls = []
+
+    def flaky(code, fail_times):
+        calls.append(code)
+        if len(calls) <= fail_times:
+            raise FakeError(code)
+        return "done"
+
+    assert db.run_in_transaction(flaky, "40001", 2) == "done" and len(calls) == 3
+    calls.clear()
+    with pytest.raises(FakeError):
+        db.run_in_transaction(flaky, "40003", 2)  # ambiguous result: not retried
+    assert len(calls) == 1
+    calls.clear()
+    assert db.run_in_transaction(flaky, "40003", 1, idempotent=True) == "done" and len(calls) == 2
+    calls.clear()
+    with pytest.raises(FakeError):
+        db.run_in_transaction(flaky, "23505", 1)
+    assert len(calls) == 1
+    with pytest.raises(ValueError, match="max_attempts"):
+        db.run_in_transaction(flaky, "40001", 0, max_attempts=0)
+    assert list(SecurityEvent.objects.values_list("kind", flat=True)) == ["db_retry"] * 3
+
+
+@pytest.mark.django_db(transaction=True)
+def test_decorator_forms(monkeypatch):
+    monkeypatch.setattr(db, "backoff", lambda attempt: 0)
+    seen = []
+
+    @db.retry_transaction
+    def plain(x):
+        seen.append(x)
+        if len(seen) == 1:
+            raise FakeError("40001")
+        return x * 2
+
+    @db.retry_transaction(max_attempts=1)
+    def once():
+        raise FakeError("40001")
+
+    assert plain(21) == 42 and seen == [21, 21]
+    with pytest.raises(FakeError):
+        once()
+    assert SecurityEvent.objects.filter(kind="db_error", details__exhausted=True).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_nested_in_an_outer_transaction_runs_once_and_lets_the_outer_retry(monkeypatch):
+    monkeypatch.setattr(db, "backoff", lambda attempt: 0)
+    inner_calls, outer_calls = [], []
+
+    def inner():
+        inner_calls.append(1)
+        if len(inner_calls) == 1:
+            raise FakeError("40001")
+
+    with pytest.raises(FakeError), transaction.atomic():
+        db.run_in_transaction(inner)  # inside atomic: no retry of its own
+    assert len(inner_calls) == 1
+
+    inner_calls.clear()
+
+    def outer():
+        outer_calls.append(1)
+        db.run_in_transaction(inner)
+
+    db.run_in_transaction(outer)
+    assert len(outer_calls) == 2 and len(inner_calls) == 2
+    assert SecurityEvent.objects.filter(kind="db_retry").count() == 1
+
+
+# --- on a real PostgreSQL ---------------------------------------------------------
+
+RAISE = (
+    "DO $$ BEGIN RAISE EXCEPTION USING ERRCODE = '{code}', MESSAGE = 'restart transaction: "
+    "TransactionRetryWithProtoRefreshError: TransactionRetryError: retry txn (RETRY_SERIALIZABLE): "
+    '"sql txn" meta={{id=07d42834 key=/Table/106/1 pri=0.01 epo=0 ts=1,0 min=1,0 seq=2}}\'; END $$'
+)
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_exhausted_retries_raise_the_error_and_record_every_attempt(monkeypatch):
+    monkeypatch.setattr(db, "backoff", lambda attempt: 0)
+
+    def always_conflicts():
+        with connection.cursor() as cursor:
+            cursor.execute(RAISE.format(code="40001"))
+
+    with pytest.raises(OperationalError) as raised:
+        db.run_in_transaction(always_conflicts, max_attempts=3)
+    assert db.sqlstate_of(raised.value) == "40001"
+    retries = list(SecurityEvent.objects.filter(kind="db_retry").order_by("created_at"))
+    assert [e.details["attempt"] for e in retries] == [1, 2]
+    assert all(e.sqlstate == "40001" and e.details["reason"] == "RETRY_SERIALIZABLE" for e in retries)
+    assert all(e.details["txn"] == "07d42834" for e in retries)
+    last = SecurityEvent.objects.get(kind="db_error")
+    assert last.details["attempts"] == 3 and last.details["exhausted"] is True
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_ambiguous_result_needs_idempotent(monkeypatch):
+    monkeypatch.setattr(db, "backoff", lambda attempt: 0)
+    calls = []
+
+    def ambiguous():
+        calls.append(1)
+        if len(calls) == 1:
+            with connection.cursor() as cursor:
+                cursor.execute(RAISE.format(code="40003"))
+
+    with pytest.raises(OperationalError):
+        db.run_in_transaction(ambiguous)
+    calls.clear()
+    db.run_in_transaction(ambiguous, idempotent=True)
+    assert len(calls) == 2
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_increments_under_serializable():
+    """8 workers x 50 increments of one counter, SERIALIZABLE: exactly 400, and one
+    db_retry event per retry observed."""
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE TABLE gql_audit_counter (id int PRIMARY KEY, value int NOT NULL)")
+        cursor.execute("INSERT INTO gql_audit_counter VALUES (1, 0)")
+    observed = []
+    lock = threading.Lock()
+
+    def on_retry(sender, sqlstate, **kwargs):
+        with lock:
+            observed.append(sqlstate)
+
+    def increment():
+        with connection.cursor() as cursor:
+            cursor.execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+            cursor.execute("SELECT value FROM gql_audit_counter WHERE id = 1")
+            (value,) = cursor.fetchone()
+            cursor.execute("UPDATE gql_audit_counter SET value = %s WHERE id = 1", [value + 1])
+
+    errors = []
+
+    def worker():
+        try:
+            for _ in range(50):
+                db.run_in_transaction(increment, max_attempts=200)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    db.transaction_retried.connect(on_retry)
+    try:
+        threads = [threading.Thread(target=worker) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=300)
+    finally:
+        db.transaction_retried.disconnect(on_retry)
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT value FROM gql_audit_counter WHERE id = 1")
+            (final,) = cursor.fetchone()
+            cursor.execute("DROP TABLE gql_audit_counter")
+    assert errors == []
+    assert final == 400
+    assert observed, "no serialization failure happened: the test did not test retries"
+    assert set(observed) == {"40001"}
+    assert SecurityEvent.objects.filter(kind="db_retry", sqlstate="40001").count() == len(observed)
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_probe_runs_once_per_connection(client, users):
+    executed = []
+
+    def recorder(execute, sql, params, many, context):
+        executed.append(sql)
+        return execute(sql, params, many, context)
+
+    connection.close()
+    # Entered before the connection opens, so it also sees what runs on connect.
+    with connection.execute_wrapper(recorder):
+        for _ in range(5):  # the test client keeps one connection across requests
+            post_graphql(client, "{ publicDocuments { title } }")
+        assert executed.count(db.PROBE_SQL) == 1
+        assert len(executed) > 10
+        connection.close()  # a new connection is probed once more
+        for _ in range(5):
+            post_graphql(client, "{ publicDocuments { title } }")
+    assert executed.count(db.PROBE_SQL) == 2
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_context_on_entries_and_application_name(client, users, settings):
+    settings.GQL_AUDIT = {**settings.GQL_AUDIT, "APPLICATION_NAME": "gql-audit-tests"}
+    connection.close()
+    post_graphql(
+        client,
+        'mutation { updateProfile(phone: "5") { profile { phone } } }',
+        token=make_token("alice"),
+        headers={"X-Request-ID": "dbctx"},
+    )
+    entry = LogEntry.objects.filter(cid="dbctx", action=LogEntry.Action.UPDATE).get()
+    data = entry.additional_data["gql_audit"]["db"]
+    assert data["vendor"] == "postgresql" and data["retries"] == 0 and isinstance(data["backend_pid"], int)
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW application_name")
+        assert cursor.fetchone()[0] == "gql-audit-tests"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_request_id_as_sql_comment(client, users, settings):
+    settings.GQL_AUDIT = {**settings.GQL_AUDIT, "SQL_COMMENT": True}
+    connection.close()
+    seen = []
+
+    def recorder(execute, sql, params, many, context):
+        seen.append(sql)
+        return execute(sql, params, many, context)
+
+    connection.ensure_connection()  # gql_audit's wrapper is installed on connect, before ours
+    with connection.execute_wrapper(recorder):
+        post_graphql(client, "{ publicDocuments { title } }", headers={"X-Request-ID": "req-sql-1"})
+    tagged = [sql for sql in seen if sql.endswith("/*request_id='req-sql-1'*/")]
+    assert tagged and any("example_service_document" in sql for sql in tagged)
+    seen.clear()
+    settings.GQL_AUDIT = {**settings.GQL_AUDIT, "SQL_COMMENT": False}
+    with connection.execute_wrapper(recorder):
+        post_graphql(client, "{ publicDocuments { title } }", headers={"X-Request-ID": "req-sql-2"})
+    assert seen and not any("request_id" in sql for sql in seen)
+
+
+@pytest.mark.django_db
+def test_health_view(client):
+    response = client.get("/health/")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "ok"
+    assert body["database"]["reachable"] is True and body["database"]["vendor"] == connection.vendor
+    assert body["database"]["latency_ms"] >= 0
+    assert client.post("/health/").status_code == 405
+
+
+@pytest.mark.django_db
+def test_health_view_when_the_database_is_down(client, monkeypatch):
+    from django.conf import settings
+
+    def refuse(*args, **kwargs):
+        raise OperationalError(
+            f'connection to server at "db.internal" (10.1.2.3), port 5432 failed: password authentication '
+            f'failed for user "{settings.DATABASES["default"].get("USER", "svc")}" password=hunter2'
+        )
+
+    monkeypatch.setattr(connection, "cursor", refuse)
+    response = client.get("/health/")
+    assert response.status_code == 503
+    assert response.json() == {
+        "status": "unavailable",
+        "database": {"alias": "default", "vendor": connection.vendor, "reachable": False, "error": "OperationalError"},
+    }
+    assert b"hunter2" not in response.content and b"10.1.2.3" not in response.content
+
+
+def test_cockroachdb_engine_without_a_server():
+    """django-cockroachdb's backend loads, and gql_audit takes its PostgreSQL paths."""
+    from django_cockroachdb.base import DatabaseWrapper
+
+    from gql_audit.storage import ARRAY_VENDORS
+
+    wrapper = DatabaseWrapper(
+        {
+            "ENGINE": "django_cockroachdb",
+            "NAME": "db",
+            "USER": "u",
+            "PASSWORD": "",
+            "HOST": "localhost",
+            "PORT": "26257",
+            "OPTIONS": {},
+            "TIME_ZONE": None,
+            "CONN_MAX_AGE": 0,
+            "CONN_HEALTH_CHECKS": False,
+            "AUTOCOMMIT": True,
+            "ATOMIC_REQUESTS": False,
+            "TEST": {},
+        },
+        "crdb",
+    )
+    assert wrapper.vendor == "cockroachdb"
+    assert wrapper.vendor in db.POSTGRES_VENDORS and wrapper.vendor in ARRAY_VENDORS
+    assert wrapper.ops.quote_name("auditlog_logentry") == '"auditlog_logentry"'
+    assert wrapper.features.max_query_params is None or wrapper.features.max_query_params > 1000
