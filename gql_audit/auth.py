@@ -51,6 +51,11 @@ class AuthError:
     message: str
     reason: str
 
+    @property
+    def event_kind(self) -> str:
+        """The ``SecurityEvent`` kind this failure is recorded as."""
+        return "token_expired" if self.code == TOKEN_EXPIRED else "token_invalid"
+
 
 def classify(exc: BaseException) -> AuthError:
     from graphql_jwt.exceptions import JSONWebTokenExpired

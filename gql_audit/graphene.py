@@ -48,7 +48,7 @@ def denial(info: Any) -> GraphQLError | None:
     if ctx is not None and ctx.auth_error is not None:
         error = ctx.auth_error
         record_event(
-            "token_expired" if error.code == "TOKEN_EXPIRED" else "token_invalid",
+            error.event_kind,
             message=error.message,
             path=plain_path(info.path),
         )

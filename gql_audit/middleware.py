@@ -11,7 +11,6 @@ from gql_audit import context
 from gql_audit.access import registered_models
 from gql_audit.auth import authenticate, scrub_credentials
 from gql_audit.conf import conf
-from gql_audit.errors import TOKEN_EXPIRED
 from gql_audit.events import record_event
 from gql_audit.net import client_address, request_id
 from gql_audit.storage import flush
@@ -44,7 +43,7 @@ def authenticate_request(request: HttpRequest, ctx: context.RequestContext) -> N
     if error is not None:
         ctx.auth_error = error
         record_event(
-            "token_expired" if error.code == TOKEN_EXPIRED else "token_invalid",
+            error.event_kind,
             message=error.message,
             details={"reason": scrub_credentials(request, error.reason), "code": error.code},
         )
