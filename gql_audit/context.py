@@ -20,6 +20,10 @@ if TYPE_CHECKING:
     from gql_audit.auth import AuthError
 
 
+#: ``LogEntry.actor_email`` is a CharField(max_length=254).
+EMAIL_MAX_LENGTH = 254
+
+
 @dataclass(eq=False)
 class RequestContext:
     """What gql_audit knows about the request being handled."""
@@ -61,6 +65,23 @@ class RequestContext:
     def user(self) -> Any:
         """The request's user as it is now (not as it was when the request began)."""
         return getattr(self.request, "user", None)
+
+    def actor(self) -> tuple[Any, str | None]:
+        """``(pk, email)`` of the request's authenticated user now, or ``(None, None)``.
+
+        Only users of the user model count (a record's actor is a foreign key
+        to it). A user being deleted in this request keeps the email but not
+        the pk: no record may point at the row going away.
+        """
+        from django.contrib.auth import get_user_model
+
+        user = self.user
+        if user is None or not getattr(user, "is_authenticated", False) or not isinstance(user, get_user_model()):
+            return None, None
+        email = getattr(user, user.get_email_field_name(), None)
+        email = str(email)[:EMAIL_MAX_LENGTH] if email else None
+        pk = user.pk
+        return (None if pk in self.deleted_actor_pks else pk), email
 
     def set_operation(self, operation_node: Any) -> None:
         """Record the GraphQL operation once per operation definition node."""

@@ -43,14 +43,6 @@ def plain_path(path: Any) -> str:
     return ".".join(reversed(keys))
 
 
-def _actor_id(ctx: context.RequestContext | None) -> Any:
-    user = ctx.user if ctx is not None else None
-    if user is None or not getattr(user, "is_authenticated", False):
-        return None
-    pk = getattr(user, "pk", None)
-    return None if pk in ctx.deleted_actor_pks else pk  # type: ignore[union-attr]
-
-
 def build_event(
     kind: str,
     ctx: context.RequestContext | None,
@@ -65,7 +57,7 @@ def build_event(
         "severity": SEVERITY[kind],
         "created_at": timezone.now(),
         "request_id": ctx.request_id if ctx is not None else "",
-        "actor_id": _actor_id(ctx),
+        "actor_id": ctx.actor()[0] if ctx is not None else None,
         "remote_addr": ctx.remote_addr if ctx is not None else None,
         "operation": ctx.operation if ctx is not None else None,
         "path": path[:512],

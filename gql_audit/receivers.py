@@ -10,13 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib.auth import get_user_model
 from django.db.models.signals import pre_save
 
 from gql_audit import context
-
-#: ``LogEntry.actor_email`` is a CharField(max_length=254).
-EMAIL_MAX_LENGTH = 254
 
 
 def _explicit_auditlog_actor() -> bool:
@@ -63,13 +59,10 @@ def stamp_log_entry(sender: Any, instance: Any, raw: bool = False, using: str | 
     if ctx is None or raw:
         return
     if instance.actor_id is None and not _explicit_auditlog_actor():
-        user = ctx.user
-        if user is not None and user.is_authenticated and isinstance(user, get_user_model()):
-            if user.pk not in ctx.deleted_actor_pks:
-                instance.actor_id = user.pk
-            email = getattr(user, user.get_email_field_name(), None)
-            if email and not instance.actor_email:
-                instance.actor_email = str(email)[:EMAIL_MAX_LENGTH]
+        actor_id, email = ctx.actor()
+        instance.actor_id = actor_id
+        if email and not instance.actor_email:
+            instance.actor_email = email
     if not instance.cid:
         instance.cid = ctx.request_id
     if instance.remote_addr is None and ctx.remote_addr is not None:

@@ -25,7 +25,7 @@ from django.utils.encoding import smart_str
 from gql_audit import context
 from gql_audit.conf import conf
 from gql_audit.events import build_event
-from gql_audit.receivers import EMAIL_MAX_LENGTH, audit_context_data
+from gql_audit.receivers import audit_context_data
 
 audit_logger = logging.getLogger("gql_audit.audit")
 
@@ -39,16 +39,6 @@ MAX_REPORTED_ERRORS = 5
 def audit_alias() -> str:
     alias: str = conf.AUDIT_DATABASE or "default"
     return alias
-
-
-def _actor(ctx: context.RequestContext) -> tuple[Any, str | None]:
-    user = ctx.user
-    if user is None or not getattr(user, "is_authenticated", False):
-        return None, None
-    email = getattr(user, user.get_email_field_name(), None) if hasattr(user, "get_email_field_name") else None
-    email = str(email)[:EMAIL_MAX_LENGTH] if email else None
-    pk = user.pk
-    return (None if pk in ctx.deleted_actor_pks else pk), email
 
 
 def _object_repr(record: Any) -> str:
@@ -82,7 +72,7 @@ def access_data(ctx: context.RequestContext, alias: str, record: Any) -> dict[st
 
 def describe(ctx: context.RequestContext, alias: str, records: list[Any]) -> list[dict[str, Any]]:
     """The entries as plain data, for the log when they cannot be written."""
-    actor_id, actor_email = _actor(ctx)
+    actor_id, actor_email = ctx.actor()
     return [
         {
             "model": record.model._meta.label,
@@ -134,7 +124,7 @@ class AccessInsert:
         self.connection = connections[alias]
         self.meta = LogEntry._meta
         self.data_field = self.meta.get_field("additional_data")
-        actor_id, actor_email = _actor(ctx)
+        actor_id, actor_email = ctx.actor()
         shared = {
             "action": LogEntry.Action.ACCESS,
             "changes_text": "",
