@@ -106,6 +106,18 @@ def _check_values(raw: dict[str, Any]) -> list[Any]:
         for name in public_fields:
             if not _is_field_name(name):
                 errors.append(_invalid("PUBLIC_FIELDS", f"entry {name!r} is not of the form 'Type.field'."))
+    for key in ("CLIENT_CERT_HEADER", "CLIENT_VERIFY_HEADER"):
+        value = raw.get(key)
+        if value is not None and (not isinstance(value, str) or not REQUEST_ID_PATTERN.fullmatch(value)):
+            errors.append(_invalid(key, "must be an HTTP header name or None."))
+    identity = raw.get("CLIENT_CERT_IDENTITY")
+    if isinstance(identity, str):
+        try:
+            import_string(identity)
+        except ImportError as exc:
+            errors.append(_invalid("CLIENT_CERT_IDENTITY", f"cannot be imported: {exc}."))
+    elif identity is not None and not callable(identity):
+        errors.append(_invalid("CLIENT_CERT_IDENTITY", "must be a callable, an import path to one, or None."))
     authenticator = raw.get("AUTHENTICATOR", DEFAULTS["AUTHENTICATOR"])
     if isinstance(authenticator, str):
         try:

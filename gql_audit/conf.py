@@ -40,10 +40,14 @@ DEFAULTS: dict[str, Any] = {
     "REDACT_MAX_LENGTH": 1024,
     "APPLICATION_NAME": None,
     "SQL_COMMENT": False,
+    "CLIENT_CERT_HEADER": None,
+    "CLIENT_VERIFY_HEADER": None,
+    "REQUIRE_CLIENT_CERT": False,
+    "CLIENT_CERT_IDENTITY": None,
 }
 
 #: Settings whose value may be a dotted import path, resolved on first use.
-IMPORT_STRINGS = frozenset({"AUTHENTICATOR"})
+IMPORT_STRINGS = frozenset({"AUTHENTICATOR", "CLIENT_CERT_IDENTITY"})
 
 INTROSPECTION_CHOICES = ("public", "authenticated", "disabled")
 CLIENT_CERT_SOURCES = (None, "nginx", "envoy", "traefik", "aws-alb", "rfc9440", "environ")

@@ -43,6 +43,10 @@ class RequestContext:
     accessed: dict[int, AccessRecord] | None = None
     #: Models registered with auditlog: objects of these are access-logged.
     audited: dict[type[Any], Any] = field(default_factory=dict)
+    #: The client certificate the proxy forwarded (``gql_audit.mtls.ClientCertificate``).
+    client_cert: Any = None
+    #: ``CLIENT_CERT_IDENTITY`` of a verified certificate: the service acting.
+    client_identity: str | None = None
     #: Transactions retried by ``run_in_transaction`` during this request.
     db_retries: int = 0
     #: Field names selected per (object type, field nodes): computed once a list.

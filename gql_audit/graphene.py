@@ -19,7 +19,7 @@ from graphql import GraphQLError
 from gql_audit import context
 from gql_audit.access import SCALARS, record_value, unread
 from gql_audit.conf import conf
-from gql_audit.errors import INTROSPECTION_DISABLED, UNAUTHENTICATED, graphql_error
+from gql_audit.errors import CLIENT_CERT_REQUIRED, INTROSPECTION_DISABLED, UNAUTHENTICATED, graphql_error
 from gql_audit.events import classify_resolver_error, plain_path, record_event
 from gql_audit.redaction import redact_variables
 from gql_audit.visibility import INTROSPECTION_FIELDS, SchemaRules, build_rules
@@ -53,6 +53,11 @@ def denial(info: Any) -> GraphQLError | None:
             path=plain_path(info.path),
         )
         return Denied(error.message, extensions={"code": error.code})
+    if conf.REQUIRE_CLIENT_CERT and not _has_valid_certificate(ctx):
+        if ctx is not None:
+            record_event("forbidden", message="no verified client certificate", path=plain_path(info.path))
+        base = graphql_error(CLIENT_CERT_REQUIRED)
+        return Denied(base.message, extensions=base.extensions)
     user = getattr(info.context, "user", None)
     if user is None or not user.is_authenticated:
         if ctx is not None:
@@ -60,6 +65,13 @@ def denial(info: Any) -> GraphQLError | None:
         base = graphql_error(UNAUTHENTICATED)
         return Denied(base.message, extensions=base.extensions)
     return None
+
+
+def _has_valid_certificate(ctx: context.RequestContext | None) -> bool:
+    from django.utils import timezone
+
+    cert = ctx.client_cert if ctx is not None else None
+    return cert is not None and cert.verified and cert.valid_at(timezone.now())
 
 
 def record_resolver_error(exc: Exception, info: Any) -> None:

@@ -12,6 +12,7 @@ from gql_audit.access import registered_models
 from gql_audit.auth import authenticate, scrub_credentials
 from gql_audit.conf import conf
 from gql_audit.events import record_event
+from gql_audit.mtls import client_identity, read_client_certificate
 from gql_audit.net import client_address, request_id
 from gql_audit.storage import flush
 
@@ -32,6 +33,13 @@ def begin(request: HttpRequest) -> context.RequestContext:
         ctx.accessed = {}
         ctx.audited = registered_models()
     return ctx
+
+
+def read_certificate(request: HttpRequest, ctx: context.RequestContext) -> None:
+    """``request.client_cert``: recorded events need the bound context, hence apart from begin()."""
+    cert = read_client_certificate(request)
+    request.client_cert = ctx.client_cert = cert  # type: ignore[attr-defined]
+    ctx.client_identity = client_identity(cert)
 
 
 def authenticate_request(request: HttpRequest, ctx: context.RequestContext) -> None:
@@ -90,6 +98,7 @@ class AuditContextMiddleware:
         ctx = begin(request)
         token = context.bind(ctx)
         try:
+            read_certificate(request, ctx)
             authenticate_request(request, ctx)
             response = finish(self.get_response(request), ctx)  # type: ignore[arg-type]
         finally:
@@ -100,6 +109,7 @@ class AuditContextMiddleware:
         ctx = begin(request)
         token = context.bind(ctx)
         try:
+            read_certificate(request, ctx)
             await sync_to_async(authenticate_request, thread_sensitive=True)(request, ctx)
             response = await self.get_response(request)  # type: ignore[misc]
             response = await sync_to_async(finish, thread_sensitive=True)(response, ctx)
