@@ -88,6 +88,8 @@ def _check_values(raw: dict[str, Any]) -> list[Any]:
     errors = []
     if "INTROSPECTION" in raw and raw["INTROSPECTION"] not in INTROSPECTION_CHOICES:
         errors.append(_invalid("INTROSPECTION", f"must be one of {', '.join(INTROSPECTION_CHOICES)}."))
+    if "EVENT_SINK" in raw and raw["EVENT_SINK"] not in ("database", "logs", "both"):
+        errors.append(_invalid("EVENT_SINK", "must be one of database, logs, both."))
     if "CLIENT_CERT_SOURCE" in raw and raw["CLIENT_CERT_SOURCE"] not in CLIENT_CERT_SOURCES:
         names = ", ".join(repr(s) for s in CLIENT_CERT_SOURCES)
         errors.append(_invalid("CLIENT_CERT_SOURCE", f"must be one of {names}."))

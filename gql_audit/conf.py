@@ -44,6 +44,8 @@ DEFAULTS: dict[str, Any] = {
     "CLIENT_VERIFY_HEADER": None,
     "REQUIRE_CLIENT_CERT": False,
     "CLIENT_CERT_IDENTITY": None,
+    "EVENT_SINK": "database",
+    "REQUEST_LOG": True,
 }
 
 #: Settings whose value may be a dotted import path, resolved on first use.

@@ -47,6 +47,14 @@ class RequestContext:
     client_cert: Any = None
     #: ``CLIENT_CERT_IDENTITY`` of a verified certificate: the service acting.
     client_identity: str | None = None
+    #: ``time.perf_counter()`` when the request entered the middleware.
+    started: float = 0.0
+    #: The operation's variables, redacted (set by the first root field).
+    variables: Any = None
+    #: ``extensions.code`` (or failure kind) of every error of the operation.
+    error_codes: set[str] = field(default_factory=set)
+    #: Objects the response exposed, counted when they are written.
+    objects_accessed: int = 0
     #: Transactions retried by ``run_in_transaction`` during this request.
     db_retries: int = 0
     #: Field names selected per (object type, field nodes): computed once a list.

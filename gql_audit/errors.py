@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from graphql import GraphQLError
-
 TOKEN_EXPIRED = "TOKEN_EXPIRED"
 TOKEN_INVALID = "TOKEN_INVALID"
 UNAUTHENTICATED = "UNAUTHENTICATED"
@@ -17,7 +15,3 @@ MESSAGES = {
     INTROSPECTION_DISABLED: "Introspection is disabled.",
     CLIENT_CERT_REQUIRED: "A verified client certificate is required for this field.",
 }
-
-
-def graphql_error(code: str, message: str | None = None) -> GraphQLError:
-    return GraphQLError(message or MESSAGES[code], extensions={"code": code})

@@ -19,7 +19,7 @@ from graphql import GraphQLError
 from gql_audit import context
 from gql_audit.access import SCALARS, record_value, unread
 from gql_audit.conf import conf
-from gql_audit.errors import CLIENT_CERT_REQUIRED, INTROSPECTION_DISABLED, UNAUTHENTICATED, graphql_error
+from gql_audit.errors import CLIENT_CERT_REQUIRED, INTROSPECTION_DISABLED, MESSAGES, UNAUTHENTICATED
 from gql_audit.events import classify_resolver_error, plain_path, record_event
 from gql_audit.redaction import redact_variables
 from gql_audit.visibility import INTROSPECTION_FIELDS, SchemaRules, build_rules
@@ -30,6 +30,16 @@ _current = context._current.get
 
 class Denied(GraphQLError):
     """A field gql_audit refused; recorded as its own security event, not as an error."""
+
+    def __init__(self, message: str, extensions: dict[str, Any] | None = None) -> None:
+        super().__init__(message, extensions=extensions)
+        ctx = _current()
+        if ctx is not None and extensions:
+            ctx.error_codes.add(str(extensions.get("code")))
+
+
+def denied(code: str, message: str | None = None) -> Denied:
+    return Denied(message or MESSAGES[code], extensions={"code": code})
 
 
 def rules_for(schema: Any) -> SchemaRules:
@@ -52,18 +62,16 @@ def denial(info: Any) -> GraphQLError | None:
             message=error.message,
             path=plain_path(info.path),
         )
-        return Denied(error.message, extensions={"code": error.code})
+        return denied(error.code, error.message)
     if conf.REQUIRE_CLIENT_CERT and not _has_valid_certificate(ctx):
         if ctx is not None:
             record_event("forbidden", message="no verified client certificate", path=plain_path(info.path))
-        base = graphql_error(CLIENT_CERT_REQUIRED)
-        return Denied(base.message, extensions=base.extensions)
+        return denied(CLIENT_CERT_REQUIRED)
     user = getattr(info.context, "user", None)
     if user is None or not user.is_authenticated:
         if ctx is not None:
             record_event("unauthenticated", message="Authentication required", path=plain_path(info.path))
-        base = graphql_error(UNAUTHENTICATED)
-        return Denied(base.message, extensions=base.extensions)
+        return denied(UNAUTHENTICATED)
     return None
 
 
@@ -80,6 +88,8 @@ def record_resolver_error(exc: Exception, info: Any) -> None:
         return
     kind, sqlstate = classify_resolver_error(exc)
     original = getattr(exc, "original_error", None) or exc
+    code = (getattr(exc, "extensions", None) or {}).get("code")
+    ctx.error_codes.add(str(code) if code else kind.upper())
     record_event(
         kind,
         message=str(exc),
@@ -138,13 +148,15 @@ class AuditMiddleware:
         if ctx is not None:
             ctx.set_operation(info.operation)
             ctx.path = [info.path.key]
+            if ctx.variables is None:
+                ctx.variables = redact_variables(info.variable_values, ctx.secret_variables())
         name = info.field_name
         if name == "__typename":
             pass
         elif name in INTROSPECTION_FIELDS:
             mode = conf.INTROSPECTION
             if mode == "disabled":
-                raise graphql_error(INTROSPECTION_DISABLED)
+                raise denied(INTROSPECTION_DISABLED)
             if mode != "public":
                 error = denial(info)
                 if error is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
@@ -16,6 +18,8 @@ from gql_audit.mtls import client_identity, read_client_certificate
 from gql_audit.net import client_address, request_id
 from gql_audit.storage import flush
 
+request_logger = logging.getLogger("gql_audit.request")
+
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
@@ -28,6 +32,7 @@ def begin(request: HttpRequest) -> context.RequestContext:
         request_id=request_id(request),
         request=request,
         remote_addr=client_address(request),
+        started=time.perf_counter(),
     )
     if conf.ACCESS_LOG:
         ctx.accessed = {}
@@ -70,7 +75,34 @@ def finish(response: HttpResponseBase, ctx: context.RequestContext) -> HttpRespo
     """Write what the request recorded (outside the view's transaction), echo the id."""
     response = flush(ctx, response)
     response[conf.REQUEST_ID_HEADER] = ctx.request_id
+    if conf.REQUEST_LOG and (ctx.operation is not None or ctx.error_codes):
+        log_request(ctx, response)
     return response
+
+
+def log_request(ctx: context.RequestContext, response: HttpResponseBase) -> None:
+    """One ``gql_audit.request`` line per GraphQL operation."""
+    from gql_audit.storage import _log
+
+    cert = ctx.client_cert
+    _log(
+        request_logger,
+        logging.INFO,
+        {
+            "event": "graphql_request",
+            "request_id": ctx.request_id,
+            "operation": ctx.operation,
+            "variables": ctx.variables,
+            "status": response.status_code,
+            "duration_ms": round((time.perf_counter() - ctx.started) * 1000, 3),
+            "error_codes": sorted(ctx.error_codes),
+            "objects_accessed": ctx.objects_accessed,
+            "actor_id": ctx.actor()[0],
+            "remote_addr": ctx.remote_addr,
+            "client_cert_fingerprint": cert.fingerprint_sha256 if cert is not None else None,
+            "db_retries": ctx.db_retries,
+        },
+    )
 
 
 class AuditContextMiddleware:

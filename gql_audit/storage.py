@@ -28,6 +28,8 @@ from gql_audit.events import build_event
 from gql_audit.receivers import audit_context_data
 
 audit_logger = logging.getLogger("gql_audit.audit")
+security_logger = logging.getLogger("gql_audit.security")
+SINKS = ("database", "logs", "both")
 
 AUDIT_UNAVAILABLE = "AUDIT_UNAVAILABLE"
 #: Rows per INSERT at most, whatever the driver allows: bounds statement size.
@@ -236,28 +238,49 @@ def _json(value: Any) -> str:
     return json.dumps(value, default=str, ensure_ascii=True, separators=(",", ":"), sort_keys=True)
 
 
+def _log(logger: logging.Logger, level: int, payload: dict[str, Any]) -> None:
+    """The message is the JSON itself (readable with any formatter); the payload
+    rides along for ``gql_audit.logging.JSONFormatter`` to merge."""
+    from gql_audit.logging import PAYLOAD
+
+    logger.log(level, "%s", _json(payload), extra={PAYLOAD: json.loads(_json(payload))})
+
+
+def log_records(entries: list[dict[str, Any]], events: list[dict[str, Any]]) -> None:
+    """The records as log lines: access entries to ``gql_audit.audit``, events to ``gql_audit.security``."""
+    for entry in entries:
+        _log(audit_logger, logging.INFO, {"event": "access", **entry})
+    for event in events:
+        _log(security_logger, logging.WARNING, {"event": "security_event", **event})
+
+
 def log_unwritten(entries: list[dict[str, Any]], events: list[dict[str, Any]], exc: BaseException) -> None:
     """Nothing is silently lost: every record goes to the log, one JSON object a line."""
-    audit_logger.error(
-        _json(
-            {
-                "event": "audit_write_failed",
-                "error": f"{type(exc).__name__}: {exc}"[:1000],
-                "access_entries": len(entries),
-                "security_events": len(events),
-            }
-        )
+    _log(
+        audit_logger,
+        logging.ERROR,
+        {
+            "event": "audit_write_failed",
+            "error": f"{type(exc).__name__}: {exc}"[:1000],
+            "access_entries": len(entries),
+            "security_events": len(events),
+        },
     )
     for entry in entries:
-        audit_logger.error(_json({"event": "access", **entry}))
+        _log(audit_logger, logging.ERROR, {"event": "access", **entry})
     for event in events:
-        audit_logger.error(_json({"event": "security_event", **event}))
+        _log(audit_logger, logging.ERROR, {"event": "security_event", **event})
 
 
 def write(ctx: context.RequestContext | None, records: list[Any], events: list[dict[str, Any]], alias: str) -> bool:
     """Write both kinds in one transaction; on failure log them and return False."""
     if not records and not events:
         return True
+    sink = conf.EVENT_SINK
+    if sink != "database":
+        log_records(describe(ctx, alias, records) if ctx is not None else [], events)
+        if sink == "logs":
+            return True
     try:
         with transaction.atomic(using=alias):
             if records and ctx is not None:
@@ -295,6 +318,7 @@ def _graphql_request_errors(ctx: context.RequestContext, response: HttpResponseB
     if not isinstance(errors, list) or not errors:
         return
     messages = [str(e.get("message", "")) if isinstance(e, dict) else str(e) for e in errors]
+    ctx.error_codes.add("GRAPHQL_VALIDATION_FAILED")
     key = ("graphql_error", "", messages[0], "")
     if key not in ctx.events:
         ctx.events[key] = build_event(
@@ -314,7 +338,9 @@ def flush(ctx: context.RequestContext, response: HttpResponseBase) -> HttpRespon
         # Recorded before the operation was known (at authentication): it is now.
         if event["operation"] is None:
             event["operation"] = ctx.operation
-    written = write(ctx, merge_records(ctx), events, alias)
+    records = merge_records(ctx)
+    ctx.objects_accessed = len(records)
+    written = write(ctx, records, events, alias)
     ctx.accessed = {} if ctx.accessed is not None else None
     ctx.events = {}
     if written or not conf.FAIL_CLOSED:

@@ -1,0 +1,124 @@
+"""JSON log lines with the request context; the per-operation request line; event sinks."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import pytest
+from auditlog.models import LogEntry
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from gql_audit.logging import ContextFilter, JSONFormatter, logging_config
+from gql_audit.models import SecurityEvent
+from tests.conftest import make_token, post_graphql
+
+
+@pytest.fixture
+def json_lines():
+    """Everything logged, from any logger, as parsed JSON lines."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(ContextFilter())
+    handler.setFormatter(JSONFormatter())
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    db_logger = logging.getLogger("django.db.backends")
+    db_level = db_logger.level
+    db_logger.setLevel(logging.DEBUG)
+
+    def lines():
+        text = stream.getvalue()
+        return [json.loads(line) for line in text.splitlines()], text
+
+    yield lines
+    root.removeHandler(handler)
+    root.setLevel(old_level)
+    db_logger.setLevel(db_level)
+
+
+@pytest.mark.django_db
+def test_every_line_of_a_request_carries_its_id(client, users, json_lines):
+    with CaptureQueriesContext(connection):  # makes the database backend log its queries
+        post_graphql(client, "{ documents { title } }", token=make_token("alice"), headers={"X-Request-ID": "log-1"})
+    records, _ = json_lines()
+    during = [r for r in records if r.get("request_id") == "log-1"]
+    assert {r["logger"] for r in during} >= {"django.db.backends", "gql_audit.request"}
+    db_lines = [r for r in during if r["logger"] == "django.db.backends"]
+    assert all(r["actor_id"] in (None, users["alice"].pk) for r in db_lines)
+    (request_line,) = [r for r in during if r["logger"] == "gql_audit.request"]
+    assert request_line["operation"]["type"] == "query" and request_line["status"] == 200
+    assert request_line["objects_accessed"] == 4 and request_line["error_codes"] == []
+    assert request_line["actor_id"] == users["alice"].pk and request_line["duration_ms"] > 0
+    outside = [r for r in records if r.get("request_id") is None]
+    assert all(r["logger"] != "gql_audit.request" for r in outside)
+
+
+@pytest.mark.django_db
+def test_failed_operation_line_has_codes_and_no_password(client, users, json_lines):
+    secret = "Sup3r-Secret-Pw"
+    post_graphql(
+        client, "{ serviceStatus { ok } me { username } }", token="bad-token", headers={"X-Request-ID": "log-2"}
+    )
+    login = "mutation L($u: String!, $pw: String!) { tokenAuth(username: $u, password: $pw) { token } }"
+    post_graphql(client, login, variables={"u": "alice", "pw": secret}, headers={"X-Request-ID": "log-3"})
+    post_graphql(client, "{ nope }", headers={"X-Request-ID": "log-4"})
+    records, text = json_lines()
+    lines = {r["request_id"]: r for r in records if r["logger"] == "gql_audit.request"}
+    assert lines["log-2"]["error_codes"] == ["TOKEN_INVALID"]
+    assert lines["log-3"]["variables"] == {"u": "alice", "pw": "[redacted]"}
+    assert lines["log-3"]["error_codes"] == ["GRAPHQL_ERROR"]
+    assert lines["log-4"]["error_codes"] == ["GRAPHQL_VALIDATION_FAILED"] and lines["log-4"]["status"] == 400
+    assert secret not in text and "bad-token" not in text
+
+
+def test_hostile_values_make_one_well_formed_line():
+    hostile = 'line1\nline2\r\n"quoted" \x1b[31mred\x1b[0m \x00 ' + b"\xff\xfe\x80".decode("utf-8", "surrogateescape")
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JSONFormatter())
+    logger = logging.getLogger("tests.hostile")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("user said %s", hostile, extra={"user_value": hostile, "raw": b"\xff\x00"})
+        try:
+            raise ValueError(hostile)
+        except ValueError:
+            logger.exception("failed")
+    finally:
+        logger.removeHandler(handler)
+    output = stream.getvalue()
+    lines = output.splitlines()
+    assert len(lines) == 2 and output.endswith("\n")
+    first, second = (json.loads(line) for line in lines)
+    assert first["user_value"] == hostile and first["message"] == f"user said {hostile}"
+    assert "\x1b" not in output and "\x00" not in output and output.isascii()
+    assert "ValueError" in second["exception"]
+
+
+def test_logging_config_is_valid_and_uses_both():
+    import logging.config
+
+    config = logging_config("DEBUG", stream="ext://sys.stderr")
+    logging.config.dictConfig({**config, "root": {"handlers": [], "level": "WARNING"}, "loggers": {}})
+    assert config["handlers"]["gql_audit_json"]["filters"] == ["gql_audit_context"]
+    assert config["formatters"]["gql_audit_json"]["()"] == "gql_audit.logging.JSONFormatter"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("sink", "in_db"), [("logs", False), ("both", True)])
+def test_event_sinks(client, users, settings, caplog, sink, in_db):
+    settings.GQL_AUDIT = {**settings.GQL_AUDIT, "EVENT_SINK": sink}
+    caplog.set_level(logging.INFO)
+    post_graphql(client, "{ publicDocuments { title } me { username } }", headers={"X-Request-ID": f"sink-{sink}"})
+    security = [json.loads(r.getMessage()) for r in caplog.records if r.name == "gql_audit.security"]
+    access = [json.loads(r.getMessage()) for r in caplog.records if r.name == "gql_audit.audit"]
+    assert [e["kind"] for e in security] == ["unauthenticated"]
+    assert len(access) == 3 and all(a["cid"] == f"sink-{sink}" for a in access)
+    assert SecurityEvent.objects.filter(request_id=f"sink-{sink}").exists() is in_db
+    assert LogEntry.objects.filter(cid=f"sink-{sink}").exists() is in_db
