@@ -1,0 +1,97 @@
+"""gql_audit_purge: exactly what is older than the cut-off, in bounded batches."""
+
+from __future__ import annotations
+
+import datetime
+import io
+import re
+
+import pytest
+from auditlog.models import LogEntry
+from django.contrib.contenttypes.models import ContentType
+from django.core.management import CommandError, call_command
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from gql_audit.models import SecurityEvent
+
+pytestmark = pytest.mark.django_db
+
+
+def make_rows(access_old, access_new, events_old, events_new):
+    now = timezone.now()
+    old, new = now - datetime.timedelta(days=100), now - datetime.timedelta(days=10)
+    content_type = ContentType.objects.get_for_model(SecurityEvent)
+
+    def entry(i, when):
+        return LogEntry(
+            content_type=content_type,
+            object_pk=str(i),
+            object_id=i,
+            object_repr=f"#{i}",
+            action=LogEntry.Action.ACCESS,
+            timestamp=when,
+        )
+
+    LogEntry.objects.bulk_create(
+        [entry(i, old) for i in range(access_old)] + [entry(i, new) for i in range(access_new)], batch_size=5000
+    )
+    # A CREATE entry as old as the oldest: purge touches ACCESS entries only.
+    LogEntry.objects.create(content_type=content_type, object_pk="x", object_repr="x", action=0, timestamp=old)
+    SecurityEvent.objects.bulk_create(
+        [SecurityEvent(created_at=old, kind="token_invalid", severity="warning") for _ in range(events_old)]
+        + [SecurityEvent(created_at=new, kind="token_invalid", severity="warning") for _ in range(events_new)]
+        + [SecurityEvent(created_at=old, kind="db_retry", severity="warning")],
+        batch_size=5000,
+    )
+
+
+def purge(*args):
+    out = io.StringIO()
+    with CaptureQueriesContext(connection) as queries:
+        call_command("gql_audit_purge", *args, stdout=out)
+    deletes = [q["sql"] for q in queries.captured_queries if q["sql"].startswith("DELETE FROM")]
+    return out.getvalue(), deletes
+
+
+def test_purge_100k_rows_in_batches():
+    make_rows(access_old=60_000, access_new=30_000, events_old=6_000, events_new=3_999)
+    assert LogEntry.objects.count() + SecurityEvent.objects.count() == 100_001
+    output, deletes = purge("--older-than", "90d", "--batch-size", "7000")
+    batches = [int(n) for n in re.findall(r"batch of (\d+)", output)]
+    assert all(0 < size <= 7000 for size in batches)
+    assert sum(batches) == 60_000 + 6_001
+    assert len(deletes) == len(batches)  # one DELETE statement per batch
+    assert "access entries: deleted 60000" in output and "security events: deleted 6001" in output
+    assert LogEntry.objects.filter(action=LogEntry.Action.ACCESS).count() == 30_000
+    assert LogEntry.objects.filter(action=0).count() == 1
+    assert SecurityEvent.objects.count() == 3_999
+    assert not LogEntry.objects.filter(action=3, timestamp__lt=timezone.now() - datetime.timedelta(days=90)).exists()
+    output, deletes = purge("--older-than", "90d", "--batch-size", "7000")
+    assert deletes == [] and "deleted 0" in output
+
+
+def test_kind_and_dry_run():
+    make_rows(access_old=5, access_new=0, events_old=3, events_new=0)
+    output, deletes = purge("--older-than", "30d", "--dry-run")
+    assert deletes == [] and "security events: would delete 4" in output and "access entries: would delete 5" in output
+    output, _ = purge("--older-than", "30d", "--kind", "db_retry")
+    assert "security events: deleted 1" in output and "access entries" not in output
+    assert SecurityEvent.objects.count() == 3 and LogEntry.objects.filter(action=3).count() == 5
+    output, _ = purge("--older-than", "30d", "--kind", "access")
+    assert "access entries: deleted 5" in output and SecurityEvent.objects.count() == 3
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--older-than", "90"],
+        ["--older-than", "0d"],
+        ["--older-than", "x"],
+        ["--older-than", "9d", "--batch-size", "0"],
+    ],
+)
+def test_bad_arguments_are_clear_errors(bad):
+    with pytest.raises(CommandError):
+        call_command("gql_audit_purge", *bad)
