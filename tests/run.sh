@@ -16,6 +16,11 @@ echo "== lint (ruff) and types (mypy --strict)"
 .venv/bin/ruff check --quiet .
 PYTHONPATH=.:example_service .venv/bin/mypy
 
+echo "== documentation site (mkdocs --strict: a warning or a broken link fails)"
+SITE_DIR=$(mktemp -d)
+.venv/bin/mkdocs build --strict --quiet --site-dir "$SITE_DIR"
+rm -rf "$SITE_DIR"
+
 echo "== gql_audit tests on SQLite"
 GQL_AUDIT_TEST_DB=sqlite .venv/bin/python -m pytest "$@"
 

@@ -4,6 +4,8 @@ import os
 from datetime import timedelta
 from pathlib import Path
 
+from gql_audit.logging import logging_config
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 SECRET_KEY = os.environ.get("EXAMPLE_SECRET_KEY", "example-service-not-secret-change-me-0123456789")
@@ -81,6 +83,9 @@ GRAPHQL_JWT = {
     "JWT_VERIFY_EXPIRATION": True,
     "JWT_EXPIRATION_DELTA": timedelta(minutes=15),
 }
+
+# Every log line is one JSON object carrying the request id, actor and operation.
+LOGGING = logging_config(os.environ.get("EXAMPLE_LOG_LEVEL", "INFO"))
 
 GQL_AUDIT = {
     "PUBLIC_FIELDS": [
