@@ -113,3 +113,17 @@ def test_non_null_private_fields_are_reported(settings):
     messages = [m.msg for m in checks.run_checks() if m.id == "gql_audit.W003"]
     assert any(m.startswith("Query.required ") for m in messages)
     assert any(m.startswith("Thing.secret ") for m in messages)
+
+
+def test_every_setting_is_documented_with_its_default():
+    from pathlib import Path
+
+    from gql_audit.conf import DEFAULTS
+
+    text = (Path(__file__).parent.parent / "docs" / "settings.md").read_text()
+    headings = {line for line in text.splitlines() if line.startswith("## ")}
+    for key in DEFAULTS:
+        heading = next((h for h in headings if f"`{key}`" in h), None)
+        assert heading is not None, f"docs/settings.md has no heading for {key}"
+        section = text.split(heading, 1)[1].split("\n## ", 1)[0]
+        assert "Default:" in section, f"docs/settings.md gives no default for {key}"
