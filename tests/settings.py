@@ -35,3 +35,7 @@ ROOT_URLCONF = "tests.urls"
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 ALLOWED_HOSTS = ["*"]
 DEBUG = False
+
+# The example's JSON-to-stdout routing stops gql_audit records at their own
+# handler; tests capture from the root logger instead.
+LOGGING = {"version": 1, "disable_existing_loggers": False}
