@@ -49,7 +49,8 @@ class RequestContext:
     client_identity: str | None = None
     #: ``time.perf_counter()`` when the request entered the middleware.
     started: float = 0.0
-    #: The operation's variables, redacted (set by the first root field).
+    #: The operation's variables as received (set by the first root field);
+    #: redact with ``redacted_variables()`` before writing them anywhere.
     variables: Any = None
     #: ``extensions.code`` (or failure kind) of every error of the operation.
     error_codes: set[str] = field(default_factory=set)
@@ -63,6 +64,13 @@ class RequestContext:
     events: dict[tuple[Any, ...], dict[str, Any]] = field(default_factory=dict)
     _operation_node: Any = field(default=None, repr=False)
     _secret_variables: frozenset[str] | None = field(default=None, repr=False)
+
+    def redacted_variables(self) -> Any:
+        from gql_audit.redaction import redact_variables
+
+        if not self.variables:
+            return self.variables
+        return redact_variables(self.variables, self.secret_variables())
 
     def secret_variables(self) -> frozenset[str]:
         """Variables of the current operation that feed secret arguments (computed once)."""

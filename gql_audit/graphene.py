@@ -21,7 +21,6 @@ from gql_audit.access import SCALARS, record_value, unread
 from gql_audit.conf import conf
 from gql_audit.errors import CLIENT_CERT_REQUIRED, INTROSPECTION_DISABLED, MESSAGES, UNAUTHENTICATED
 from gql_audit.events import classify_resolver_error, plain_path, record_event
-from gql_audit.redaction import redact_variables
 from gql_audit.visibility import INTROSPECTION_FIELDS, SchemaRules, build_rules
 
 _rules_cache: dict[int, tuple[Any, int, SchemaRules]] = {}
@@ -97,7 +96,7 @@ def record_resolver_error(exc: Exception, info: Any) -> None:
         sqlstate=sqlstate,
         details={
             "exception": type(original).__name__,
-            "variables": redact_variables(info.variable_values, ctx.secret_variables()),
+            "variables": ctx.redacted_variables(),
         },
     )
 
@@ -149,7 +148,7 @@ class AuditMiddleware:
             ctx.set_operation(info.operation)
             ctx.path = [info.path.key]
             if ctx.variables is None:
-                ctx.variables = redact_variables(info.variable_values, ctx.secret_variables())
+                ctx.variables = info.variable_values  # redacted when written, not per request
         name = info.field_name
         if name == "__typename":
             pass

@@ -75,7 +75,11 @@ def finish(response: HttpResponseBase, ctx: context.RequestContext) -> HttpRespo
     """Write what the request recorded (outside the view's transaction), echo the id."""
     response = flush(ctx, response)
     response[conf.REQUEST_ID_HEADER] = ctx.request_id
-    if conf.REQUEST_LOG and (ctx.operation is not None or ctx.error_codes):
+    if (
+        conf.REQUEST_LOG
+        and (ctx.operation is not None or ctx.error_codes)
+        and request_logger.isEnabledFor(logging.INFO)
+    ):
         log_request(ctx, response)
     return response
 
@@ -92,7 +96,7 @@ def log_request(ctx: context.RequestContext, response: HttpResponseBase) -> None
             "event": "graphql_request",
             "request_id": ctx.request_id,
             "operation": ctx.operation,
-            "variables": ctx.variables,
+            "variables": ctx.redacted_variables(),
             "status": response.status_code,
             "duration_ms": round((time.perf_counter() - ctx.started) * 1000, 3),
             "error_codes": sorted(ctx.error_codes),

@@ -241,9 +241,12 @@ def _json(value: Any) -> str:
 def _log(logger: logging.Logger, level: int, payload: dict[str, Any]) -> None:
     """The message is the JSON itself (readable with any formatter); the payload
     rides along for ``gql_audit.logging.JSONFormatter`` to merge."""
+    if not logger.isEnabledFor(level):
+        return
     from gql_audit.logging import PAYLOAD
 
-    logger.log(level, "%s", _json(payload), extra={PAYLOAD: json.loads(_json(payload))})
+    text = _json(payload)
+    logger.log(level, "%s", text, extra={PAYLOAD: json.loads(text)})
 
 
 def log_records(entries: list[dict[str, Any]], events: list[dict[str, Any]]) -> None:
