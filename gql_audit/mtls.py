@@ -98,7 +98,7 @@ class ClientCertificate:
         return cls(
             subject=cert.subject.rfc4514_string(),
             issuer=cert.issuer.rfc4514_string(),
-            serial=format(cert.serial_number, "X"),
+            serial=serial_hex(cert.serial_number),
             fingerprint_sha256=cert.fingerprint(hashes.SHA256()).hex(),
             dns_names=dns,
             uris=uris,
@@ -108,6 +108,12 @@ class ClientCertificate:
             verify=_clean_verify(verify),
             source=source,
         )
+
+
+def serial_hex(serial: int) -> str:
+    """Upper-case hex in whole bytes, as ``openssl x509 -serial`` prints it (``0482``, not ``482``)."""
+    digits = format(serial, "X")
+    return digits if len(digits) % 2 == 0 else "0" + digits
 
 
 _VERIFY_SAFE = re.compile(r"[^\x20-\x7e]")

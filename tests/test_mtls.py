@@ -36,13 +36,24 @@ def assert_leaf(cert, verify="SUCCESS", source="nginx", issued=LEAF):
     assert cert.subject == issued.cert.subject.rfc4514_string()
     assert "O=gql_audit tests\\, Lda" in cert.subject  # escaped comma, not split
     assert cert.issuer == CA.cert.subject.rfc4514_string()
-    assert cert.serial == format(issued.cert.serial_number, "X")
+    assert cert.serial == mtls.serial_hex(issued.cert.serial_number)
     assert cert.fingerprint_sha256 == hashlib.sha256(issued.der).hexdigest()
     assert cert.dns_names == ("billing-service.internal",)
     assert cert.uris == ("spiffe://example.org/billing-service",)
     assert cert.emails == ("billing-service@example.org",)
     assert cert.not_before.tzinfo is not None and cert.not_after > cert.not_before
     assert (cert.verify, cert.verified, cert.source) == (verify, verify == "SUCCESS", source)
+
+
+@pytest.mark.parametrize("serial", [0x4827, 0x482, 0x80, 0x1, 0x0ABCDEF, 2**159 - 1])
+def test_serial_is_printed_like_openssl(tmp_path, serial):
+    issued = make_leaf(CA, serial=serial)
+    path, _ = issued.write(tmp_path, "leaf")
+    out = subprocess.run(
+        ["openssl", "x509", "-in", str(path), "-noout", "-serial"], check=True, capture_output=True, text=True
+    ).stdout
+    expected = out.strip().split("=", 1)[1]
+    assert mtls.ClientCertificate.from_pem(issued.pem, verify="SUCCESS", source="nginx").serial == expected
 
 
 def test_serial_and_fingerprint_match_openssl(tmp_path):

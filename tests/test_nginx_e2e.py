@@ -25,6 +25,7 @@ import pytest
 from auditlog.models import LogEntry
 
 from gql_audit.models import SecurityEvent
+from gql_audit.mtls import serial_hex
 from tests.certs import NOW, make_ca, make_leaf
 from tests.conftest import make_token
 
@@ -187,7 +188,7 @@ def test_valid_certificate(nginx, pki, users):
     cert = cert_on_entries("e2e-valid")
     assert cert["verify"] == "SUCCESS" and cert["source"] == "nginx"
     assert cert["fingerprint_sha256"] == fingerprint(clients["valid"])
-    assert cert["serial"] == format(clients["valid"].cert.serial_number, "X")
+    assert cert["serial"] == serial_hex(clients["valid"].cert.serial_number)
     assert "CN=billing-service" in cert["subject"]
     assert list(SecurityEvent.objects.filter(request_id="e2e-valid").values("kind", "details")) == []
 
