@@ -78,7 +78,7 @@ def _has_valid_certificate(ctx: context.RequestContext | None) -> bool:
     from django.utils import timezone
 
     cert = ctx.client_cert if ctx is not None else None
-    return cert is not None and cert.verified and cert.valid_at(timezone.now())
+    return cert is not None and cert.problem(timezone.now()) is None
 
 
 def record_resolver_error(exc: Exception, info: Any) -> None:

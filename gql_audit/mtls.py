@@ -51,8 +51,15 @@ class ClientCertificate:
         """True only for an exact ``SUCCESS`` from the proxy."""
         return self.verify == SUCCESS
 
-    def valid_at(self, moment: datetime.datetime) -> bool:
-        return self.not_before <= moment <= self.not_after
+    def problem(self, moment: datetime.datetime) -> str | None:
+        """Why the certificate is not to be relied on at ``moment``, or None if it is."""
+        if not self.verified:
+            return f"the proxy did not verify the certificate: {self.verify}"
+        if moment < self.not_before:
+            return "the certificate is not valid yet"
+        if moment > self.not_after:
+            return "the certificate has expired"
+        return None
 
     def summary(self) -> dict[str, Any]:
         """What audit records carry."""
@@ -67,23 +74,20 @@ class ClientCertificate:
 
     @classmethod
     def from_der(cls, der: bytes, *, verify: str, source: str) -> ClientCertificate:
-        try:
-            cert = x509.load_der_x509_certificate(der)
-            return cls._from_x509(cert, verify=verify, source=source)
-        except CertificateError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - any parsing failure is a bad certificate
-            raise CertificateError(f"not a DER certificate: {type(exc).__name__}") from None
+        return cls._load(lambda: x509.load_der_x509_certificate(der), "DER", verify=verify, source=source)
 
     @classmethod
     def from_pem(cls, pem: str, *, verify: str, source: str) -> ClientCertificate:
+        return cls._load(
+            lambda: x509.load_pem_x509_certificate(pem.encode("ascii")), "PEM", verify=verify, source=source
+        )
+
+    @classmethod
+    def _load(cls, load: Callable[[], x509.Certificate], form: str, *, verify: str, source: str) -> ClientCertificate:
         try:
-            cert = x509.load_pem_x509_certificate(pem.encode("ascii"))
-            return cls._from_x509(cert, verify=verify, source=source)
-        except CertificateError:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            raise CertificateError(f"not a PEM certificate: {type(exc).__name__}") from None
+            return cls._from_x509(load(), verify=verify, source=source)
+        except Exception as exc:  # noqa: BLE001 - any parsing failure is a bad certificate
+            raise CertificateError(f"not a {form} certificate: {type(exc).__name__}") from None
 
     @classmethod
     def _from_x509(cls, cert: x509.Certificate, *, verify: str, source: str) -> ClientCertificate:
@@ -360,14 +364,7 @@ def read_client_certificate(request: Any) -> ClientCertificate | None:
         return None
     if cert is None:
         return None
-    now = timezone.now()
-    problem = None
-    if not cert.verified:
-        problem = f"the proxy did not verify the certificate: {cert.verify}"
-    elif now < cert.not_before:
-        problem = "the certificate is not valid yet"
-    elif now > cert.not_after:
-        problem = "the certificate has expired"
+    problem = cert.problem(timezone.now())
     if problem is not None:
         record_event("cert_failed", message=problem, details={"client_cert": cert.summary()})
     return cert
