@@ -65,6 +65,13 @@ class RequestContext:
     _operation_node: Any = field(default=None, repr=False)
     _secret_variables: frozenset[str] | None = field(default=None, repr=False)
 
+    def client_cert_summary(self) -> dict[str, Any] | None:
+        """The certificate summary on records, with the mapped service identity."""
+        if self.client_cert is None:
+            return None
+        summary: dict[str, Any] = {**self.client_cert.summary(), "identity": self.client_identity}
+        return summary
+
     def redacted_variables(self) -> Any:
         from gql_audit.redaction import redact_variables
 

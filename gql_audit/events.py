@@ -53,9 +53,7 @@ def build_event(
     details: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     if ctx is not None and ctx.client_cert is not None:
-        from gql_audit.receivers import client_cert_data
-
-        details = {**(details or {}), "client_cert": client_cert_data(ctx)}
+        details = {**(details or {}), "client_cert": ctx.client_cert_summary()}
     return {
         "kind": kind,
         "severity": SEVERITY[kind],

@@ -40,16 +40,9 @@ def audit_context_data(ctx: context.RequestContext, using: str | None) -> dict[s
         "operation": ctx.operation,
         "path": ctx.path,
         "remote_addr": ctx.remote_addr,
-        "client_cert": client_cert_data(ctx),
+        "client_cert": ctx.client_cert_summary(),
         "db": connection_context(using or "default"),
     }
-
-
-def client_cert_data(ctx: context.RequestContext) -> dict[str, Any] | None:
-    """The certificate summary on records, with the mapped service identity."""
-    if ctx.client_cert is None:
-        return None
-    return {**ctx.client_cert.summary(), "identity": ctx.client_identity}
 
 
 def merge_additional_data(existing: Any, ours: dict[str, Any]) -> dict[str, Any]:
