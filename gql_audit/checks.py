@@ -15,6 +15,7 @@ from django.utils.module_loading import import_string
 from gql_audit.conf import (
     CLIENT_CERT_SOURCES,
     DEFAULTS,
+    EVENT_SINKS,
     INTROSPECTION_CHOICES,
     SETTINGS_NAME,
     conf,
@@ -88,8 +89,8 @@ def _check_values(raw: dict[str, Any]) -> list[Any]:
     errors = []
     if "INTROSPECTION" in raw and raw["INTROSPECTION"] not in INTROSPECTION_CHOICES:
         errors.append(_invalid("INTROSPECTION", f"must be one of {', '.join(INTROSPECTION_CHOICES)}."))
-    if "EVENT_SINK" in raw and raw["EVENT_SINK"] not in ("database", "logs", "both"):
-        errors.append(_invalid("EVENT_SINK", "must be one of database, logs, both."))
+    if "EVENT_SINK" in raw and raw["EVENT_SINK"] not in EVENT_SINKS:
+        errors.append(_invalid("EVENT_SINK", f"must be one of {', '.join(EVENT_SINKS)}."))
     if "CLIENT_CERT_SOURCE" in raw and raw["CLIENT_CERT_SOURCE"] not in CLIENT_CERT_SOURCES:
         names = ", ".join(repr(s) for s in CLIENT_CERT_SOURCES)
         errors.append(_invalid("CLIENT_CERT_SOURCE", f"must be one of {names}."))

@@ -52,6 +52,7 @@ DEFAULTS: dict[str, Any] = {
 IMPORT_STRINGS = frozenset({"AUTHENTICATOR", "CLIENT_CERT_IDENTITY"})
 
 INTROSPECTION_CHOICES = ("public", "authenticated", "disabled")
+EVENT_SINKS = ("database", "logs", "both")
 CLIENT_CERT_SOURCES = (None, "nginx", "envoy", "traefik", "aws-alb", "rfc9440", "environ")
 
 

@@ -24,12 +24,11 @@ from django.utils.encoding import smart_str
 
 from gql_audit import context
 from gql_audit.conf import conf
-from gql_audit.events import build_event
+from gql_audit.events import record_event
 from gql_audit.receivers import audit_context_data
 
 audit_logger = logging.getLogger("gql_audit.audit")
 security_logger = logging.getLogger("gql_audit.security")
-SINKS = ("database", "logs", "both")
 
 AUDIT_UNAVAILABLE = "AUDIT_UNAVAILABLE"
 #: Rows per INSERT at most, whatever the driver allows: bounds statement size.
@@ -66,15 +65,18 @@ def merge_records(ctx: context.RequestContext) -> list[Any]:
     return list(merged.values())
 
 
-def access_data(ctx: context.RequestContext, alias: str, record: Any) -> dict[str, Any]:
-    """``additional_data`` of an ACCESS entry."""
+def access_data(shared: dict[str, Any], record: Any) -> dict[str, Any]:
+    """``additional_data`` of an ACCESS entry: the request's context (``shared``,
+    from ``audit_context_data``) with the object's own paths and fields."""
     fields = sorted(name for name in record.fields if not name.startswith("__"))
-    return {"gql_audit": {**audit_context_data(ctx, alias), "path": sorted(record.paths), "fields": fields}}
+    return {"gql_audit": {**shared, "path": sorted(record.paths), "fields": fields}}
 
 
 def describe(ctx: context.RequestContext, alias: str, records: list[Any]) -> list[dict[str, Any]]:
-    """The entries as plain data, for the log when they cannot be written."""
+    """The entries as plain data, for the logs."""
     actor_id, actor_email = ctx.actor()
+    shared = audit_context_data(ctx, alias)
+    now = timezone.now()
     return [
         {
             "model": record.model._meta.label,
@@ -84,8 +86,8 @@ def describe(ctx: context.RequestContext, alias: str, records: list[Any]) -> lis
             "actor_email": actor_email,
             "cid": ctx.request_id,
             "remote_addr": ctx.remote_addr,
-            "timestamp": timezone.now(),
-            **access_data(ctx, alias, record),
+            "timestamp": now,
+            **access_data(shared, record),
         }
         for record in records
     ]
@@ -122,10 +124,11 @@ class AccessInsert:
         from auditlog import get_logentry_model
 
         LogEntry = get_logentry_model()
-        self.ctx, self.alias = ctx, alias
+        self.alias = alias
         self.connection = connections[alias]
         self.meta = LogEntry._meta
         self.data_field = self.meta.get_field("additional_data")
+        self.shared = audit_context_data(ctx, alias)
         actor_id, actor_email = ctx.actor()
         shared = {
             "action": LogEntry.Action.ACCESS,
@@ -160,7 +163,7 @@ class AccessInsert:
         index = self._index_of.get(key)
         if index is None:
             index = self._index_of[key] = len(self.documents)
-            self.documents.append(access_data(self.ctx, self.alias, record))
+            self.documents.append(access_data(self.shared, record))
         pk = record.pk
         self.rows.append(
             (self._content_types[model], str(pk), pk if isinstance(pk, int) else None, _object_repr(record), index)
@@ -322,14 +325,11 @@ def _graphql_request_errors(ctx: context.RequestContext, response: HttpResponseB
         return
     messages = [str(e.get("message", "")) if isinstance(e, dict) else str(e) for e in errors]
     ctx.error_codes.add("GRAPHQL_VALIDATION_FAILED")
-    key = ("graphql_error", "", messages[0], "")
-    if key not in ctx.events:
-        ctx.events[key] = build_event(
-            "graphql_error",
-            ctx,
-            message=messages[0],
-            details={"status": 400, "errors": messages[:MAX_REPORTED_ERRORS], "count": len(messages)},
-        )
+    record_event(
+        "graphql_error",
+        message=messages[0],
+        details={"status": 400, "errors": messages[:MAX_REPORTED_ERRORS], "errors_total": len(messages)},
+    )
 
 
 def flush(ctx: context.RequestContext, response: HttpResponseBase) -> HttpResponseBase:
