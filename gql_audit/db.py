@@ -225,7 +225,8 @@ def on_connection_created(sender: Any, connection: Any, **kwargs: Any) -> None:
     except Exception:  # noqa: BLE001 - context is a nicety; the connection must still work
         logger.warning("database context probe failed on %r", connection.alias, exc_info=True)
         setattr(connection, ATTRIBUTE, {})
-    if sql_comment not in connection.execute_wrappers:
+    # Only where it is wanted: every statement would otherwise pay for the wrapper.
+    if conf.SQL_COMMENT and sql_comment not in connection.execute_wrappers:
         connection.execute_wrappers.append(sql_comment)
 
 
@@ -243,7 +244,8 @@ def connection_context(alias: str) -> dict[str, Any]:
 
 
 def sql_comment(execute: Callable[..., Any], sql: str, params: Any, many: bool, context_: dict[str, Any]) -> Any:
-    """An execute wrapper: append ``/*request_id='...'*/`` during a request, when enabled."""
+    """An execute wrapper, on connections opened while ``SQL_COMMENT`` is on:
+    append ``/*request_id='...'*/`` during a request (still only while it is on)."""
     if conf.SQL_COMMENT:
         ctx = context.current()
         if ctx is not None and isinstance(sql, str):

@@ -86,10 +86,10 @@ def finish(response: HttpResponseBase, ctx: context.RequestContext) -> HttpRespo
 
 def log_request(ctx: context.RequestContext, response: HttpResponseBase) -> None:
     """One ``gql_audit.request`` line per GraphQL operation."""
-    from gql_audit.storage import _log
+    from gql_audit.storage import log_payload
 
     cert = ctx.client_cert
-    _log(
+    log_payload(
         request_logger,
         logging.INFO,
         {

@@ -241,7 +241,7 @@ def _json(value: Any) -> str:
     return json.dumps(value, default=str, ensure_ascii=True, separators=(",", ":"), sort_keys=True)
 
 
-def _log(logger: logging.Logger, level: int, payload: dict[str, Any]) -> None:
+def log_payload(logger: logging.Logger, level: int, payload: dict[str, Any]) -> None:
     """The message is the JSON itself (readable with any formatter); the payload
     rides along for ``gql_audit.logging.JSONFormatter`` to merge."""
     if not logger.isEnabledFor(level):
@@ -255,14 +255,14 @@ def _log(logger: logging.Logger, level: int, payload: dict[str, Any]) -> None:
 def log_records(entries: list[dict[str, Any]], events: list[dict[str, Any]]) -> None:
     """The records as log lines: access entries to ``gql_audit.audit``, events to ``gql_audit.security``."""
     for entry in entries:
-        _log(audit_logger, logging.INFO, {"event": "access", **entry})
+        log_payload(audit_logger, logging.INFO, {"event": "access", **entry})
     for event in events:
-        _log(security_logger, logging.WARNING, {"event": "security_event", **event})
+        log_payload(security_logger, logging.WARNING, {"event": "security_event", **event})
 
 
 def log_unwritten(entries: list[dict[str, Any]], events: list[dict[str, Any]], exc: BaseException) -> None:
     """Nothing is silently lost: every record goes to the log, one JSON object a line."""
-    _log(
+    log_payload(
         audit_logger,
         logging.ERROR,
         {
@@ -273,9 +273,9 @@ def log_unwritten(entries: list[dict[str, Any]], events: list[dict[str, Any]], e
         },
     )
     for entry in entries:
-        _log(audit_logger, logging.ERROR, {"event": "access", **entry})
+        log_payload(audit_logger, logging.ERROR, {"event": "access", **entry})
     for event in events:
-        _log(audit_logger, logging.ERROR, {"event": "security_event", **event})
+        log_payload(audit_logger, logging.ERROR, {"event": "security_event", **event})
 
 
 def write(ctx: context.RequestContext | None, records: list[Any], events: list[dict[str, Any]], alias: str) -> bool:
