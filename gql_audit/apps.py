@@ -31,6 +31,7 @@ class GqlAuditConfig(AppConfig):
             sender=get_user_model(),
             dispatch_uid="gql_audit.note_deleted_user",
         )
-        from auditlog.signals import pre_log
+        from auditlog.signals import post_log, pre_log
 
         pre_log.connect(receivers.defer_access_entry, dispatch_uid="gql_audit.defer_access_entry")
+        post_log.connect(receivers.log_failed_change_entry, dispatch_uid="gql_audit.log_failed_change_entry")

@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from gql_audit.errors import MESSAGES, TOKEN_EXPIRED, TOKEN_INVALID
+from gql_audit.errors import AUTH_UNAVAILABLE, MESSAGES, TOKEN_EXPIRED, TOKEN_INVALID, sqlstate_of
 
 if TYPE_CHECKING:
     from django.http import HttpRequest
@@ -39,6 +39,11 @@ class TokenExpired(AuthenticationFailed):
     code = TOKEN_EXPIRED
 
 
+class AuthUnavailable(Exception):
+    """Raise from a custom ``AUTHENTICATOR`` when a dependency (directory, cache,
+    identity provider) failed: the credentials were not judged, so they are not bad."""
+
+
 @dataclass(frozen=True)
 class AuthError:
     """A deferred authentication failure.
@@ -50,16 +55,60 @@ class AuthError:
     code: str
     message: str
     reason: str
+    #: The database's SQLSTATE when a database failure kept the authenticator from deciding.
+    sqlstate: str = ""
 
     @property
     def event_kind(self) -> str:
         """The ``SecurityEvent`` kind this failure is recorded as."""
+        if self.code == AUTH_UNAVAILABLE:
+            return "db_error"
         return "token_expired" if self.code == TOKEN_EXPIRED else "token_invalid"
+
+
+def dependency_failure(exc: BaseException) -> BaseException | None:
+    """The database or network error behind ``exc`` (itself or what caused it), if any."""
+    from django.db import Error as DatabaseError
+
+    seen = 0
+    current: BaseException | None = exc
+    while current is not None and seen < 8:
+        if isinstance(current, (DatabaseError, OSError, AuthUnavailable)):
+            return current
+        current = current.__cause__ or current.__context__
+        seen += 1
+    return None
+
+
+def describe_dependency_failure(exc: BaseException) -> tuple[str, str]:
+    """``(reason, sqlstate)`` for an operator, without hosts, ports or credentials.
+
+    A driver's text for a connection failure names the host, port and user
+    (``connection to server at "10.0.0.5", port 5432 failed``): only the
+    exception class and SQLSTATE are kept, with the server's own primary
+    message where the server answered and the failure is not about connecting
+    or logging in (SQLSTATE classes 08 and 28).
+    """
+    sqlstate = sqlstate_of(exc)
+    reason = type(exc).__name__
+    if isinstance(exc, AuthUnavailable):
+        return f"{reason}: {exc}"[:500], ""
+    diag = getattr(exc, "diag", None)
+    primary = getattr(diag, "message_primary", None)
+    if sqlstate:
+        reason += f" (SQLSTATE {sqlstate})"
+        if isinstance(primary, str) and primary and sqlstate[:2] not in ("08", "28"):
+            reason += f": {primary}"
+    return reason[:500], sqlstate
 
 
 def classify(exc: BaseException) -> AuthError:
     from graphql_jwt.exceptions import JSONWebTokenExpired
 
+    failure = dependency_failure(exc)
+    if failure is not None:
+        reason, sqlstate = describe_dependency_failure(failure)
+        return AuthError(AUTH_UNAVAILABLE, MESSAGES[AUTH_UNAVAILABLE], reason, sqlstate)
     reason = f"{type(exc).__name__}: {exc}"[:500]
     if isinstance(exc, AuthenticationFailed):
         return AuthError(exc.code, exc.client_message, reason)
@@ -80,18 +129,36 @@ def authenticate(request: HttpRequest, authenticator: Any) -> tuple[Any, AuthErr
         return None, error
 
 
-def scrub_credentials(request: HttpRequest, text: str) -> str:
-    """``text`` without any credential the request carried (header or JWT cookie)."""
+def header_token_present(request: HttpRequest) -> bool:
+    """Whether the request carries a token in graphql_jwt's header (well formed or not)."""
     from graphql_jwt.settings import jwt_settings
 
-    secrets = request.META.get(jwt_settings.JWT_AUTH_HEADER_NAME, "").split()
-    cookie = request.COOKIES.get(jwt_settings.JWT_COOKIE_NAME)
-    if cookie:
-        secrets.append(cookie)
-    for secret in sorted(secrets, key=len, reverse=True):
-        if len(secret) >= 8:
-            text = text.replace(secret, "[redacted]")
-    return text
+    parts = request.META.get(jwt_settings.JWT_AUTH_HEADER_NAME, "").split()
+    return bool(parts) and parts[0].lower() == jwt_settings.JWT_AUTH_HEADER_PREFIX.lower()
+
+
+def refuse_cookie_without_csrf(request: HttpRequest) -> str | None:
+    """Drop graphql_jwt's token cookie from a request that fails Django's CSRF check.
+
+    A browser attaches cookies to a cross-site form POST, so a cookie-borne
+    token proves nothing about who sent the request unless the CSRF check
+    passes, whether or not the view is ``csrf_exempt`` (DRF treats session
+    authentication the same way). A token in the header needs no such check:
+    a cross-site page cannot set it. Returns the CSRF failure reason when the
+    cookie was dropped, else None.
+    """
+    from graphql_jwt.settings import jwt_settings
+
+    from gql_audit.compat import csrf_failure_reason
+
+    name = jwt_settings.JWT_COOKIE_NAME
+    if name not in request.COOKIES or header_token_present(request):
+        return None
+    reason = csrf_failure_reason(request)
+    if reason is None:
+        return None
+    del request.COOKIES[name]
+    return reason
 
 
 def jwt_credentials(request: HttpRequest) -> str | None:

@@ -17,6 +17,7 @@ from gql_audit.conf import (
     DEFAULTS,
     EVENT_SINKS,
     INTROSPECTION_CHOICES,
+    MASK_ERRORS_CHOICES,
     SETTINGS_NAME,
     conf,
 )
@@ -91,6 +92,8 @@ def _check_values(raw: dict[str, Any]) -> list[Any]:
         errors.append(_invalid("INTROSPECTION", f"must be one of {', '.join(INTROSPECTION_CHOICES)}."))
     if "EVENT_SINK" in raw and raw["EVENT_SINK"] not in EVENT_SINKS:
         errors.append(_invalid("EVENT_SINK", f"must be one of {', '.join(EVENT_SINKS)}."))
+    if "MASK_ERRORS" in raw and raw["MASK_ERRORS"] not in MASK_ERRORS_CHOICES:
+        errors.append(_invalid("MASK_ERRORS", f"must be one of {', '.join(MASK_ERRORS_CHOICES)}."))
     if "CLIENT_CERT_SOURCE" in raw and raw["CLIENT_CERT_SOURCE"] not in CLIENT_CERT_SOURCES:
         names = ", ".join(repr(s) for s in CLIENT_CERT_SOURCES)
         errors.append(_invalid("CLIENT_CERT_SOURCE", f"must be one of {names}."))
@@ -211,6 +214,17 @@ def check_dependencies(app_configs: Any = None, **kwargs: Any) -> list[Any]:
         conf.user_settings().get("AUTHENTICATOR", DEFAULTS["AUTHENTICATOR"]) == DEFAULTS["AUTHENTICATOR"]
         or _index_of(graphene_middleware, JWT_MIDDLEWARE) is not None
     )
+    if not _mutations_atomic(settings):
+        errors.append(
+            Warning(
+                "GraphQL mutations do not run in a transaction: when a change entry cannot be written, "
+                "the change is kept without it.",
+                hint="Set ATOMIC_MUTATIONS = True in GRAPHENE (or in DATABASES['default']), or "
+                "ATOMIC_REQUESTS = True in DATABASES['default'], so that a mutation and its auditlog "
+                "entries are committed together or not at all.",
+                id="gql_audit.W004",
+            )
+        )
     jwt_settings = getattr(settings, "GRAPHQL_JWT", None) or {}
     if uses_jwt and not jwt_settings.get("JWT_VERIFY_EXPIRATION", False):
         errors.append(
@@ -222,6 +236,16 @@ def check_dependencies(app_configs: Any = None, **kwargs: Any) -> list[Any]:
             )
         )
     return errors
+
+
+def _mutations_atomic(settings: Any) -> bool:
+    """Whether graphene-django runs mutations in a transaction of the default database."""
+    default = (getattr(settings, "DATABASES", None) or {}).get("default") or {}
+    graphene = getattr(settings, "GRAPHENE", None) or {}
+    return any(
+        value is True
+        for value in (default.get("ATOMIC_REQUESTS"), default.get("ATOMIC_MUTATIONS"), graphene.get("ATOMIC_MUTATIONS"))
+    )
 
 
 @register(Tags.compatibility)

@@ -46,6 +46,8 @@ DEFAULTS: dict[str, Any] = {
     "CLIENT_CERT_IDENTITY": None,
     "EVENT_SINK": "database",
     "REQUEST_LOG": True,
+    "LOG_VARIABLE_VALUES": False,
+    "MASK_ERRORS": "database",
 }
 
 #: Settings whose value may be a dotted import path, resolved on first use.
@@ -53,6 +55,7 @@ IMPORT_STRINGS = frozenset({"AUTHENTICATOR", "CLIENT_CERT_IDENTITY"})
 
 INTROSPECTION_CHOICES = ("public", "authenticated", "disabled")
 EVENT_SINKS = ("database", "logs", "both")
+MASK_ERRORS_CHOICES = ("database", "all", "none")
 CLIENT_CERT_SOURCES = (None, "nginx", "envoy", "traefik", "aws-alb", "rfc9440", "environ")
 
 

@@ -13,6 +13,8 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from gql_audit.redaction import Scrubber, is_secret_key, operation_secrets, redact_variables, secret_leaves
+
 if TYPE_CHECKING:
     from django.http import HttpRequest
 
@@ -30,6 +32,8 @@ class RequestContext:
 
     request_id: str
     request: HttpRequest | None = None
+    #: A well-formed request id sent by a peer not in ``TRUSTED_PROXIES``: kept, never used as the id.
+    client_request_id: str | None = None
     remote_addr: str | None = None
     #: The deferred authentication failure, if the authenticator raised.
     auth_error: AuthError | None = None
@@ -64,6 +68,7 @@ class RequestContext:
     events: dict[tuple[Any, ...], dict[str, Any]] = field(default_factory=dict)
     _operation_node: Any = field(default=None, repr=False)
     _secret_variables: frozenset[str] | None = field(default=None, repr=False)
+    _scrubber: Scrubber | None = field(default=None, repr=False)
 
     def client_cert_summary(self) -> dict[str, Any] | None:
         """The certificate summary on records, with the mapped service identity."""
@@ -73,8 +78,6 @@ class RequestContext:
         return summary
 
     def redacted_variables(self) -> Any:
-        from gql_audit.redaction import redact_variables
-
         if not self.variables:
             return self.variables
         return redact_variables(self.variables, self.secret_variables())
@@ -82,11 +85,59 @@ class RequestContext:
     def secret_variables(self) -> frozenset[str]:
         """Variables of the current operation that feed secret arguments (computed once)."""
         if self._secret_variables is None:
-            from gql_audit.redaction import secret_variables
-
             node = self._operation_node
-            self._secret_variables = secret_variables(node) if node is not None else frozenset()
+            self._secret_variables = operation_secrets(node)[0] if node is not None else frozenset()
         return self._secret_variables
+
+    def scrubber(self) -> Scrubber:
+        """Removes this request's secret values from text (built on first use, then kept).
+
+        The secrets: credentials in headers whose names match ``REDACT_KEYS``
+        (``Authorization``, ``Cookie``, ``X-Api-Key``...), every cookie value, and
+        the values of variables and inline arguments that are secret by name, as
+        the client sent them (a value of the wrong type is echoed by the error
+        that rejects it, before any resolver runs).
+        """
+        if self._scrubber is None:
+            self._scrubber = Scrubber(self._secret_values())
+        return self._scrubber
+
+    def _secret_values(self) -> list[str]:
+        from gql_audit.params import graphql_params
+
+        request = self.request
+        if request is None:
+            return []
+        values: list[str] = []
+        for key, value in request.META.items():
+            if key.startswith("HTTP_") and isinstance(value, str) and is_secret_key(key[5:]):
+                values.append(value)
+                values.extend(part for part in value.replace(";", " ").split() if len(part) >= 8)
+        try:
+            values.extend(str(v) for v in request.COOKIES.values() if v)
+        except Exception:  # noqa: BLE001 - a cookie header Django cannot parse: kept whole above
+            pass
+        query, variables = graphql_params(request)
+        node = self._operation_node
+        if node is None and isinstance(query, str):
+            node = _parse_quietly(query)
+        names, literals = operation_secrets(node) if node is not None else (frozenset(), [])
+        values.extend(secret_leaves(literals, secret=True))
+        if isinstance(variables, dict):
+            values.extend(secret_leaves(variables))
+            values.extend(secret_leaves([variables[n] for n in names if n in variables], secret=True))
+        return values
+
+    def actor_snapshot(self) -> dict[str, Any] | None:
+        """``{"id", "username"}`` of the request's authenticated user now, or None.
+
+        Records carry it so they still name their actor once the user's row is
+        gone (the foreign key is then NULL), whether or not the user had an email.
+        """
+        user = self.user
+        if not _is_user(user):
+            return None
+        return {"id": user.pk, "username": str(user.get_username())}
 
     @property
     def user(self) -> Any:
@@ -100,10 +151,8 @@ class RequestContext:
         to it). A user being deleted in this request keeps the email but not
         the pk: no record may point at the row going away.
         """
-        from django.contrib.auth import get_user_model
-
         user = self.user
-        if user is None or not getattr(user, "is_authenticated", False) or not isinstance(user, get_user_model()):
+        if not _is_user(user):
             return None, None
         email = getattr(user, user.get_email_field_name(), None)
         email = str(email)[:EMAIL_MAX_LENGTH] if email else None
@@ -126,6 +175,23 @@ class RequestContext:
         }
 
 
+def _is_user(user: Any) -> bool:
+    """An authenticated instance of the user model (a record's actor is a foreign key to it)."""
+    from django.contrib.auth import get_user_model
+
+    return user is not None and getattr(user, "is_authenticated", False) and isinstance(user, get_user_model())
+
+
+def _parse_quietly(query: str) -> Any:
+    """The document ``query``, or None when it does not parse."""
+    from graphql import parse
+
+    try:
+        return parse(query, no_location=True)
+    except Exception:  # noqa: BLE001 - RecursionError too: a client's malformed document
+        return None
+
+
 _current: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar(
     "gql_audit_request_context", default=None
 )
@@ -136,9 +202,22 @@ def current() -> RequestContext | None:
     return _current.get()
 
 
+#: Contexts bound and not yet reset, by id: what a dying worker still owes the log.
+_in_flight: dict[int, RequestContext] = {}
+
+
 def bind(context: RequestContext) -> contextvars.Token[RequestContext | None]:
+    _in_flight[id(context)] = context
     return _current.set(context)
 
 
 def reset(token: contextvars.Token[RequestContext | None]) -> None:
+    bound = _current.get()
+    if bound is not None:
+        _in_flight.pop(id(bound), None)
     _current.reset(token)
+
+
+def in_flight() -> list[RequestContext]:
+    """The requests of this process being handled now (any thread or task)."""
+    return list(_in_flight.values())

@@ -243,12 +243,25 @@ def connection_context(alias: str) -> dict[str, Any]:
 # --- request id in SQL -----------------------------------------------------------
 
 
+def request_comment(request_id: str, *, with_params: bool) -> str:
+    """The sqlcommenter comment for ``request_id``, ready to append to a statement.
+
+    The value is URL-encoded (sqlcommenter's rule; ``:`` becomes ``%3A``). When
+    the statement has parameters the driver reads ``%`` as the start of a
+    placeholder (psycopg) or Django turns ``%%`` back into ``%`` (SQLite), so
+    each ``%`` is doubled then; without parameters it is sent as it is.
+    """
+    value = quote(request_id, safe="")
+    if with_params:
+        value = value.replace("%", "%%")
+    return f" /*request_id='{value}'*/"
+
+
 def sql_comment(execute: Callable[..., Any], sql: str, params: Any, many: bool, context_: dict[str, Any]) -> Any:
     """An execute wrapper, on connections opened while ``SQL_COMMENT`` is on:
     append ``/*request_id='...'*/`` during a request (still only while it is on)."""
     if conf.SQL_COMMENT:
         ctx = context.current()
         if ctx is not None and isinstance(sql, str):
-            # The id is already restricted to [A-Za-z0-9._:-]; quoting is belt and braces.
-            sql = f"{sql} /*request_id='{quote(ctx.request_id, safe='')}'*/"
+            sql += request_comment(ctx.request_id, with_params=params is not None)
     return execute(sql, params, many, context_)

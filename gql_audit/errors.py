@@ -7,6 +7,9 @@ TOKEN_INVALID = "TOKEN_INVALID"
 UNAUTHENTICATED = "UNAUTHENTICATED"
 INTROSPECTION_DISABLED = "INTROSPECTION_DISABLED"
 CLIENT_CERT_REQUIRED = "CLIENT_CERT_REQUIRED"
+AUTH_UNAVAILABLE = "AUTH_UNAVAILABLE"
+INTERNAL_ERROR = "INTERNAL_ERROR"
+BAD_REQUEST = "BAD_REQUEST"
 
 MESSAGES = {
     TOKEN_EXPIRED: "The authentication token has expired.",
@@ -14,4 +17,20 @@ MESSAGES = {
     UNAUTHENTICATED: "Authentication is required for this field.",
     INTROSPECTION_DISABLED: "Introspection is disabled.",
     CLIENT_CERT_REQUIRED: "A verified client certificate is required for this field.",
+    AUTH_UNAVAILABLE: "Authentication is unavailable right now; try again later.",
+    INTERNAL_ERROR: "An internal error occurred.",
+    BAD_REQUEST: "The request body is not a GraphQL request.",
 }
+
+
+def sqlstate_of(exc: BaseException) -> str:
+    """The SQLSTATE of a database error (psycopg 3, psycopg2), or ''."""
+    seen = 0
+    current: BaseException | None = exc
+    while current is not None and seen < 8:
+        code = getattr(current, "sqlstate", None) or getattr(current, "pgcode", None)
+        if isinstance(code, str) and len(code) == 5:
+            return code
+        current = current.__cause__ or current.__context__
+        seen += 1
+    return ""

@@ -13,20 +13,12 @@ from typing import Any
 from django.utils import timezone
 
 from gql_audit import context
-from gql_audit.redaction import redact
+from gql_audit.errors import sqlstate_of
+from gql_audit.kinds import SEVERITY
+from gql_audit.redaction import redact, safe_text
 
-#: Kind -> severity.
-SEVERITY = {
-    "token_invalid": "warning",
-    "token_expired": "info",
-    "unauthenticated": "info",
-    "forbidden": "warning",
-    "graphql_error": "error",
-    "db_error": "error",
-    "db_retry": "warning",
-    "cert_failed": "warning",
-    "cert_header_untrusted": "warning",
-}
+__all__ = ["SEVERITY", "build_event", "classify_resolver_error", "plain_path", "record_event", "sqlstate_of"]
+
 #: Kinds recorded once per request; later occurrences add their path.
 ONCE_PER_REQUEST = frozenset({"token_invalid", "token_expired", "unauthenticated"})
 MAX_MESSAGE = 2000
@@ -51,21 +43,27 @@ def build_event(
     path: str = "",
     sqlstate: str = "",
     details: dict[str, Any] | None = None,
+    severity: str | None = None,
 ) -> dict[str, Any]:
-    if ctx is not None and ctx.client_cert is not None:
-        details = {**(details or {}), "client_cert": ctx.client_cert_summary()}
+    details = dict(details or {})
+    if ctx is not None:
+        details["actor"] = ctx.actor_snapshot()
+        if ctx.client_request_id is not None:
+            details["client_request_id"] = ctx.client_request_id
+        if ctx.client_cert is not None:
+            details["client_cert"] = ctx.client_cert_summary()
     return {
         "kind": kind,
-        "severity": SEVERITY[kind],
+        "severity": severity or SEVERITY[kind],
         "created_at": timezone.now(),
         "request_id": ctx.request_id if ctx is not None else "",
         "actor_id": ctx.actor()[0] if ctx is not None else None,
         "remote_addr": ctx.remote_addr if ctx is not None else None,
         "operation": ctx.operation if ctx is not None else None,
-        "path": path[:512],
-        "message": str(message)[:MAX_MESSAGE],
+        "path": safe_text(path[:512]),
+        "message": safe_text(str(message)[:MAX_MESSAGE]),
         "sqlstate": (sqlstate or "")[:5],
-        "details": redact(details or {}),
+        "details": redact(details),
     }
 
 
@@ -77,11 +75,17 @@ def record_event(
     sqlstate: str = "",
     details: dict[str, Any] | None = None,
     merge: bool = True,
+    once: bool = False,
+    severity: str | None = None,
 ) -> None:
     """Record a security event for the current request (or write it now, outside one).
 
     Events of one kind, path, message and SQLSTATE merge into one row with a
-    ``count``, unless ``merge`` is False (each retry is its own row).
+    ``count``, unless ``merge`` is False (each retry is its own row). With
+    ``once`` (always for token and unauthenticated events) a kind is one row
+    per request whatever the path and message; later occurrences add their
+    path. ``severity`` overrides the kind's (a client's malformed query is a
+    ``graphql_error`` of severity ``warning``).
     """
     if kind not in SEVERITY:
         raise ValueError(f"unknown security event kind {kind!r}")
@@ -89,33 +93,28 @@ def record_event(
     if ctx is None:
         from gql_audit.storage import write_now
 
-        write_now(events=[build_event(kind, None, message=message, path=path, sqlstate=sqlstate, details=details)])
+        write_now(
+            events=[
+                build_event(
+                    kind, None, message=message, path=path, sqlstate=sqlstate, details=details, severity=severity
+                )
+            ]
+        )
         return
-    key = (kind,) if kind in ONCE_PER_REQUEST else (kind, path, message, sqlstate)
+    key = (kind,) if once or kind in ONCE_PER_REQUEST else (kind, path, message, sqlstate)
     if not merge:
         key = (*key, len(ctx.events))
     event = ctx.events.get(key)
     if event is None:
-        event = ctx.events[key] = build_event(kind, ctx, message=message, path=path, sqlstate=sqlstate, details=details)
+        event = ctx.events[key] = build_event(
+            kind, ctx, message=message, path=path, sqlstate=sqlstate, details=details, severity=severity
+        )
         event["details"].setdefault("count", 0)
     event["details"]["count"] += 1
     if path:
         paths = event["details"].setdefault("paths", [])
         if path not in paths and len(paths) < MAX_PATHS:
             paths.append(path)
-
-
-def sqlstate_of(exc: BaseException) -> str:
-    """The SQLSTATE of a database error (psycopg 3, psycopg2), or ''."""
-    seen = 0
-    current: BaseException | None = exc
-    while current is not None and seen < 8:
-        code = getattr(current, "sqlstate", None) or getattr(current, "pgcode", None)
-        if isinstance(code, str) and len(code) == 5:
-            return code
-        current = current.__cause__ or current.__context__
-        seen += 1
-    return ""
 
 
 def classify_resolver_error(exc: BaseException) -> tuple[str, str]:

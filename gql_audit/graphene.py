@@ -14,12 +14,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.db.models import QuerySet
 from graphql import GraphQLError
 
 from gql_audit import context
 from gql_audit.access import SCALARS, record_value, unread
 from gql_audit.conf import conf
-from gql_audit.errors import CLIENT_CERT_REQUIRED, INTROSPECTION_DISABLED, MESSAGES, UNAUTHENTICATED
+from gql_audit.errors import CLIENT_CERT_REQUIRED, INTERNAL_ERROR, INTROSPECTION_DISABLED, MESSAGES, UNAUTHENTICATED
 from gql_audit.events import classify_resolver_error, plain_path, record_event
 from gql_audit.visibility import INTROSPECTION_FIELDS, SchemaRules, build_rules
 
@@ -56,15 +57,16 @@ def denial(info: Any) -> GraphQLError | None:
     ctx = context.current()
     if ctx is not None and ctx.auth_error is not None:
         error = ctx.auth_error
-        record_event(
-            error.event_kind,
-            message=error.message,
-            path=plain_path(info.path),
-        )
+        record_event(error.event_kind, message=error.message, path=plain_path(info.path), once=True)
         return denied(error.code, error.message)
     if conf.REQUIRE_CLIENT_CERT and not _has_valid_certificate(ctx):
         if ctx is not None:
-            record_event("forbidden", message="no verified client certificate", path=plain_path(info.path))
+            record_event(
+                "forbidden",
+                message="no verified client certificate",
+                path=plain_path(info.path),
+                details={"rule": "REQUIRE_CLIENT_CERT"},
+            )
         return denied(CLIENT_CERT_REQUIRED)
     user = getattr(info.context, "user", None)
     if user is None or not user.is_authenticated:
@@ -81,24 +83,65 @@ def _has_valid_certificate(ctx: context.RequestContext | None) -> bool:
     return cert is not None and cert.problem(timezone.now()) is None
 
 
-def record_resolver_error(exc: Exception, info: Any) -> None:
+def _deliberate(exc: BaseException) -> bool:
+    """An error raised to be shown: a ``GraphQLError``, or graphql_jwt's own messages."""
+    from graphql_jwt.exceptions import JSONWebTokenError
+
+    return isinstance(exc, (GraphQLError, JSONWebTokenError))
+
+
+def masked(exc: Exception, kind: str, ctx: context.RequestContext) -> GraphQLError | None:
+    """What the client gets instead of ``exc`` under ``MASK_ERRORS``, or None to let it through."""
+    mode = conf.MASK_ERRORS
+    if mode == "none" or isinstance(exc, Denied):
+        return None
+    if mode == "database" and kind != "db_error":
+        return None
+    if mode == "all" and kind != "db_error" and _deliberate(exc):
+        return None
+    return GraphQLError(
+        f"{MESSAGES[INTERNAL_ERROR]} Request id: {ctx.request_id}",
+        extensions={"code": INTERNAL_ERROR, "request_id": ctx.request_id},
+        original_error=None,
+    )
+
+
+def failed(exc: Exception, info: Any, args: dict[str, Any] | None = None) -> GraphQLError | None:
+    """Record a resolver's failure; the error the client gets instead, or None for ``exc`` itself."""
     ctx = _current()
     if isinstance(exc, Denied) or ctx is None:
-        return
+        return None
+    path = plain_path(info.path)
+    if args is not None and (info.parent_type.name, info.field_name) in rules_for(info.schema).login_fields:
+        from graphql_jwt.exceptions import JSONWebTokenError
+
+        if isinstance(exc, JSONWebTokenError):
+            ctx.error_codes.add("LOGIN_FAILED")
+            record_event("login_failed", message=str(exc), path=path, details={"username": _username_tried(args)})
+            return None
     kind, sqlstate = classify_resolver_error(exc)
     original = getattr(exc, "original_error", None) or exc
+    replacement = masked(exc, kind, ctx)
     code = (getattr(exc, "extensions", None) or {}).get("code")
-    ctx.error_codes.add(str(code) if code else kind.upper())
+    ctx.error_codes.add(INTERNAL_ERROR if replacement is not None else str(code) if code else kind.upper())
     record_event(
         kind,
         message=str(exc),
-        path=plain_path(info.path),
+        path=path,
         sqlstate=sqlstate,
-        details={
-            "exception": type(original).__name__,
-            "variables": ctx.redacted_variables(),
-        },
+        details={"exception": type(original).__name__, "variables": ctx.redacted_variables()},
     )
+    return replacement
+
+
+def _username_tried(args: dict[str, Any]) -> Any:
+    """The username argument of a token mutation, inline or from a variable (relay: in ``input``)."""
+    from django.contrib.auth import get_user_model
+
+    field = get_user_model().USERNAME_FIELD
+    nested = args.get("input")
+    source: dict[str, Any] = nested if isinstance(nested, dict) else args
+    return source.get(field)
 
 
 class AuditMiddleware:
@@ -124,15 +167,25 @@ class AuditMiddleware:
                     raise error
         try:
             value = next(root, info, **args)
+            if value.__class__ not in SCALARS:
+                self._record(value, info)
         except Exception as exc:
             self._unread(root, info)
-            record_resolver_error(exc, info)
-            raise
-        if value.__class__ not in SCALARS:
-            ctx = _current()
-            if ctx is not None and ctx.accessed is not None:
-                record_value(ctx, value, info)
+            replacement = failed(exc, info)
+            if replacement is None:
+                raise
+            raise replacement from exc
         return value
+
+    @staticmethod
+    def _record(value: Any, info: Any) -> None:
+        """Access-log what ``value`` exposes; a queryset is evaluated here, so that a
+        database error it raises is recorded (and masked) like the resolver's own."""
+        ctx = _current()
+        if ctx is not None and ctx.accessed is not None:
+            record_value(ctx, value, info)
+        elif isinstance(value, QuerySet):
+            bool(value)
 
     @staticmethod
     def _unread(root: Any, info: Any) -> None:
@@ -166,9 +219,11 @@ class AuditMiddleware:
                 raise error
         try:
             value = next(root, info, **args)
+            if value.__class__ not in SCALARS:
+                self._record(value, info)
         except Exception as exc:
-            record_resolver_error(exc, info)
-            raise
-        if ctx is not None and ctx.accessed is not None and value.__class__ not in SCALARS:
-            record_value(ctx, value, info)
+            replacement = failed(exc, info, args)
+            if replacement is None:
+                raise
+            raise replacement from exc
         return value

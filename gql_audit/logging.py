@@ -13,9 +13,14 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import time
 from typing import Any
 
 from gql_audit import context
+from gql_audit.compat import is_unevaluated_lazy
+from gql_audit.conf import conf
+
+request_logger = logging.getLogger("gql_audit.request")
 
 #: Attribute of a record holding a structured payload gql_audit logged.
 PAYLOAD = "gql_audit_payload"
@@ -47,13 +52,139 @@ class ContextFilter(logging.Filter):
 
 def _actor_id(ctx: context.RequestContext) -> Any:
     # Never load a lazy session user from inside logging: the query would log
-    # a record, which would come back here.
-    from django.utils.functional import SimpleLazyObject, empty
-
-    user = getattr(ctx.request, "user", None)
-    if isinstance(user, SimpleLazyObject) and user._wrapped is empty:
+    # a record, which would come back here (and a dying worker has no time for it).
+    if is_unevaluated_lazy(getattr(ctx.request, "user", None)):
         return None
     return ctx.actor()[0]
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, default=str, ensure_ascii=True, separators=(",", ":"), sort_keys=True)
+
+
+def log_payload(logger: logging.Logger, level: int, payload: dict[str, Any]) -> None:
+    """The message is the JSON itself (readable with any formatter); the payload
+    rides along for :class:`JSONFormatter` to merge."""
+    if not logger.isEnabledFor(level):
+        return
+    text = _json(payload)
+    logger.log(level, "%s", text, extra={PAYLOAD: json.loads(text)})
+
+
+def log_request(ctx: context.RequestContext, status: int) -> None:
+    """One ``gql_audit.request`` line per GraphQL operation (``REQUEST_LOG``).
+
+    Variables are logged by name; their values only with
+    ``LOG_VARIABLE_VALUES``, and then redacted and scrubbed of secrets.
+    """
+    if not conf.REQUEST_LOG or (ctx.operation is None and not ctx.error_codes):
+        return
+    if not request_logger.isEnabledFor(logging.INFO):
+        return
+    variables = ctx.variables
+    if isinstance(variables, dict):
+        logged: Any = (
+            ctx.scrubber().data(ctx.redacted_variables()) if conf.LOG_VARIABLE_VALUES else sorted(variables)[:50]
+        )
+    else:
+        logged = None
+    cert = ctx.client_cert
+    log_payload(
+        request_logger,
+        logging.INFO,
+        {
+            "event": "graphql_request",
+            "request_id": ctx.request_id,
+            "client_request_id": ctx.client_request_id,
+            "operation": ctx.operation,
+            "variables": logged,
+            "status": status,
+            "duration_ms": round((time.perf_counter() - ctx.started) * 1000, 3),
+            "error_codes": sorted(ctx.error_codes),
+            "objects_accessed": ctx.objects_accessed,
+            "actor_id": ctx.actor()[0],
+            "remote_addr": ctx.remote_addr,
+            "client_cert_fingerprint": cert.fingerprint_sha256 if cert is not None else None,
+            "db_retries": ctx.db_retries,
+        },
+    )
+
+
+audit_logger = logging.getLogger("gql_audit.audit")
+
+
+def log_failed_entry(sender: Any, instance: Any, action: Any, changes: Any, entry: Any, error: BaseException) -> None:
+    """A change entry auditlog could not INSERT, complete, as one ``gql_audit.audit`` line.
+
+    ``entry`` is the ``LogEntry`` whose save failed (stamped with the actor and
+    context), or None when auditlog failed before building it.
+    """
+    from gql_audit.redaction import redact
+
+    ctx = context.current()
+    payload: dict[str, Any] = {
+        "event": "change_entry_unwritten",
+        "error": f"{type(error).__name__}: {error}"[:1000],
+        "model": getattr(getattr(sender, "_meta", None), "label", str(sender)),
+        "object_pk": str(getattr(instance, "pk", "")),
+        "action": action,
+    }
+    if entry is not None:
+        payload.update(
+            {
+                "object_repr": entry.object_repr,
+                "changes": redact(entry.changes),
+                "actor_id": entry.actor_id,
+                "actor_email": entry.actor_email,
+                "cid": entry.cid,
+                "remote_addr": entry.remote_addr,
+                "timestamp": entry.timestamp,
+                "additional_data": redact(entry.additional_data),
+            }
+        )
+    else:
+        payload["changes"] = redact(changes)
+        if ctx is not None:
+            payload.update({"actor_id": ctx.actor()[0], "cid": ctx.request_id, "actor": ctx.actor_snapshot()})
+    if ctx is not None:
+        payload = ctx.scrubber().data(payload)
+    log_payload(audit_logger, logging.ERROR, payload)
+
+
+def trace(ctx: context.RequestContext) -> dict[str, Any]:
+    """Who and what a request was, from what it already holds (no query, no I/O)."""
+    return {
+        "request_id": ctx.request_id,
+        "actor_id": _actor_id(ctx),
+        "operation": ctx.operation,
+        "path": ctx.path,
+        "remote_addr": ctx.remote_addr,
+        "elapsed_ms": round((time.perf_counter() - ctx.started) * 1000, 3),
+        "pending_reads": len(ctx.accessed or ()),
+        "pending_events": len(ctx.events),
+    }
+
+
+def log_aborted(ctx: context.RequestContext, reason: str) -> None:
+    """A request that will never finish (the worker is being killed, the task cancelled)."""
+    try:
+        log_payload(request_logger, logging.ERROR, {"event": "request_aborted", "reason": reason, **trace(ctx)})
+    except Exception:  # noqa: BLE001 - dying already; never mask the real exit
+        pass
+
+
+def log_in_flight(reason: str = "worker_abort") -> int:
+    """Log every request this process is handling, one ``request_aborted`` line each.
+
+    For a server's last-gasp hook, such as gunicorn's ``worker_abort`` (called
+    when a worker is killed for its timeout): requests in other threads than
+    the one interrupted are otherwise gone without a word. Returns how many
+    were logged.
+    """
+    contexts = context.in_flight()
+    for ctx in contexts:
+        log_aborted(ctx, reason)
+    return len(contexts)
 
 
 def _db_node() -> Any:

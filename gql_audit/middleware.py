@@ -1,35 +1,55 @@
-"""``AuditContextMiddleware``: request id, client address and early authentication."""
+"""``AuditContextMiddleware``: request id, client address and early authentication.
+
+Before the view it binds the request's context, reads the client certificate
+and authenticates (user code and the database may be involved: under ASGI this
+runs in a thread, where the ORM is allowed). After the view it writes what the
+request recorded, outside the view's transaction, and decides what the client
+is told when the request itself was malformed.
+"""
 
 from __future__ import annotations
 
-import logging
+import json
+import re
 import time
 from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.contrib.auth.models import AnonymousUser
+from django.http import JsonResponse
 
 from gql_audit import context
 from gql_audit.access import registered_models
-from gql_audit.auth import authenticate, scrub_credentials
+from gql_audit.auth import authenticate, refuse_cookie_without_csrf
+from gql_audit.compat import mark_jwt_credentials_handled, set_session_user_cache
 from gql_audit.conf import conf
+from gql_audit.errors import BAD_REQUEST
 from gql_audit.events import record_event
+from gql_audit.logging import log_aborted, log_request
 from gql_audit.mtls import client_identity, read_client_certificate
-from gql_audit.net import client_address, request_id
+from gql_audit.net import client_address, request_ids
+from gql_audit.params import FORM_TYPES, content_type
 from gql_audit.storage import flush
-
-request_logger = logging.getLogger("gql_audit.request")
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from django.http import HttpRequest, HttpResponseBase
 
+#: GraphQL errors of a request that never reached a resolver: at most this many kept.
+MAX_REPORTED_ERRORS = 5
+#: graphql-core's suggestions name fields and types: "... Did you mean 'documents'?"
+_SUGGESTION = re.compile(r"\s*Did you mean\b.*\?\s*$", re.DOTALL)
+#: Bodies graphene-django parses; a failure to parse one is the client's.
+_GRAPHQL_BODIES = frozenset({"application/json", "application/graphql", *FORM_TYPES})
+
 
 def begin(request: HttpRequest) -> context.RequestContext:
     """Build the request's context (no I/O, so it is shared by both call paths)."""
+    request_id, client_request_id = request_ids(request)
     ctx = context.RequestContext(
-        request_id=request_id(request),
+        request_id=request_id,
+        client_request_id=client_request_id,
         request=request,
         remote_addr=client_address(request),
         started=time.perf_counter(),
@@ -40,8 +60,21 @@ def begin(request: HttpRequest) -> context.RequestContext:
     return ctx
 
 
+def prepare(request: HttpRequest, ctx: context.RequestContext) -> None:
+    """Everything before the view that may run user code or query the database."""
+    read_certificate(request, ctx)
+    reason = refuse_cookie_without_csrf(request)
+    if reason is not None:
+        record_event(
+            "forbidden",
+            message="token cookie ignored: the request failed the CSRF check",
+            details={"rule": "csrf", "reason": reason},
+        )
+    authenticate_request(request, ctx)
+
+
 def read_certificate(request: HttpRequest, ctx: context.RequestContext) -> None:
-    """``request.client_cert``: recorded events need the bound context, hence apart from begin()."""
+    """``request.client_cert`` and the identity ``CLIENT_CERT_IDENTITY`` maps it to."""
     cert = read_client_certificate(request)
     request.client_cert = ctx.client_cert = cert  # type: ignore[attr-defined]
     ctx.client_identity = client_identity(cert)
@@ -58,55 +91,83 @@ def authenticate_request(request: HttpRequest, ctx: context.RequestContext) -> N
         record_event(
             error.event_kind,
             message=error.message,
-            details={"reason": scrub_credentials(request, error.reason), "code": error.code},
+            sqlstate=error.sqlstate,
+            details={"reason": error.reason, "code": error.code},
+            once=True,
         )
         # A bad token must not fall back to a session identity.
-        request.user = AnonymousUser()
-    elif user is not None:
-        request.user = user
-    else:
+        user = AnonymousUser()
+    elif user is None:
         return
-    # Credentials were handled here: graphql_jwt's backend, if its Graphene
-    # middleware is also installed, must not read them again (and raise).
-    request._jwt_token_auth = True  # type: ignore[attr-defined]
+    request.user = user
+    # graphql_jwt's middleware, if kept, asks Django for the session user on
+    # every field (JWT_ALLOW_ARGUMENT) and must get this one; and its backend
+    # must not read the credentials handled here again (and raise).
+    set_session_user_cache(request, user)
+    mark_jwt_credentials_handled(request)
 
 
 def finish(response: HttpResponseBase, ctx: context.RequestContext) -> HttpResponseBase:
     """Write what the request recorded (outside the view's transaction), echo the id."""
+    if response.status_code == 400:
+        response = inspect_rejected(ctx, response)
     response = flush(ctx, response)
     response[conf.REQUEST_ID_HEADER] = ctx.request_id
-    if (
-        conf.REQUEST_LOG
-        and (ctx.operation is not None or ctx.error_codes)
-        and request_logger.isEnabledFor(logging.INFO)
-    ):
-        log_request(ctx, response)
+    log_request(ctx, response.status_code)
     return response
 
 
-def log_request(ctx: context.RequestContext, response: HttpResponseBase) -> None:
-    """One ``gql_audit.request`` line per GraphQL operation."""
-    from gql_audit.storage import log_payload
+def inspect_rejected(ctx: context.RequestContext, response: HttpResponseBase) -> HttpResponseBase:
+    """A 400 with GraphQL errors (syntax, validation, variables): no resolver saw it.
 
-    cert = ctx.client_cert
-    log_payload(
-        request_logger,
-        logging.INFO,
-        {
-            "event": "graphql_request",
-            "request_id": ctx.request_id,
-            "operation": ctx.operation,
-            "variables": ctx.redacted_variables(),
-            "status": response.status_code,
-            "duration_ms": round((time.perf_counter() - ctx.started) * 1000, 3),
-            "error_codes": sorted(ctx.error_codes),
-            "objects_accessed": ctx.objects_accessed,
-            "actor_id": ctx.actor()[0],
-            "remote_addr": ctx.remote_addr,
-            "client_cert_fingerprint": cert.fingerprint_sha256 if cert is not None else None,
-            "db_retries": ctx.db_retries,
-        },
+    Recorded as a ``graphql_error`` of severity ``warning`` (the client's own
+    mistake); with ``INTROSPECTION`` other than ``"public"`` the schema-revealing
+    "Did you mean ...?" suggestions are cut from the messages the client gets.
+    """
+    if getattr(response, "streaming", False) or not response.get("Content-Type", "").startswith("application/json"):
+        return response
+    try:
+        body = json.loads(response.content)  # type: ignore[attr-defined]
+        errors = body.get("errors") if isinstance(body, dict) else None
+    except (ValueError, RecursionError):
+        return response
+    if not isinstance(errors, list) or not errors:
+        return response
+    messages = [str(e.get("message", "")) if isinstance(e, dict) else str(e) for e in errors]
+    first = errors[0] if isinstance(errors[0], dict) else {}
+    code = (first.get("extensions") or {}).get("code") if isinstance(first.get("extensions"), dict) else None
+    ctx.error_codes.add(str(code) if code else "GRAPHQL_VALIDATION_FAILED")
+    record_event(
+        "graphql_error",
+        message=messages[0],
+        details={"status": 400, "errors": messages[:MAX_REPORTED_ERRORS], "errors_total": len(messages)},
+        severity="warning",
     )
+    if conf.INTROSPECTION == "public":
+        return response
+    changed = False
+    for error in errors:
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            cut = _SUGGESTION.sub("", error["message"])
+            if cut != error["message"]:
+                error["message"] = cut
+                changed = True
+    if changed:
+        response.content = json.dumps(body, separators=(",", ":"))  # type: ignore[attr-defined]
+        if response.has_header("Content-Length"):
+            response["Content-Length"] = str(len(response.content))  # type: ignore[attr-defined]
+    return response
+
+
+def bad_body(request: HttpRequest, exc: Exception) -> JsonResponse | None:
+    """The 400 for a body the view could not parse (nested past Python's stack, not
+    UTF-8), or None for any other failure of the view."""
+    if not isinstance(exc, (RecursionError, UnicodeDecodeError)) or content_type(request) not in _GRAPHQL_BODIES:
+        return None
+    # Recorded by inspect_rejected() on the way out, like every other 400.
+    reason = "nested too deeply" if isinstance(exc, RecursionError) else "not valid UTF-8"
+    message = f"The request body could not be read: {reason}."
+    return JsonResponse({"errors": [{"message": message, "extensions": {"code": BAD_REQUEST}}]}, status=400)
 
 
 class AuditContextMiddleware:
@@ -134,9 +195,14 @@ class AuditContextMiddleware:
         ctx = begin(request)
         token = context.bind(ctx)
         try:
-            read_certificate(request, ctx)
-            authenticate_request(request, ctx)
+            prepare(request, ctx)
             response = finish(self.get_response(request), ctx)  # type: ignore[arg-type]
+        except BaseException as exc:
+            # SystemExit from a worker timeout (gunicorn's SIGABRT), KeyboardInterrupt:
+            # the request dies here, and leaves its trace in the log on the way.
+            if not isinstance(exc, Exception):
+                log_aborted(ctx, type(exc).__name__)
+            raise
         finally:
             context.reset(token)
         return response
@@ -145,10 +211,16 @@ class AuditContextMiddleware:
         ctx = begin(request)
         token = context.bind(ctx)
         try:
-            read_certificate(request, ctx)
-            await sync_to_async(authenticate_request, thread_sensitive=True)(request, ctx)
+            await sync_to_async(prepare, thread_sensitive=True)(request, ctx)
             response = await self.get_response(request)  # type: ignore[misc]
             response = await sync_to_async(finish, thread_sensitive=True)(response, ctx)
+        except BaseException as exc:
+            if not isinstance(exc, Exception):  # CancelledError: the client went away, or shutdown
+                log_aborted(ctx, type(exc).__name__)
+            raise
         finally:
             context.reset(token)
         return response
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> JsonResponse | None:
+        return bad_body(request, exception)

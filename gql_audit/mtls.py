@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime
+import logging
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from urllib.parse import unquote
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
+
+logger = logging.getLogger("gql_audit.mtls")
 
 #: Longer header values are refused unread (a certificate chain is a few kB).
 MAX_HEADER_LENGTH = 32 * 1024
@@ -379,6 +382,7 @@ def client_identity(cert: ClientCertificate | None) -> str | None:
         return None
     try:
         identity = mapper(cert)
-    except Exception:  # noqa: BLE001 - a mapping bug must not fail the request
+    except Exception:  # noqa: BLE001 - a mapping bug must not fail the request, nor go unseen
+        logger.exception("CLIENT_CERT_IDENTITY failed for certificate %s", cert.fingerprint_sha256)
         return None
     return str(identity)[:200] if identity else None

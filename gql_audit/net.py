@@ -27,12 +27,20 @@ def meta_key(header: str) -> str:
     return "HTTP_" + header.upper().replace("-", "_")
 
 
-def request_id(request: HttpRequest) -> str:
-    """The incoming request id when well formed, otherwise a new UUID4."""
+def request_ids(request: HttpRequest) -> tuple[str, str | None]:
+    """``(request id, client request id)``.
+
+    The incoming ``REQUEST_ID_HEADER`` is the request id only when the peer is
+    in ``TRUSTED_PROXIES`` and the value is well formed: any client could
+    otherwise reuse another request's id. A well-formed value from any other
+    peer is returned second, to be kept beside a new UUID4.
+    """
     incoming = request.META.get(meta_key(conf.REQUEST_ID_HEADER))
-    if isinstance(incoming, str) and REQUEST_ID_PATTERN.fullmatch(incoming):
-        return incoming
-    return str(uuid.uuid4())
+    if not isinstance(incoming, str) or not REQUEST_ID_PATTERN.fullmatch(incoming):
+        return str(uuid.uuid4()), None
+    if peer_is_trusted(request):
+        return incoming, None
+    return str(uuid.uuid4()), incoming
 
 
 def parse_ip(value: str | None) -> IPAddress | None:

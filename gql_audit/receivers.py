@@ -8,41 +8,39 @@ Nothing is connected per request, so no receiver can leak (django-auditlog #846)
 
 from __future__ import annotations
 
+import contextvars
 from typing import Any
 
-from django.db.models.signals import pre_save
-
 from gql_audit import context
+from gql_audit.compat import auditlog_block_values
+from gql_audit.logging import log_failed_entry
+from gql_audit.redaction import safe_data
 
 
 def _explicit_auditlog_actor() -> bool:
-    """Whether service code wrapped this save in auditlog's own ``set_actor``.
-
-    auditlog leaves its context variable set after the ``with`` block ends and
-    only disconnects its receiver, so the block is active only while a
-    receiver with its dispatch uid is still connected.
-    """
-    from auditlog.context import auditlog_value
-
-    value = auditlog_value.get(None)
-    if not value or value.get("actor") is None:
-        return False
-    uid = value.get("signal_duid")
-    return any(lookup_key[0] == uid for lookup_key, *_ in pre_save.receivers)
+    """Whether service code wrapped this save in auditlog's own ``set_actor``."""
+    block = auditlog_block_values()
+    return block is not None and block.get("actor") is not None
 
 
 def audit_context_data(ctx: context.RequestContext, using: str | None) -> dict[str, Any]:
     """The ``additional_data["gql_audit"]`` object for an entry saved now."""
     from gql_audit.db import connection_context
 
-    return {
+    data: dict[str, Any] = {
         "request_id": ctx.request_id,
         "operation": ctx.operation,
         "path": ctx.path,
         "remote_addr": ctx.remote_addr,
+        "actor": ctx.actor_snapshot(),
         "client_cert": ctx.client_cert_summary(),
         "db": connection_context(using or "default"),
     }
+    if ctx.client_request_id is not None:
+        data["client_request_id"] = ctx.client_request_id
+    # Certificate names and usernames are the client's text: stored as safe data.
+    safe: dict[str, Any] = safe_data(data)
+    return safe
 
 
 def merge_additional_data(existing: Any, ours: dict[str, Any]) -> dict[str, Any]:
@@ -54,8 +52,13 @@ def merge_additional_data(existing: Any, ours: dict[str, Any]) -> dict[str, Any]
     return {"value": existing, "gql_audit": ours}
 
 
+#: The ``LogEntry`` being saved: what the fallback log gets if its INSERT fails.
+_entry_being_saved: contextvars.ContextVar[Any] = contextvars.ContextVar("gql_audit_entry_being_saved", default=None)
+
+
 def stamp_log_entry(sender: Any, instance: Any, raw: bool = False, using: str | None = None, **kwargs: Any) -> None:
     """``pre_save`` of auditlog's ``LogEntry``: actor, email, cid, address, context."""
+    _entry_being_saved.set(instance)
     ctx = context.current()
     if ctx is None or raw:
         return
@@ -72,6 +75,23 @@ def stamp_log_entry(sender: Any, instance: Any, raw: bool = False, using: str | 
         if not getattr(settings, "AUDITLOG_DISABLE_REMOTE_ADDR", False):
             instance.remote_addr = ctx.remote_addr
     instance.additional_data = merge_additional_data(instance.additional_data, audit_context_data(ctx, using))
+
+
+def log_failed_change_entry(
+    sender: Any, instance: Any, action: Any = None, error: BaseException | None = None, **kwargs: Any
+) -> None:
+    """auditlog's ``post_log`` with an error: its own INSERT failed.
+
+    Without a transaction around the change (check ``gql_audit.W004``) the
+    change is already committed; the entry goes, complete, to the
+    ``gql_audit.audit`` log before auditlog raises the error on.
+    """
+    if error is None:
+        return
+    entry = _entry_being_saved.get()
+    if entry is None or str(getattr(entry, "object_pk", "")) != str(getattr(instance, "pk", "")):
+        entry = None
+    log_failed_entry(sender, instance, action, kwargs.get("changes"), entry, error)
 
 
 def defer_access_entry(sender: Any, instance: Any, action: Any = None, **kwargs: Any) -> bool | None:

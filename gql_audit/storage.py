@@ -24,8 +24,10 @@ from django.utils.encoding import smart_str
 
 from gql_audit import context
 from gql_audit.conf import conf
-from gql_audit.events import record_event
+from gql_audit.errors import sqlstate_of
+from gql_audit.logging import log_payload
 from gql_audit.receivers import audit_context_data
+from gql_audit.redaction import safe_text
 
 audit_logger = logging.getLogger("gql_audit.audit")
 security_logger = logging.getLogger("gql_audit.security")
@@ -34,7 +36,8 @@ AUDIT_UNAVAILABLE = "AUDIT_UNAVAILABLE"
 #: Rows per INSERT at most, whatever the driver allows: bounds statement size.
 MAX_ROWS_PER_INSERT = 2000
 MAX_ROWS_PER_ARRAY_INSERT = 10000
-MAX_REPORTED_ERRORS = 5
+#: After a failed write, records are tried one by one, this many at most.
+MAX_SINGLE_RETRIES = 200
 
 
 def audit_alias() -> str:
@@ -45,10 +48,10 @@ def audit_alias() -> str:
 def _object_repr(record: Any) -> str:
     if isinstance(record.obj, record.model):
         try:
-            return smart_str(record.obj)
+            return safe_text(smart_str(record.obj))
         except Exception:  # noqa: BLE001 - a broken __str__ must not lose the entry
             pass
-    return f"{record.model._meta.label} {record.pk}"
+    return safe_text(f"{record.model._meta.label} {record.pk}")
 
 
 def merge_records(ctx: context.RequestContext) -> list[Any]:
@@ -237,21 +240,6 @@ def insert_events(events: list[dict[str, Any]], alias: str) -> None:
     SecurityEvent.objects.using(alias).bulk_create([SecurityEvent(**event) for event in events])
 
 
-def _json(value: Any) -> str:
-    return json.dumps(value, default=str, ensure_ascii=True, separators=(",", ":"), sort_keys=True)
-
-
-def log_payload(logger: logging.Logger, level: int, payload: dict[str, Any]) -> None:
-    """The message is the JSON itself (readable with any formatter); the payload
-    rides along for ``gql_audit.logging.JSONFormatter`` to merge."""
-    if not logger.isEnabledFor(level):
-        return
-    from gql_audit.logging import PAYLOAD
-
-    text = _json(payload)
-    logger.log(level, "%s", text, extra={PAYLOAD: json.loads(text)})
-
-
 def log_records(entries: list[dict[str, Any]], events: list[dict[str, Any]]) -> None:
     """The records as log lines: access entries to ``gql_audit.audit``, events to ``gql_audit.security``."""
     for entry in entries:
@@ -260,14 +248,22 @@ def log_records(entries: list[dict[str, Any]], events: list[dict[str, Any]]) -> 
         log_payload(security_logger, logging.WARNING, {"event": "security_event", **event})
 
 
-def log_unwritten(entries: list[dict[str, Any]], events: list[dict[str, Any]], exc: BaseException) -> None:
+def log_unwritten(
+    entries: list[dict[str, Any]],
+    events: list[dict[str, Any]],
+    exc: BaseException,
+    ctx: context.RequestContext | None = None,
+) -> None:
     """Nothing is silently lost: every record goes to the log, one JSON object a line."""
+    error = f"{type(exc).__name__}: {exc}"[:1000]
+    if ctx is not None:
+        error = ctx.scrubber().text(error)
     log_payload(
         audit_logger,
         logging.ERROR,
         {
             "event": "audit_write_failed",
-            "error": f"{type(exc).__name__}: {exc}"[:1000],
+            "error": error,
             "access_entries": len(entries),
             "security_events": len(events),
         },
@@ -278,31 +274,106 @@ def log_unwritten(entries: list[dict[str, Any]], events: list[dict[str, Any]], e
         log_payload(audit_logger, logging.ERROR, {"event": "security_event", **event})
 
 
+def _store(ctx: context.RequestContext | None, records: list[Any], events: list[dict[str, Any]], alias: str) -> None:
+    with transaction.atomic(using=alias):
+        if records and ctx is not None:
+            insert_access_entries(ctx, records, alias)
+        if events:
+            insert_events(events, alias)
+
+
+#: SQLite result codes of a statement the database refused for its content or
+#: its table (ERROR: "no such table", TOOBIG, CONSTRAINT, MISMATCH, RANGE): the
+#: database itself answers, so other records may still be written.
+SQLITE_RECORD_ERRORS = frozenset({1, 18, 19, 20, 25})
+#: SQLSTATE classes of a database that is not answering: connection (08),
+#: resources (53), operator intervention and timeouts (57), system (58).
+UNREACHABLE_CLASSES = frozenset({"08", "53", "57", "58"})
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Whether trying again, record by record, is pointless: the database is not
+    answering, or each try would wait out a lock or a timeout again."""
+    from django.db import InterfaceError, OperationalError
+
+    if isinstance(exc, InterfaceError):
+        return True
+    if not isinstance(exc, OperationalError):
+        return False
+    sqlstate = sqlstate_of(exc)
+    if sqlstate:
+        return sqlstate[:2] in UNREACHABLE_CLASSES
+    code = getattr(exc.__cause__, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return (code & 0xFF) not in SQLITE_RECORD_ERRORS
+    return True
+
+
+def _store_apart(
+    ctx: context.RequestContext | None, records: list[Any], events: list[dict[str, Any]], alias: str
+) -> tuple[list[Any], list[dict[str, Any]], BaseException | None]:
+    """After a failed write: each kind on its own, then each record, so that one
+    record the database refuses cannot take the others with it. Returns what
+    still could not be written and the last error."""
+    failed_records: list[Any] = []
+    failed_events: list[dict[str, Any]] = []
+    error: BaseException | None = None
+    budget = MAX_SINGLE_RETRIES
+    for kind_records, kind_events, failed in ((records, [], failed_records), ([], events, failed_events)):
+        batch = kind_records or kind_events
+        if not batch:
+            continue
+        if error is not None and _unreachable(error):
+            failed.extend(batch)
+            continue
+        try:
+            _store(ctx, kind_records, kind_events, alias)
+            continue
+        except Exception as exc:  # noqa: BLE001 - narrowed down below
+            error = exc
+        for item in batch:
+            if budget <= 0 or _unreachable(error):
+                failed.append(item)
+                continue
+            budget -= 1
+            try:
+                _store(ctx, [item] if kind_records else [], [item] if kind_events else [], alias)
+            except Exception as exc:  # noqa: BLE001 - this one goes to the log
+                error = exc
+                failed.append(item)
+    return failed_records, failed_events, error
+
+
+def _entries_for_log(ctx: context.RequestContext | None, records: list[Any], alias: str) -> list[dict[str, Any]]:
+    if ctx is None or not records:
+        return []
+    try:
+        return describe(ctx, alias, records)
+    except Exception:  # noqa: BLE001 - still log what can be said without the database
+        return [{"model": r.model._meta.label, "object_pk": str(r.pk), "fields": sorted(r.fields)} for r in records]
+
+
 def write(ctx: context.RequestContext | None, records: list[Any], events: list[dict[str, Any]], alias: str) -> bool:
-    """Write both kinds in one transaction; on failure log them and return False."""
+    """Write both kinds; what cannot be written goes, complete, to the log. True when all was written."""
     if not records and not events:
         return True
     sink = conf.EVENT_SINK
     if sink != "database":
-        log_records(describe(ctx, alias, records) if ctx is not None else [], events)
+        log_records(_entries_for_log(ctx, records, alias), events)
         if sink == "logs":
             return True
     try:
-        with transaction.atomic(using=alias):
-            if records and ctx is not None:
-                insert_access_entries(ctx, records, alias)
-            if events:
-                insert_events(events, alias)
+        _store(ctx, records, events, alias)
+        return True
     except Exception as exc:  # noqa: BLE001 - the request must not fail because auditing did
-        try:
-            entries = describe(ctx, alias, records) if ctx is not None else []
-        except Exception:  # noqa: BLE001 - still log what can be said without the database
-            entries = [
-                {"model": r.model._meta.label, "object_pk": str(r.pk), "fields": sorted(r.fields)} for r in records
-            ]
-        log_unwritten(entries, events, exc)
-        return False
-    return True
+        error: BaseException = exc
+    if not _unreachable(error):
+        records, events, last = _store_apart(ctx, records, events, alias)
+        if not records and not events:
+            return True
+        error = last or error
+    log_unwritten(_entries_for_log(ctx, records, alias), events, error, ctx)
+    return False
 
 
 def write_now(*, events: list[dict[str, Any]]) -> bool:
@@ -310,37 +381,19 @@ def write_now(*, events: list[dict[str, Any]]) -> bool:
     return write(None, [], events, audit_alias())
 
 
-def _graphql_request_errors(ctx: context.RequestContext, response: HttpResponseBase) -> None:
-    """A 400 with GraphQL errors (syntax, validation): no resolver saw it."""
-    if response.status_code != 400 or getattr(response, "streaming", False):
-        return
-    if not response.get("Content-Type", "").startswith("application/json"):
-        return
-    try:
-        body = json.loads(response.content)  # type: ignore[attr-defined]
-        errors = body.get("errors") if isinstance(body, dict) else None
-    except ValueError:
-        return
-    if not isinstance(errors, list) or not errors:
-        return
-    messages = [str(e.get("message", "")) if isinstance(e, dict) else str(e) for e in errors]
-    ctx.error_codes.add("GRAPHQL_VALIDATION_FAILED")
-    record_event(
-        "graphql_error",
-        message=messages[0],
-        details={"status": 400, "errors": messages[:MAX_REPORTED_ERRORS], "errors_total": len(messages)},
-    )
-
-
 def flush(ctx: context.RequestContext, response: HttpResponseBase) -> HttpResponseBase:
     """Write the request's records; the response, or a 503 when failing closed."""
-    _graphql_request_errors(ctx, response)
     alias = audit_alias()
     events = list(ctx.events.values())
-    for event in events:
-        # Recorded before the operation was known (at authentication): it is now.
-        if event["operation"] is None:
-            event["operation"] = ctx.operation
+    if events:
+        scrubber = ctx.scrubber()
+        for event in events:
+            # Recorded before the operation was known (at authentication): it is now.
+            if event["operation"] is None:
+                event["operation"] = ctx.operation
+            if scrubber:
+                event["message"] = scrubber.text(event["message"])
+                event["details"] = scrubber.data(event["details"])
     records = merge_records(ctx)
     ctx.objects_accessed = len(records)
     written = write(ctx, records, events, alias)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from graphql import GraphQLNonNull, GraphQLObjectType
+from graphql import GraphQLNonNull, GraphQLObjectType, get_named_type
 
 MARK = "_gql_audit_visibility"
 PUBLIC = "public"
@@ -89,6 +89,8 @@ class SchemaRules:
     #: ``Type.field`` of fields that can be denied but are declared Non-Null:
     #: denying one nulls its parent (the whole ``data`` for a root field).
     non_null_guarded: tuple[str, ...]
+    #: ``(root type name, field name)`` of graphql_jwt's token mutations (``tokenAuth``).
+    login_fields: frozenset[tuple[str, str]] = frozenset()
 
 
 def root_types(schema: Any) -> list[Any]:
@@ -102,10 +104,13 @@ def build_rules(schema: Any, public_fields: Any) -> SchemaRules:
     public_roots = set()
     known = set()
     non_null = []
+    login_fields = set()
     for root in roots:
         for name, field in root.fields.items():
             key = f"{root.name}.{name}"
             known.add(key)
+            if _is_login(field):
+                login_fields.add((root.name, name))
             mark = marking(field.resolve)
             if mark != PRIVATE and (key in configured or mark == PUBLIC):
                 public_roots.add((root.name, name))
@@ -129,4 +134,13 @@ def build_rules(schema: Any, public_fields: Any) -> SchemaRules:
         private_nested=private_nested,
         unknown_public=tuple(sorted(configured - known)),
         non_null_guarded=tuple(non_null),
+        login_fields=frozenset(login_fields),
     )
+
+
+def _is_login(field: Any) -> bool:
+    """Whether ``field`` is graphql_jwt's ``ObtainJSONWebToken`` (or a subclass): a login."""
+    from graphql_jwt.mixins import ObtainJSONWebTokenMixin
+
+    graphene_type = getattr(get_named_type(field.type), "graphene_type", None)
+    return isinstance(graphene_type, type) and issubclass(graphene_type, ObtainJSONWebTokenMixin)

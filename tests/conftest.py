@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from datetime import UTC, datetime, timedelta
@@ -104,3 +105,25 @@ def async_connections_closed():
 def codes(body) -> dict[tuple, str]:
     """``{path: extensions.code}`` of a GraphQL response body."""
     return {tuple(e.get("path") or ()): (e.get("extensions") or {}).get("code") for e in body.get("errors", [])}
+
+
+@contextlib.contextmanager
+def table_away(table: str):
+    """Rename ``table`` away for the block, as if it had been dropped."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(f"ALTER TABLE {table} RENAME TO {table}_away")
+    try:
+        yield
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f"ALTER TABLE {table}_away RENAME TO {table}")
+
+
+class SQLRecorder(list):
+    """An execute wrapper keeping every statement's SQL: ``with connection.execute_wrapper(recorder)``."""
+
+    def __call__(self, execute, sql, params, many, context):
+        self.append(sql)
+        return execute(sql, params, many, context)

@@ -36,3 +36,25 @@ class Query(graphene.ObjectType):
 
 
 non_null_schema = graphene.Schema(query=Query)
+
+
+class Viewer(graphene.ObjectType):
+    username = graphene.String()
+
+
+class ArgumentQuery(graphene.ObjectType):
+    """graphql_jwt's JWT_ALLOW_ARGUMENT style: a private field taking the token as an argument."""
+
+    viewer = graphene.Field(Viewer, token=graphene.String())
+    status = graphene.String()
+
+    def resolve_viewer(root, info, token=None):
+        user = info.context.user
+        return Viewer(username=user.get_username()) if user.is_authenticated else None
+
+    @gql_audit.public
+    def resolve_status(root, info):
+        return "ok"
+
+
+argument_schema = graphene.Schema(query=ArgumentQuery)

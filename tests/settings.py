@@ -14,7 +14,8 @@ TEST_DB = os.environ.get("GQL_AUDIT_TEST_DB", "sqlite")
 TMP_DIR = Path(__file__).resolve().parent / ".tmp"
 
 if TEST_DB == "postgres":
-    DATABASES = {"default": postgres_from_environment("test_gql_audit")}
+    # GQL_AUDIT_TEST_PG_NAME: to run two PostgreSQL passes side by side on one server.
+    DATABASES = {"default": postgres_from_environment(os.environ.get("GQL_AUDIT_TEST_PG_NAME", "test_gql_audit"))}
     # A second connection to the same database, for AUDIT_DATABASE.
     DATABASES["audit"] = {**DATABASES["default"], "TEST": {"MIRROR": "default"}}
 elif TEST_DB == "sqlite":
@@ -39,3 +40,8 @@ DEBUG = False
 # The example's JSON-to-stdout routing stops gql_audit records at their own
 # handler; tests capture from the root logger instead.
 LOGGING = {"version": 1, "disable_existing_loggers": False}
+
+# The tests correlate requests by the X-Request-ID they send, as a proxy in
+# front of the service would: the test client's address is that proxy.
+# Tests of untrusted peers send from other addresses or override this.
+GQL_AUDIT = {**GQL_AUDIT, "TRUSTED_PROXIES": ["127.0.0.1/32"]}  # noqa: F405

@@ -11,7 +11,7 @@ from django.db import OperationalError, connection, connections, transaction
 
 from gql_audit import db
 from gql_audit.models import SecurityEvent
-from tests.conftest import make_token, post_graphql
+from tests.conftest import SQLRecorder, make_token, post_graphql
 
 FIXTURES = Path(__file__).parent / "fixtures" / "cockroachdb_retry_errors.txt"
 
@@ -253,15 +253,10 @@ def test_concurrent_increments_under_serializable():
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_probe_runs_once_per_connection(client, users):
-    executed = []
-
-    def recorder(execute, sql, params, many, context):
-        executed.append(sql)
-        return execute(sql, params, many, context)
-
+    executed = SQLRecorder()
     connection.close()
     # Entered before the connection opens, so it also sees what runs on connect.
-    with connection.execute_wrapper(recorder):
+    with connection.execute_wrapper(executed):
         for _ in range(5):  # the test client keeps one connection across requests
             post_graphql(client, "{ publicDocuments { title } }")
         assert executed.count(db.PROBE_SQL) == 1
@@ -295,20 +290,15 @@ def test_context_on_entries_and_application_name(client, users, settings):
 def test_request_id_as_sql_comment(client, users, settings):
     settings.GQL_AUDIT = {**settings.GQL_AUDIT, "SQL_COMMENT": True}
     connection.close()
-    seen = []
-
-    def recorder(execute, sql, params, many, context):
-        seen.append(sql)
-        return execute(sql, params, many, context)
-
+    seen = SQLRecorder()
     connection.ensure_connection()  # gql_audit's wrapper is installed on connect, before ours
-    with connection.execute_wrapper(recorder):
+    with connection.execute_wrapper(seen):
         post_graphql(client, "{ publicDocuments { title } }", headers={"X-Request-ID": "req-sql-1"})
     tagged = [sql for sql in seen if sql.endswith("/*request_id='req-sql-1'*/")]
     assert tagged and any("example_service_document" in sql for sql in tagged)
     seen.clear()
     settings.GQL_AUDIT = {**settings.GQL_AUDIT, "SQL_COMMENT": False}
-    with connection.execute_wrapper(recorder):
+    with connection.execute_wrapper(seen):
         post_graphql(client, "{ publicDocuments { title } }", headers={"X-Request-ID": "req-sql-2"})
     assert seen and not any("request_id" in sql for sql in seen)
 

@@ -59,7 +59,9 @@ def test_every_line_of_a_request_carries_its_id(client, users, json_lines):
 
 
 @pytest.mark.django_db
-def test_failed_operation_line_has_codes_and_no_password(client, users, json_lines):
+@pytest.mark.parametrize("values", [False, True], ids=["names", "values"])
+def test_failed_operation_line_has_codes_and_no_password(client, users, json_lines, settings, values):
+    settings.GQL_AUDIT = {**settings.GQL_AUDIT, "LOG_VARIABLE_VALUES": values}
     secret = "Sup3r-Secret-Pw"
     post_graphql(
         client, "{ serviceStatus { ok } me { username } }", token="bad-token", headers={"X-Request-ID": "log-2"}
@@ -70,8 +72,9 @@ def test_failed_operation_line_has_codes_and_no_password(client, users, json_lin
     records, text = json_lines()
     lines = {r["request_id"]: r for r in records if r["logger"] == "gql_audit.request"}
     assert lines["log-2"]["error_codes"] == ["TOKEN_INVALID"]
-    assert lines["log-3"]["variables"] == {"u": "alice", "pw": "[redacted]"}
-    assert lines["log-3"]["error_codes"] == ["GRAPHQL_ERROR"]
+    # By default the names only: values are personal data (a name, a phone number).
+    assert lines["log-3"]["variables"] == ({"u": "alice", "pw": "[redacted]"} if values else ["pw", "u"])
+    assert lines["log-3"]["error_codes"] == ["LOGIN_FAILED"]
     assert lines["log-4"]["error_codes"] == ["GRAPHQL_VALIDATION_FAILED"] and lines["log-4"]["status"] == 400
     assert secret not in text and "bad-token" not in text
 

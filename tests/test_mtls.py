@@ -220,10 +220,12 @@ def test_untrusted_peer_headers_are_ignored_and_recorded(client, users, settings
         headers={**cert_headers(), "X-Request-ID": "c2"},
         REMOTE_ADDR="203.0.113.5",
     )
-    event = SecurityEvent.objects.get(request_id="c2")
+    # From an untrusted peer the request id sent is kept apart, never used as the id.
+    event = SecurityEvent.objects.get(details__client_request_id="c2")
     assert event.kind == "cert_header_untrusted" and event.details["peer"] == "203.0.113.5"
-    entry = LogEntry.objects.filter(cid="c2").first()
+    entry = LogEntry.objects.filter(cid=event.request_id).first()
     assert entry.additional_data["gql_audit"]["client_cert"] is None
+    assert entry.additional_data["gql_audit"]["client_request_id"] == "c2"
 
 
 @pytest.mark.django_db

@@ -5,6 +5,7 @@ from graphql_jwt.middleware import JSONWebTokenMiddleware
 
 from example_service.urls import urlpatterns as example_urlpatterns
 from gql_audit.graphene import AuditMiddleware
+from tests.schemas import argument_schema
 
 urlpatterns = [
     *example_urlpatterns,
@@ -12,5 +13,12 @@ urlpatterns = [
     path(
         "graphql-jwt/",
         csrf_exempt(GraphQLView.as_view(middleware=[AuditMiddleware, JSONWebTokenMiddleware])),
+    ),
+    # The same, on a schema whose private field takes the token as an argument (JWT_ALLOW_ARGUMENT).
+    path(
+        "graphql-jwt-argument/",
+        csrf_exempt(
+            GraphQLView.as_view(schema=argument_schema, middleware=[AuditMiddleware, JSONWebTokenMiddleware])
+        ),
     ),
 ]

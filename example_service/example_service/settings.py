@@ -77,6 +77,8 @@ AUTHENTICATION_BACKENDS = ["django.contrib.auth.backends.ModelBackend"]
 GRAPHENE = {
     "SCHEMA": "example_service.schema.schema",
     "MIDDLEWARE": ["gql_audit.graphene.AuditMiddleware"],
+    # A mutation and its auditlog entries are committed together or not at all.
+    "ATOMIC_MUTATIONS": True,
 }
 
 GRAPHQL_JWT = {

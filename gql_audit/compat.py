@@ -1,0 +1,106 @@
+"""Every reach into another library's private names, in one place.
+
+Each function here leans on something its library does not promise to keep.
+``tests/test_compat.py`` guards each one against the installed versions, so an
+upgrade that breaks one fails there, by name, before it misbehaves elsewhere.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from django.http import HttpRequest
+
+
+# --- graphql-core ------------------------------------------------------------------
+
+
+def collect_sub_fields(
+    schema: Any, fragments: Any, variable_values: Any, object_type: Any, field_nodes: Any
+) -> dict[str, list[Any]]:
+    """The selections on ``object_type`` below ``field_nodes``, as graphql-core executes them.
+
+    ``graphql.execution.collect_fields`` is not exported by ``graphql.execution``.
+    """
+    from graphql.execution.collect_fields import collect_sub_fields as collect
+
+    return collect(schema, fragments, variable_values, object_type, field_nodes)
+
+
+# --- django-graphql-jwt ------------------------------------------------------------
+
+
+def mark_jwt_credentials_handled(request: HttpRequest) -> None:
+    """Stop graphql_jwt's backend from reading the header or cookie token again.
+
+    ``JSONWebTokenBackend.authenticate`` returns None when the request carries
+    ``_jwt_token_auth`` (its ``token_auth`` decorator sets it the same way).
+    Without it, a kept ``JSONWebTokenMiddleware`` would decode a bad token again
+    and raise on every field, public ones included.
+    """
+    request._jwt_token_auth = True  # type: ignore[attr-defined]
+
+
+# --- Django -------------------------------------------------------------------------
+
+
+def set_session_user_cache(request: HttpRequest, user: Any) -> None:
+    """Make ``django.contrib.auth.middleware.get_user(request)`` return ``user``.
+
+    graphql_jwt's middleware with ``JWT_ALLOW_ARGUMENT`` resets ``request.user``
+    to that function's result on every field without a token argument; it
+    caches its answer in ``request._cached_user``.
+    """
+    request._cached_user = user  # type: ignore[attr-defined]
+
+
+def is_unevaluated_lazy(value: Any) -> bool:
+    """Whether ``value`` is a ``SimpleLazyObject`` not evaluated yet (reading it would run a query)."""
+    from django.utils.functional import SimpleLazyObject, empty
+
+    return isinstance(value, SimpleLazyObject) and value._wrapped is empty
+
+
+# --- django-auditlog ----------------------------------------------------------------
+
+
+def auditlog_block_values() -> dict[str, Any] | None:
+    """What auditlog's ``set_actor`` / ``set_extra_data`` block in force says, or None.
+
+    auditlog keeps the block in its ``auditlog_value`` context variable and
+    leaves it set after the ``with`` block ends; the block is active only while
+    its ``pre_save`` receiver (dispatch uid ``signal_duid``) is still connected.
+    """
+    from auditlog.context import auditlog_value
+    from django.db.models.signals import pre_save
+
+    value = auditlog_value.get(None)
+    if not value:
+        return None
+    uid = value.get("signal_duid")
+    if uid is None or not any(lookup_key[0] == uid for lookup_key, *_ in pre_save.receivers):
+        return None
+    values: dict[str, Any] = value
+    return values
+
+
+def csrf_failure_reason(request: HttpRequest) -> str | None:
+    """Why Django's CSRF check fails for ``request``, or None when it passes.
+
+    Runs ``CsrfViewMiddleware`` as DRF's ``SessionAuthentication.enforce_csrf``
+    does, overriding its ``_reject`` to get the reason instead of a 403 page.
+    """
+    from django.middleware.csrf import CsrfViewMiddleware
+
+    class Check(CsrfViewMiddleware):
+        def _reject(self, request: HttpRequest, reason: str) -> Any:
+            return reason
+
+    def no_response(request: HttpRequest) -> Any:  # pragma: no cover - never called
+        return None
+
+    check = Check(no_response)
+    check.process_request(request)
+    reason: str | None = check.process_view(request, None, (), {})  # type: ignore[arg-type,assignment]
+    return reason

@@ -1,0 +1,26 @@
+"""The catalogue of security event kinds: each kind's label and severity, in one place.
+
+``SecurityEvent.kind`` takes its choices from here, and ``record_event`` its
+severities; docs/events.md describes each.
+"""
+
+from __future__ import annotations
+
+#: Kind -> (label, severity).
+KINDS: dict[str, tuple[str, str]] = {
+    "token_invalid": ("token invalid", "warning"),
+    "token_expired": ("token expired", "info"),
+    "unauthenticated": ("unauthenticated", "info"),
+    "forbidden": ("forbidden", "warning"),
+    "graphql_error": ("GraphQL error", "error"),
+    "db_error": ("database error", "error"),
+    "db_retry": ("database retry", "warning"),
+    "cert_failed": ("certificate failed", "warning"),
+    "cert_header_untrusted": ("certificate header untrusted", "warning"),
+    "login_failed": ("login failed", "warning"),
+}
+
+SEVERITIES = ("info", "warning", "error")
+
+#: Kind -> severity.
+SEVERITY = {kind: severity for kind, (_, severity) in KINDS.items()}

@@ -1,0 +1,87 @@
+"""Guards for every reach into another library's private names (gql_audit.compat).
+
+Each test fails, by name, when an upgrade of graphql-core, Django,
+django-graphql-jwt or django-auditlog changes what gql_audit relies on.
+"""
+
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth.models import AnonymousUser
+from django.test import RequestFactory
+from django.utils.functional import SimpleLazyObject
+
+from gql_audit import compat
+from tests.conftest import make_token
+
+
+def test_collect_sub_fields_follows_fragments_and_aliases():
+    from graphql import parse
+
+    from example_service.schema import schema
+
+    graphql_schema = schema.graphql_schema
+    document = parse("{ me { ...F other: email } } fragment F on UserType { username }")
+    operation = document.definitions[0]
+    fragments = {d.name.value: d for d in document.definitions[1:]}
+    groups = compat.collect_sub_fields(
+        graphql_schema, fragments, {}, graphql_schema.get_type("UserType"), operation.selection_set.selections
+    )
+    assert {key: nodes[0].name.value for key, nodes in groups.items()} == {"username": "username", "other": "email"}
+
+
+@pytest.mark.django_db
+def test_marked_request_is_not_authenticated_again_by_graphql_jwts_backend(users):
+    from graphql_jwt.backends import JSONWebTokenBackend
+
+    request = RequestFactory().post("/", HTTP_AUTHORIZATION=f"JWT {make_token('alice')}")
+    assert JSONWebTokenBackend().authenticate(request) == users["alice"]
+    compat.mark_jwt_credentials_handled(request)
+    assert JSONWebTokenBackend().authenticate(request) is None
+
+
+@pytest.mark.django_db
+def test_session_user_cache_is_what_djangos_get_user_returns(users):
+    from django.contrib.auth.middleware import get_user
+    from django.contrib.sessions.backends.db import SessionStore
+
+    request = RequestFactory().get("/")
+    request.session = SessionStore()
+    compat.set_session_user_cache(request, users["bob"])
+    assert get_user(request) == users["bob"]
+
+
+def test_unevaluated_lazy_object_is_recognised():
+    calls = []
+    lazy = SimpleLazyObject(lambda: calls.append(1) or AnonymousUser())
+    assert compat.is_unevaluated_lazy(lazy) and not calls
+    assert lazy.is_anonymous
+    assert not compat.is_unevaluated_lazy(lazy) and not compat.is_unevaluated_lazy(AnonymousUser())
+
+
+@pytest.mark.django_db
+def test_auditlog_block_values_only_while_the_block_is_active(users):
+    from auditlog.context import set_actor, set_extra_data
+
+    assert compat.auditlog_block_values() is None
+    with set_actor(users["alice"], remote_addr="192.0.2.1"):
+        block = compat.auditlog_block_values()
+        assert block["actor"] == users["alice"] and block["remote_addr"] == "192.0.2.1"
+    # auditlog leaves its context variable set after the block: it must not count.
+    assert compat.auditlog_block_values() is None
+    with set_extra_data({"ticket": "T-1"}):
+        assert compat.auditlog_block_values()["ticket"] == "T-1"
+
+
+def test_csrf_failure_reason_like_djangos_middleware(settings):
+    factory = RequestFactory()
+    assert compat.csrf_failure_reason(factory.get("/")) is None
+    reason = compat.csrf_failure_reason(factory.post("/", HTTP_HOST="testserver"))
+    assert isinstance(reason, str) and "CSRF" in reason
+    from django.middleware.csrf import get_token
+
+    earlier = factory.get("/")
+    token = get_token(earlier)
+    request = factory.post("/", HTTP_HOST="testserver", HTTP_X_CSRFTOKEN=token)
+    request.COOKIES[settings.CSRF_COOKIE_NAME] = earlier.META["CSRF_COOKIE"]
+    assert compat.csrf_failure_reason(request) is None
