@@ -33,6 +33,8 @@ MIN_SCRUB_LENGTH = 4
 #: A match of at least this many characters at a secret's start or end counts:
 #: graphql-core shows long values cut in the middle (``'abc...xyz'``).
 SCRUB_ANCHOR = 8
+#: Values of a request looked at for secrets, at most.
+MAX_VISITED = 20_000
 
 
 def _pattern() -> re.Pattern[str]:
@@ -156,19 +158,25 @@ def redact_variables(variables: Any, secret_names: frozenset[str]) -> Any:
     return redact({k: (REDACTED if k in secret_names else v) for k, v in variables.items()})
 
 
-def secret_leaves(value: Any, *, secret: bool = False, depth: int = 0) -> Iterable[str]:
+def secret_leaves(value: Any, *, secret: bool = False) -> list[str]:
     """The scalar values inside ``value`` that are secret: all of it when ``secret``,
-    else those under a key matching ``REDACT_KEYS``."""
-    if depth > 32:
-        return
-    if isinstance(value, dict):
-        for key, item in list(value.items())[:1000]:
-            yield from secret_leaves(item, secret=secret or is_secret_key(str(key)), depth=depth + 1)
-    elif isinstance(value, (list, tuple)):
-        for item in value[:1000]:
-            yield from secret_leaves(item, secret=secret, depth=depth + 1)
-    elif secret and value is not None and not isinstance(value, bool):
-        yield str(value)
+    else those under a key matching ``REDACT_KEYS``. At most :data:`MAX_VISITED`
+    values are looked at: a hostile payload cannot make this slow."""
+    found: list[str] = []
+    stack: list[tuple[Any, bool, int]] = [(value, secret, 0)]
+    visited = 0
+    while stack and visited < MAX_VISITED:
+        item, is_secret, depth = stack.pop()
+        visited += 1
+        if isinstance(item, dict):
+            if depth < 32:
+                stack.extend((v, is_secret or is_secret_key(str(k)), depth + 1) for k, v in list(item.items())[:1000])
+        elif isinstance(item, (list, tuple)):
+            if depth < 32:
+                stack.extend((v, is_secret, depth + 1) for v in item[:1000])
+        elif is_secret and item is not None and not isinstance(item, bool):
+            found.append(str(item))
+    return found
 
 
 # --- scrubbing by value ----------------------------------------------------------------

@@ -569,3 +569,36 @@ async def test_identity_mapper_may_use_the_orm_under_asgi(async_client, settings
     )
     (record,) = [r for r in caplog.records if r.name == "gql_audit.mtls"]
     assert record.levelno == logging.ERROR and "mapper bug" in str(record.exc_info[1])
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_malformed_body_under_asgi(async_client, async_connections_closed):
+    from asgiref.sync import sync_to_async
+
+    response = await async_client.post(
+        "/graphql/",
+        b"[" * 100_000 + b"]" * 100_000,
+        content_type="application/json",
+        headers={"X-Request-ID": "a-deep"},
+    )
+    assert response.status_code == 400 and response.json()["errors"][0]["extensions"]["code"] == "BAD_REQUEST"
+    kinds = await sync_to_async(list)(SecurityEvent.objects.filter(request_id="a-deep").values_list("kind", "severity"))
+    assert kinds == [("graphql_error", "warning")]
+
+
+def test_scrubber_removes_secrets_however_they_are_rendered():
+    from gql_audit.redaction import MAX_VISITED, REDACTED, Scrubber, secret_leaves
+
+    long_secret = "S3cret-" + "abcdefghij" * 30
+    scrubber = Scrubber(["hunter22", 'q"uo\\te\n', long_secret, "ab"])
+    assert scrubber.text("pw hunter22!") == f"pw {REDACTED}!"
+    assert "uo" not in scrubber.text("value 'q\"uo\\\\te\\n'") and "uo" not in scrubber.text('"q\\"uo\\\\te\\n"')
+    cut = f"'{long_secret[:117]}...{long_secret[-118:]}'"  # graphql-core's inspect() of a long value
+    assert "abcdefghij" not in scrubber.text(cut)
+    assert scrubber.text("tab 'ab' and ab") == f"tab {REDACTED} and ab"  # short: only where quoted
+    assert scrubber.data({"k": ["x hunter22"], "hunter22": 1}) == {"k": [f"x {REDACTED}"], REDACTED: 1}
+    # Secret by key, at any depth; bounded on hostile sizes.
+    assert secret_leaves({"a": 1, "creds": {"password": "p", "list": ["q", 3]}}) == ["p"]
+    assert sorted(secret_leaves({"input": {"x": [1, "y"]}}, secret=True)) == ["1", "y"]
+    huge = {"password": [[str(i)] * 1000 for i in range(1000)]}
+    assert len(secret_leaves(huge)) < MAX_VISITED
