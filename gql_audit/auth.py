@@ -93,7 +93,8 @@ def describe_dependency_failure(exc: BaseException) -> tuple[str, str]:
     reason = type(exc).__name__
     if isinstance(exc, AuthUnavailable):
         return f"{reason}: {exc}"[:500], ""
-    diag = getattr(exc, "diag", None)
+    # Django wraps the driver's error: the server's diagnostics are on its cause.
+    diag = getattr(exc, "diag", None) or getattr(exc.__cause__, "diag", None)
     primary = getattr(diag, "message_primary", None)
     if sqlstate:
         reason += f" (SQLSTATE {sqlstate})"

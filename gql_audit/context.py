@@ -66,6 +66,8 @@ class RequestContext:
     selections: dict[tuple[Any, ...], frozenset[str]] = field(default_factory=dict)
     #: Security events recorded so far, written after the view.
     events: dict[tuple[Any, ...], dict[str, Any]] = field(default_factory=dict)
+    #: Set once the request's ``request_aborted`` line is logged: never twice.
+    aborted: bool = False
     _operation_node: Any = field(default=None, repr=False)
     _secret_variables: frozenset[str] | None = field(default=None, repr=False)
     _scrubber: Scrubber | None = field(default=None, repr=False)

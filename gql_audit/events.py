@@ -120,7 +120,7 @@ def record_event(
 def classify_resolver_error(exc: BaseException) -> tuple[str, str]:
     """``(kind, sqlstate)`` for an exception raised by a resolver."""
     from django.core.exceptions import PermissionDenied
-    from django.db import DatabaseError
+    from django.db import Error as DatabaseError  # InterfaceError too, not only DatabaseError
     from graphql import GraphQLError
     from graphql_jwt.exceptions import PermissionDenied as JWTPermissionDenied
 

@@ -122,8 +122,13 @@ def log_failed_entry(sender: Any, instance: Any, action: Any, changes: Any, entr
     from gql_audit.redaction import redact
 
     ctx = context.current()
+    from auditlog import get_logentry_model
+
     payload: dict[str, Any] = {
         "event": "change_entry_unwritten",
+        # auditlog logs an update before saving it (the failure stops the save),
+        # a creation or deletion after (only a transaction takes it back).
+        "change_saved": action != get_logentry_model().Action.UPDATE,
         "error": f"{type(error).__name__}: {error}"[:1000],
         "model": getattr(getattr(sender, "_meta", None), "label", str(sender)),
         "object_pk": str(getattr(instance, "pk", "")),
@@ -167,6 +172,9 @@ def trace(ctx: context.RequestContext) -> dict[str, Any]:
 
 def log_aborted(ctx: context.RequestContext, reason: str) -> None:
     """A request that will never finish (the worker is being killed, the task cancelled)."""
+    if ctx.aborted:
+        return
+    ctx.aborted = True
     try:
         log_payload(request_logger, logging.ERROR, {"event": "request_aborted", "reason": reason, **trace(ctx)})
     except Exception:  # noqa: BLE001 - dying already; never mask the real exit

@@ -82,9 +82,11 @@ def log_failed_change_entry(
 ) -> None:
     """auditlog's ``post_log`` with an error: its own INSERT failed.
 
-    Without a transaction around the change (check ``gql_audit.W004``) the
-    change is already committed; the entry goes, complete, to the
-    ``gql_audit.audit`` log before auditlog raises the error on.
+    The entry goes, complete, to the ``gql_audit.audit`` log before auditlog
+    raises the error on. auditlog writes CREATE and DELETE entries after the
+    change: without a transaction around it (check ``gql_audit.W004``) the
+    change stays committed. UPDATE entries are written before the save, which
+    their failure stops.
     """
     if error is None:
         return

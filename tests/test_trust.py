@@ -275,6 +275,18 @@ def test_database_errors_reach_clients_masked(client, users, documents_table_gon
     assert event.kind == "db_error" and "example_service_document" in event.message
 
 
+def test_interface_errors_are_database_errors_too(client, users, monkeypatch):
+    from django.db import InterfaceError
+
+    def closed(root, info):
+        raise InterfaceError('connection to server at "10.1.2.3", port 5432 failed: connection already closed')
+
+    replace_resolver(monkeypatch, "me", closed)
+    response = post_graphql(client, "{ me { username } }", token=make_token("alice"), headers={"X-Request-ID": "ie"})
+    assert codes(response.json()) == {("me",): "INTERNAL_ERROR"} and "10.1.2.3" not in response.content.decode()
+    assert [e.kind for e in events("ie")] == ["db_error"]
+
+
 def test_mask_all_and_none(client, users, settings, monkeypatch):
     def broken(root, info):
         raise ValueError("internal detail /srv/app/secrets.py line 3")
