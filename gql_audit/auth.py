@@ -144,8 +144,10 @@ def refuse_cookie_without_csrf(request: HttpRequest) -> str | None:
     A browser attaches cookies to a cross-site form POST, so a cookie-borne
     token proves nothing about who sent the request unless the CSRF check
     passes, whether or not the view is ``csrf_exempt`` (DRF treats session
-    authentication the same way). A token in the header needs no such check:
-    a cross-site page cannot set it. Returns the CSRF failure reason when the
+    authentication the same way), nor on any request the browser marks as
+    started by another site (``Sec-Fetch-Site: cross-site``: a link or a form
+    GET from elsewhere passes the CSRF check). A token in the header needs no
+    such check: a cross-site page cannot set it. Returns the reason when the
     cookie was dropped, else None.
     """
     from graphql_jwt.settings import jwt_settings
@@ -155,7 +157,11 @@ def refuse_cookie_without_csrf(request: HttpRequest) -> str | None:
     name = jwt_settings.JWT_COOKIE_NAME
     if name not in request.COOKIES or header_token_present(request):
         return None
-    reason = csrf_failure_reason(request)
+    if request.META.get("HTTP_SEC_FETCH_SITE") == "cross-site":
+        # A GET passes the CSRF check; a browser says when another site started it.
+        reason: str | None = "the browser marked the request cross-site (Sec-Fetch-Site)"
+    else:
+        reason = csrf_failure_reason(request)
     if reason is None:
         return None
     del request.COOKIES[name]

@@ -22,6 +22,10 @@ if TYPE_CHECKING:
     from gql_audit.auth import AuthError
 
 
+#: Attribute of the ``HttpRequest`` holding its context, for what runs after the
+#: middleware returned (Django's own request log line).
+REQUEST_ATTRIBUTE = "gql_audit_context"
+
 #: ``LogEntry.actor_email`` is a CharField(max_length=254).
 EMAIL_MAX_LENGTH = 254
 
@@ -69,6 +73,8 @@ class RequestContext:
     #: Set once the request's ``request_aborted`` line is logged: never twice.
     aborted: bool = False
     _operation_node: Any = field(default=None, repr=False)
+    #: The operation and the named fragments it may spread: where secret arguments are looked for.
+    _document_nodes: tuple[Any, ...] = field(default=(), repr=False)
     _secret_variables: frozenset[str] | None = field(default=None, repr=False)
     _scrubber: Scrubber | None = field(default=None, repr=False)
 
@@ -87,8 +93,7 @@ class RequestContext:
     def secret_variables(self) -> frozenset[str]:
         """Variables of the current operation that feed secret arguments (computed once)."""
         if self._secret_variables is None:
-            node = self._operation_node
-            self._secret_variables = operation_secrets(node)[0] if node is not None else frozenset()
+            self._secret_variables = operation_secrets(self._document_nodes)[0]
         return self._secret_variables
 
     def scrubber(self) -> Scrubber:
@@ -120,10 +125,11 @@ class RequestContext:
         except Exception:  # noqa: BLE001 - a cookie header Django cannot parse: kept whole above
             pass
         query, variables = graphql_params(request)
-        node = self._operation_node
-        if node is None and isinstance(query, str):
-            node = _parse_quietly(query)
-        names, literals = operation_secrets(node) if node is not None else (frozenset(), [])
+        nodes: Any = self._document_nodes
+        if not nodes and isinstance(query, str):
+            document = _parse_quietly(query)
+            nodes = (document,) if document is not None else ()
+        names, literals = operation_secrets(nodes)
         values.extend(secret_leaves(literals, secret=True))
         if isinstance(variables, dict):
             values.extend(secret_leaves(variables))
@@ -161,12 +167,15 @@ class RequestContext:
         pk = user.pk
         return (None if pk in self.deleted_actor_pks else pk), email
 
-    def set_operation(self, operation_node: Any) -> None:
-        """Record the GraphQL operation once per operation definition node."""
+    def set_operation(self, operation_node: Any, fragments: dict[str, Any] | None = None) -> None:
+        """Record the GraphQL operation once per operation definition node
+        (``fragments``: the document's named fragments, which may hold secret arguments)."""
         if operation_node is self._operation_node:
             return
         self._operation_node = operation_node
+        self._document_nodes = (operation_node, *(fragments or {}).values())
         self._secret_variables = None
+        self._scrubber = None
         loc = getattr(operation_node, "loc", None)
         body = loc.source.body if loc is not None else ""
         name = operation_node.name.value if operation_node.name is not None else None

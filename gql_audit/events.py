@@ -23,6 +23,12 @@ __all__ = ["SEVERITY", "build_event", "classify_resolver_error", "plain_path", "
 ONCE_PER_REQUEST = frozenset({"token_invalid", "token_expired", "unauthenticated"})
 MAX_MESSAGE = 2000
 MAX_PATHS = 20
+#: Distinct event rows one request may make; past it, occurrences are counted in one more row.
+MAX_EVENTS_PER_REQUEST = 100
+OVERFLOW = ("[overflow]",)
+OVERFLOW_MESSAGE = (
+    f"more than {MAX_EVENTS_PER_REQUEST} distinct security events in one request; the rest are counted here"
+)
 
 
 def plain_path(path: Any) -> str:
@@ -104,6 +110,13 @@ def record_event(
     key = (kind,) if once or kind in ONCE_PER_REQUEST else (kind, path, message, sqlstate)
     if not merge:
         key = (*key, len(ctx.events))
+    if key not in ctx.events and len(ctx.events) >= MAX_EVENTS_PER_REQUEST:
+        # A flood (a thousand failing aliases) is one more row, counted, not a thousand.
+        key, kind, message, severity = OVERFLOW, "graphql_error", OVERFLOW_MESSAGE, "warning"
+        overflow = ctx.events.get(key)
+        if overflow is not None:
+            overflow["details"]["count"] += 1
+            return
     event = ctx.events.get(key)
     if event is None:
         event = ctx.events[key] = build_event(

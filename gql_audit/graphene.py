@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.db.models import QuerySet
+from django.utils.translation import gettext
 from graphql import GraphQLError
 
 from gql_audit import context
@@ -113,12 +114,22 @@ def failed(exc: Exception, info: Any, args: dict[str, Any] | None = None) -> Gra
         return None
     path = plain_path(info.path)
     if args is not None and (info.parent_type.name, info.field_name) in rules_for(info.schema).login_fields:
+        from django.db import DataError
         from graphql_jwt.exceptions import JSONWebTokenError
 
-        if isinstance(exc, JSONWebTokenError):
+        # Credentials the database or the encoder cannot even hold (NUL, lone
+        # surrogates) are wrong credentials too, and say so in the same words.
+        if isinstance(exc, (JSONWebTokenError, DataError, ValueError)):
             ctx.error_codes.add("LOGIN_FAILED")
-            record_event("login_failed", message=str(exc), path=path, details={"username": _username_tried(args)})
-            return None
+            record_event(
+                "login_failed",
+                message=str(exc),
+                path=path,
+                details={"username": _username_tried(args), "exception": type(exc).__name__},
+            )
+            if isinstance(exc, JSONWebTokenError):
+                return None
+            return GraphQLError(gettext("Please enter valid credentials"))
     kind, sqlstate = classify_resolver_error(exc)
     original = getattr(exc, "original_error", None) or exc
     replacement = masked(exc, kind, ctx)
@@ -198,7 +209,7 @@ class AuditMiddleware:
         self._private_nested = rules.private_nested
         ctx = context.current()
         if ctx is not None:
-            ctx.set_operation(info.operation)
+            ctx.set_operation(info.operation, info.fragments)
             ctx.path = [info.path.key]
             if ctx.variables is None:
                 ctx.variables = info.variable_values  # redacted when written, not per request

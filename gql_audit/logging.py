@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import re
 import time
 from typing import Any
 
@@ -35,7 +36,8 @@ class ContextFilter(logging.Filter):
     """Add ``request_id``, ``actor_id``, ``operation``, ``client_cert_fingerprint``, ``db_node``."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        ctx = context.current()
+        # Django logs a 4xx or 5xx after the middleware returned: the request still knows its context.
+        ctx = context.current() or getattr(getattr(record, "request", None), context.REQUEST_ATTRIBUTE, None)
         if ctx is None:
             for key in _CONTEXT_KEYS:
                 if not hasattr(record, key):
@@ -219,6 +221,8 @@ class JSONFormatter(logging.Formatter):
             out.update(payload)
         else:
             out["message"] = record.getMessage()
+            if record.name == "django.server":
+                out["message"] = _QUERY_STRING.sub("?[query string not logged]", out["message"])
         for key, value in record.__dict__.items():
             if key not in _STANDARD and key != PAYLOAD and key not in out:
                 out[key] = value
@@ -229,7 +233,15 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(out, default=_fallback, ensure_ascii=True, separators=(",", ":"))
 
 
+#: A query string in a request line: GraphQL over GET carries variables (passwords) there.
+_QUERY_STRING = re.compile(r"\?[^\s\"']*")
+
+
 def _fallback(value: Any) -> Any:
+    from django.http import HttpRequest
+
+    if isinstance(value, HttpRequest):  # Django's loggers pass the request: never its query string
+        return f"{value.method} {value.path}"
     if isinstance(value, bytes):
         return value.decode("utf-8", "backslashreplace")
     if isinstance(value, (set, frozenset, tuple)):

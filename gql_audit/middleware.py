@@ -57,6 +57,7 @@ def begin(request: HttpRequest) -> context.RequestContext:
     if conf.ACCESS_LOG:
         ctx.accessed = {}
         ctx.audited = registered_models()
+    setattr(request, context.REQUEST_ATTRIBUTE, ctx)
     return ctx
 
 
@@ -124,7 +125,18 @@ def inspect_rejected(ctx: context.RequestContext, response: HttpResponseBase) ->
     mistake); with ``INTROSPECTION`` other than ``"public"`` the schema-revealing
     "Did you mean ...?" suggestions are cut from the messages the client gets.
     """
-    if getattr(response, "streaming", False) or not response.get("Content-Type", "").startswith("application/json"):
+    if getattr(response, "streaming", False):
+        return response
+    if not response.get("Content-Type", "").startswith("application/json"):
+        # Refused before any GraphQL was read (Django's own 400 page): still on record.
+        if ctx.request is not None and content_type(ctx.request) in _GRAPHQL_BODIES:
+            ctx.error_codes.add(BAD_REQUEST)
+            record_event(
+                "graphql_error",
+                message="request refused before it was read",
+                details={"status": 400},
+                severity="warning",
+            )
         return response
     try:
         body = json.loads(response.content)  # type: ignore[attr-defined]
@@ -161,11 +173,23 @@ def inspect_rejected(ctx: context.RequestContext, response: HttpResponseBase) ->
 
 def bad_body(request: HttpRequest, exc: Exception) -> JsonResponse | None:
     """The 400 for a body the view could not parse (nested past Python's stack, not
-    UTF-8), or None for any other failure of the view."""
-    if not isinstance(exc, (RecursionError, UnicodeDecodeError)) or content_type(request) not in _GRAPHQL_BODIES:
+    UTF-8, a form Django refuses), or None for any other failure of the view."""
+    from django.core.exceptions import RequestDataTooBig, SuspiciousOperation, TooManyFieldsSent
+    from django.http.multipartparser import MultiPartParserError
+
+    if content_type(request) not in _GRAPHQL_BODIES:
+        return None
+    if isinstance(exc, RecursionError):
+        reason = "nested too deeply"
+    elif isinstance(exc, UnicodeDecodeError):
+        reason = "not valid UTF-8"
+    elif isinstance(exc, (TooManyFieldsSent, RequestDataTooBig)):
+        reason = "too many fields or too large"
+    elif isinstance(exc, (MultiPartParserError, SuspiciousOperation)):
+        reason = "not a well-formed form"
+    else:
         return None
     # Recorded by inspect_rejected() on the way out, like every other 400.
-    reason = "nested too deeply" if isinstance(exc, RecursionError) else "not valid UTF-8"
     message = f"The request body could not be read: {reason}."
     return JsonResponse({"errors": [{"message": message, "extensions": {"code": BAD_REQUEST}}]}, status=400)
 

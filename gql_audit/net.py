@@ -56,8 +56,13 @@ def parse_ip(value: str | None) -> IPAddress | None:
         ip = ipaddress.ip_address(value)
     except ValueError:
         return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return ip.ipv4_mapped
+        if ip.scope_id is not None:
+            # fe80::1%eth0: the zone names an interface of whoever wrote it, and
+            # databases' address types refuse it. The address is what is kept.
+            return ipaddress.IPv6Address(value.partition("%")[0])
     return ip
 
 

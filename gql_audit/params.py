@@ -39,7 +39,7 @@ def graphql_params(request: HttpRequest | None) -> tuple[Any, Any]:
     """``(query, variables)`` as sent; either may be None or of any type."""
     if request is None:
         return None, None
-    body = body_data(request) if request.method == "POST" else None
+    body = body_data(request)  # graphene-django reads a GET's body too
     # A dict or a QueryDict; a JSON list or scalar holds no parameters.
     data: Any = body if hasattr(body, "get") else {}
     query = request.GET.get("query") or data.get("query")

@@ -112,8 +112,9 @@ def redact(value: Any, *, depth: int = 0) -> Any:
 # --- secrets in a GraphQL operation ---------------------------------------------------
 
 
-def operation_secrets(operation: Any) -> tuple[frozenset[str], list[Any]]:
-    """``(variable names, literal values)`` that feed a secret argument of ``operation``.
+def operation_secrets(nodes: Any) -> tuple[frozenset[str], list[Any]]:
+    """``(variable names, literal values)`` that feed a secret argument in ``nodes``
+    (an operation and the fragments it spreads, a whole document, or one node).
 
     ``tokenAuth(password: $p)`` makes ``$p`` secret whatever the client named
     it; ``tokenAuth(password: "hunter2")`` makes ``"hunter2"`` a value to scrub;
@@ -144,10 +145,11 @@ def operation_secrets(operation: Any) -> tuple[frozenset[str], list[Any]]:
                 except Exception:  # noqa: BLE001 - a literal holding variables; those are found apart
                     pass
 
-    try:
-        visit(operation, Finder())
-    except RecursionError:  # a document nested past Python's stack: what was found so far
-        pass
+    for node in nodes if isinstance(nodes, (list, tuple)) else (nodes,):
+        try:
+            visit(node, Finder())
+        except RecursionError:  # a document nested past Python's stack: what was found so far
+            pass
     return frozenset(names), literals
 
 

@@ -614,3 +614,131 @@ def test_scrubber_removes_secrets_however_they_are_rendered():
     assert sorted(secret_leaves({"input": {"x": [1, "y"]}}, secret=True)) == ["1", "y"]
     huge = {"password": [[str(i)] * 1000 for i in range(1000)]}
     assert len(secret_leaves(huge)) < MAX_VISITED
+
+
+# --- Found by trying to break the above ------------------------------------------------
+
+
+def test_secret_arguments_inside_named_fragments(client, users, caplog, settings):
+    caplog.set_level(logging.DEBUG)
+    settings.GQL_AUDIT = {**settings.GQL_AUDIT, "LOG_VARIABLE_VALUES": True}
+    password, token = "FragPassw0rdSecretA1", make_token("alice")
+    post_graphql(
+        client,
+        'mutation M($x: String!) { ...F verifyToken(token: "bad") { payload } }'
+        ' fragment F on Mutation { tokenAuth(username: "alice", password: $x) { token } }',
+        variables={"x": password},
+    )
+    post_graphql(
+        client,
+        'mutation M($v: String!) { ...F refreshToken(token: "bad") { token } }'
+        " fragment F on Mutation { verifyToken(token: $v) { payload } }",
+        variables={"v": token},
+    )
+    # A GET whose body carries the variables.
+    body = json.dumps(
+        {
+            "query": "query Q($password: Int) { documentsConnection(first: $password) { edges { node { id } } } }",
+            "variables": {"password": "GetBodySecretB2xyz"},
+        }
+    )
+    client.generic("GET", "/graphql/", body, content_type="application/json")
+    rows, logs = stored_text(), all_log_text(caplog)
+    for secret in (password, token, "GetBodySecretB2xyz"):
+        assert secret not in rows and secret not in logs, secret
+
+
+@pytest.mark.django_db(transaction=True)
+def test_forwarded_ipv6_zone_is_dropped_not_fatal(client, users, caplog):
+    post_graphql(
+        client,
+        "{ publicDocuments { title } me { id } }",
+        headers={"X-Request-ID": "zone", "X-Forwarded-For": "fe80::1%" + "A" * 300},
+    )
+    assert not [r for r in caplog.records if "audit_write_failed" in r.getMessage()]
+    entries = LogEntry.objects.filter(cid="zone")
+    assert entries.count() == 3 and {e.remote_addr for e in entries} == {"fe80::1"}
+    assert events("zone")[0].remote_addr == "fe80::1"
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    "username,password", [("alice\x00", "pw-pw-pw"), ("alice\ud800", "pw"), ("alice", "Sur\udc80pw")]
+)
+def test_credentials_no_database_can_hold_are_a_failed_login(client, users, username, password):
+    body = json.dumps({"query": LOGIN, "variables": {"u": username, "p": password}})
+    response = client.post("/graphql/", body, content_type="application/json", HTTP_X_REQUEST_ID="odd-login")
+    error = response.json()["errors"][0]
+    assert error["message"] == "Please enter valid credentials" and "codec" not in response.content.decode()
+    (event,) = events("odd-login")
+    assert event.kind == "login_failed" and event.details["username"].startswith("alice")
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        ("&".join(f"a{i}=1" for i in range(1200)), "application/x-www-form-urlencoded"),
+        ("--x\r\nbroken", "multipart/form-data"),
+    ],
+    ids=["too-many-fields", "multipart-without-boundary"],
+)
+def test_forms_django_refuses_are_a_400_with_an_event(client, body, content_type):
+    response = client.post("/graphql/", body, content_type=content_type, HTTP_X_REQUEST_ID="bad-form")
+    assert response.status_code == 400 and b"Traceback" not in response.content
+    (event,) = events("bad-form")
+    assert (event.kind, event.severity) == ("graphql_error", "warning")
+
+
+def test_cookie_token_ignored_on_a_cross_site_get(users, settings):
+    browser = Client(enforce_csrf_checks=True)
+    browser.cookies["JWT"] = make_token("alice")
+    response = browser.get(
+        "/graphql/",
+        {"query": "{ me { username } }"},
+        HTTP_SEC_FETCH_SITE="cross-site",
+        HTTP_X_REQUEST_ID="xsite",
+        HTTP_ACCEPT="application/json",
+    )
+    assert codes(response.json()) == {("me",): "UNAUTHENTICATED"}
+    assert [e.details["rule"] for e in events("xsite") if e.kind == "forbidden"] == ["csrf"]
+    same_site = browser.get(
+        "/graphql/", {"query": "{ me { username } }"}, HTTP_SEC_FETCH_SITE="same-origin", HTTP_ACCEPT="application/json"
+    )
+    assert same_site.json()["data"]["me"] == {"username": "alice"}
+
+
+def test_an_event_flood_is_counted_not_written_row_by_row(client):
+    from gql_audit.events import MAX_EVENTS_PER_REQUEST
+
+    aliases = " ".join(f'a{i}: verifyToken(token: "bad{i}") {{ payload }}' for i in range(MAX_EVENTS_PER_REQUEST + 50))
+    post_graphql(client, "mutation { %s }" % aliases, headers={"X-Request-ID": "flood"})
+    rows = events("flood")
+    assert len(rows) == MAX_EVENTS_PER_REQUEST + 1
+    (overflow,) = [e for e in rows if "distinct security events" in e.message]
+    assert overflow.details["count"] == 50
+
+
+def test_djangos_own_lines_keep_the_request_and_lose_the_query_string():
+    from django.test import RequestFactory
+
+    from gql_audit import context
+    from gql_audit.logging import ContextFilter, JSONFormatter
+
+    request = RequestFactory().get("/graphql/", {"variables": '{"password": "QsSecret77"}'})
+    ctx = context.RequestContext(request_id="after-the-middleware", request=request)
+    setattr(request, context.REQUEST_ATTRIBUTE, ctx)
+    record = logging.LogRecord("django.request", logging.WARNING, "", 0, "Bad Request: %s", (request.path,), None)
+    record.request = request
+    assert ContextFilter().filter(record) and record.request_id == "after-the-middleware"
+    line = JSONFormatter().format(record)
+    assert "QsSecret77" not in line and '"request":"GET /graphql/"' in line
+    server = logging.LogRecord(
+        "django.server",
+        logging.INFO,
+        "",
+        0,
+        '"%s" %s %s',
+        ("GET /graphql/?variables=QsSecret77 HTTP/1.1", 405, 10),
+        None,
+    )
+    assert "QsSecret77" not in JSONFormatter().format(server)
