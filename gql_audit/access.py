@@ -23,10 +23,9 @@ from typing import Any
 from django.apps import apps
 from django.db.models import Model, QuerySet
 from graphql import GraphQLObjectType, get_named_type
-from graphql.execution.collect_fields import collect_sub_fields
 
 from gql_audit import context
-from gql_audit.events import plain_path
+from gql_audit.compat import collect_sub_fields
 
 #: Values that can never be, or contain, a model instance: the common case.
 SCALARS = frozenset(
@@ -48,6 +47,16 @@ SCALARS = frozenset(
 NO_FIELDS: frozenset[str] = frozenset()
 
 
+def plain_path(path: Any) -> str:
+    """``publicDocuments.owner`` for the graphql-core path ``publicDocuments/0/owner``."""
+    keys = []
+    while path is not None:
+        if isinstance(path.key, str):
+            keys.append(path.key)
+        path = path.prev
+    return ".".join(reversed(keys))
+
+
 class AccessRecord:
     __slots__ = ("obj", "model", "pk", "fields", "paths")
 
@@ -59,12 +68,11 @@ class AccessRecord:
         self.paths = {path} if path else set()
 
 
-def registered_models() -> dict[type[Model], Any]:
-    """The models registered with django-auditlog (its live registry)."""
+def registered_models() -> frozenset[type[Model]]:
+    """The models registered with django-auditlog, as its registry holds them now."""
     from auditlog.registry import auditlog
 
-    registry: dict[type[Model], Any] = auditlog._registry
-    return registry
+    return frozenset(auditlog.get_models())
 
 
 def track(

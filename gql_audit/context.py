@@ -13,7 +13,16 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from gql_audit.redaction import Scrubber, is_secret_key, operation_secrets, redact_variables, secret_leaves
+from gql_audit.dbcontext import connection_context
+from gql_audit.params import graphql_params
+from gql_audit.redaction import (
+    Scrubber,
+    is_secret_key,
+    operation_secrets,
+    redact_variables,
+    safe_data,
+    secret_leaves,
+)
 
 if TYPE_CHECKING:
     from django.http import HttpRequest
@@ -50,7 +59,7 @@ class RequestContext:
     #: Objects exposed so far, by identity; None when ``ACCESS_LOG`` is off.
     accessed: dict[int, AccessRecord] | None = None
     #: Models registered with auditlog: objects of these are access-logged.
-    audited: dict[type[Any], Any] = field(default_factory=dict)
+    audited: frozenset[type[Any]] = frozenset()
     #: The client certificate the proxy forwarded (``gql_audit.mtls.ClientCertificate``).
     client_cert: Any = None
     #: ``CLIENT_CERT_IDENTITY`` of a verified certificate: the service acting.
@@ -110,8 +119,6 @@ class RequestContext:
         return self._scrubber
 
     def _secret_values(self) -> list[str]:
-        from gql_audit.params import graphql_params
-
         request = self.request
         if request is None:
             return []
@@ -135,6 +142,27 @@ class RequestContext:
             values.extend(secret_leaves(variables))
             values.extend(secret_leaves([variables[n] for n in names if n in variables], secret=True))
         return values
+
+    def record_data(self, using: str) -> dict[str, Any]:
+        """The ``"gql_audit"`` object of a record written now on database ``using``.
+
+        One picture of who and where for every kind of record; each adds its own
+        fields (an ACCESS entry its ``fields``, an event its ``details``).
+        """
+        data: dict[str, Any] = {
+            "request_id": self.request_id,
+            "operation": self.operation,
+            "path": self.path,
+            "remote_addr": self.remote_addr,
+            "actor": self.actor_snapshot(),
+            "client_cert": self.client_cert_summary(),
+            "db": connection_context(using, self.db_retries),
+        }
+        if self.client_request_id is not None:
+            data["client_request_id"] = self.client_request_id
+        # Certificate names and usernames are the client's text: stored as safe data.
+        safe: dict[str, Any] = safe_data(data)
+        return safe
 
     def actor_snapshot(self) -> dict[str, Any] | None:
         """``{"id", "username"}`` of the request's authenticated user now, or None.

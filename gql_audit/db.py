@@ -29,13 +29,14 @@ from django.dispatch import Signal
 
 from gql_audit import context
 from gql_audit.conf import conf
-from gql_audit.events import record_event, sqlstate_of
+from gql_audit.dbcontext import ATTRIBUTE, POSTGRES_VENDORS, probe
+from gql_audit.errors import sqlstate_of
+from gql_audit.events import record_event
 
 logger = logging.getLogger("gql_audit.db")
 
 SERIALIZATION_FAILURE = "40001"
 RESULT_UNKNOWN = "40003"  # CockroachDB: "result is ambiguous"
-POSTGRES_VENDORS = frozenset({"postgresql", "cockroachdb"})
 BACKOFF_BASE = 0.01
 BACKOFF_CAP = 1.0
 
@@ -194,25 +195,6 @@ def retry_transaction(
 
 # --- per-connection context ----------------------------------------------------
 
-PROBE_SQL = (
-    "SELECT current_setting('node_id', true), current_setting('locality', true), "
-    "current_setting('session_id', true), pg_backend_pid()"
-)
-#: Where the probe's result lives on a Django connection object.
-ATTRIBUTE = "gql_audit_context"
-
-
-def probe(connection: Any) -> dict[str, Any]:
-    """The connection's database context (one query, PostgreSQL and CockroachDB alike)."""
-    if connection.vendor not in POSTGRES_VENDORS:
-        return {}
-    with connection.cursor() as cursor:
-        cursor.execute(PROBE_SQL)
-        node_id, locality, session_id, pid = cursor.fetchone()
-    if connection.vendor == "cockroachdb":
-        return {"node_id": node_id, "locality": locality or None, "session_id": session_id}
-    return {"backend_pid": pid}
-
 
 def on_connection_created(sender: Any, connection: Any, **kwargs: Any) -> None:
     """``connection_created``: name the application, probe once, add the SQL comment."""
@@ -228,16 +210,6 @@ def on_connection_created(sender: Any, connection: Any, **kwargs: Any) -> None:
     # Only where it is wanted: every statement would otherwise pay for the wrapper.
     if conf.SQL_COMMENT and sql_comment not in connection.execute_wrappers:
         connection.execute_wrappers.append(sql_comment)
-
-
-def connection_context(alias: str) -> dict[str, Any]:
-    """``vendor``, ``alias``, the probe's fields and the request's ``retries`` so far."""
-    connection = connections[alias]
-    data: dict[str, Any] = {"vendor": connection.vendor, "alias": alias}
-    data.update(getattr(connection, ATTRIBUTE, None) or {})
-    ctx = context.current()
-    data["retries"] = ctx.db_retries if ctx is not None else 0
-    return data
 
 
 # --- request id in SQL -----------------------------------------------------------

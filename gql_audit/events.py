@@ -16,8 +16,9 @@ from gql_audit import context
 from gql_audit.errors import sqlstate_of
 from gql_audit.kinds import SEVERITY
 from gql_audit.redaction import redact, safe_text
+from gql_audit.storage import write_now
 
-__all__ = ["SEVERITY", "build_event", "classify_resolver_error", "plain_path", "record_event", "sqlstate_of"]
+__all__ = ["SEVERITY", "build_event", "classify_resolver_error", "record_event", "sqlstate_of"]
 
 #: Kinds recorded once per request; later occurrences add their path.
 ONCE_PER_REQUEST = frozenset({"token_invalid", "token_expired", "unauthenticated"})
@@ -29,16 +30,6 @@ OVERFLOW = ("[overflow]",)
 OVERFLOW_MESSAGE = (
     f"more than {MAX_EVENTS_PER_REQUEST} distinct security events in one request; the rest are counted here"
 )
-
-
-def plain_path(path: Any) -> str:
-    """``publicDocuments.owner`` for the graphql-core path ``publicDocuments/0/owner``."""
-    keys = []
-    while path is not None:
-        if isinstance(path.key, str):
-            keys.append(path.key)
-        path = path.prev
-    return ".".join(reversed(keys))
 
 
 def build_event(
@@ -97,8 +88,6 @@ def record_event(
         raise ValueError(f"unknown security event kind {kind!r}")
     ctx = context.current()
     if ctx is None:
-        from gql_audit.storage import write_now
-
         write_now(
             events=[
                 build_event(

@@ -19,10 +19,10 @@ from django.utils.translation import gettext
 from graphql import GraphQLError
 
 from gql_audit import context
-from gql_audit.access import SCALARS, record_value, unread
+from gql_audit.access import SCALARS, plain_path, record_value, unread
 from gql_audit.conf import conf
 from gql_audit.errors import CLIENT_CERT_REQUIRED, INTERNAL_ERROR, INTROSPECTION_DISABLED, MESSAGES, UNAUTHENTICATED
-from gql_audit.events import classify_resolver_error, plain_path, record_event
+from gql_audit.events import classify_resolver_error, record_event
 from gql_audit.visibility import INTROSPECTION_FIELDS, SchemaRules, build_rules
 
 _rules_cache: dict[int, tuple[Any, int, SchemaRules]] = {}

@@ -20,6 +20,8 @@ from typing import Any
 from gql_audit import context
 from gql_audit.compat import is_unevaluated_lazy
 from gql_audit.conf import conf
+from gql_audit.dbcontext import ATTRIBUTE
+from gql_audit.redaction import redact
 
 request_logger = logging.getLogger("gql_audit.request")
 
@@ -121,8 +123,6 @@ def log_failed_entry(sender: Any, instance: Any, action: Any, changes: Any, entr
     ``entry`` is the ``LogEntry`` whose save failed (stamped with the actor and
     context), or None when auditlog failed before building it.
     """
-    from gql_audit.redaction import redact
-
     ctx = context.current()
     from auditlog import get_logentry_model
 
@@ -199,8 +199,6 @@ def log_in_flight(reason: str = "worker_abort") -> int:
 
 def _db_node() -> Any:
     from django.db import connections
-
-    from gql_audit.db import ATTRIBUTE
 
     data = getattr(connections["default"], ATTRIBUTE, None) or {}
     return data.get("node_id") or data.get("backend_pid")

@@ -76,7 +76,7 @@ def prepare(request: HttpRequest, ctx: context.RequestContext) -> None:
 
 def read_certificate(request: HttpRequest, ctx: context.RequestContext) -> None:
     """``request.client_cert`` and the identity ``CLIENT_CERT_IDENTITY`` maps it to."""
-    cert = read_client_certificate(request)
+    cert = read_client_certificate(request, record_event)
     request.client_cert = ctx.client_cert = cert  # type: ignore[attr-defined]
     ctx.client_identity = client_identity(cert)
 

@@ -21,6 +21,10 @@ from urllib.parse import unquote
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
+from django.utils import timezone
+
+from gql_audit.conf import conf
+from gql_audit.net import peer_is_trusted
 
 logger = logging.getLogger("gql_audit.mtls")
 
@@ -315,26 +319,27 @@ DEFAULT_VERIFY_HEADER = "X-SSL-Client-Verify"
 
 
 def nginx_headers() -> tuple[str, str]:
-    from gql_audit.conf import conf
-
     return (conf.CLIENT_CERT_HEADER or DEFAULT_CERT_HEADER, conf.CLIENT_VERIFY_HEADER or DEFAULT_VERIFY_HEADER)
 
 
-def read_client_certificate(request: Any) -> ClientCertificate | None:
+#: ``report(kind, message=..., details=...)``: where a certificate's problems are told.
+Reporter = Callable[..., None]
+
+
+def _ignore(kind: str, **fields: Any) -> None:
+    return None
+
+
+def read_client_certificate(request: Any, report: Reporter = _ignore) -> ClientCertificate | None:
     """The client certificate the configured proxy forwarded, if it may be believed.
 
     Proxy headers from a peer outside ``TRUSTED_PROXIES`` are ignored and
-    recorded (``cert_header_untrusted``). A certificate that cannot be parsed,
+    reported (``cert_header_untrusted``). A certificate that cannot be parsed,
     failed the proxy's verification, or is outside its validity period is
-    recorded (``cert_failed``); the request is still served, the proxy having
-    decided access. Never raises.
+    reported (``cert_failed``); the request is still served, the proxy having
+    decided access. ``report`` is called as ``record_event`` is (the middleware
+    passes it). Never raises.
     """
-    from django.utils import timezone
-
-    from gql_audit.conf import conf
-    from gql_audit.events import record_event
-    from gql_audit.net import peer_is_trusted
-
     source = conf.CLIENT_CERT_SOURCE
     if source is None:
         return None
@@ -347,7 +352,7 @@ def read_client_certificate(request: Any) -> ClientCertificate | None:
             if not present:
                 return None
             if not peer_is_trusted(request):
-                record_event(
+                report(
                     "cert_header_untrusted",
                     message="client certificate headers from a peer outside TRUSTED_PROXIES were ignored",
                     details={"headers": present, "peer": request.META.get("REMOTE_ADDR"), "source": source},
@@ -358,25 +363,21 @@ def read_client_certificate(request: Any) -> ClientCertificate | None:
             else:
                 cert = PARSERS[source](request.headers)
     except CertificateError as exc:
-        record_event("cert_failed", message=str(exc), details={"source": source})
+        report("cert_failed", message=str(exc), details={"source": source})
         return None
     except Exception as exc:  # noqa: BLE001 - a parser bug must not fail the request
-        record_event(
-            "cert_failed", message=f"unreadable certificate ({type(exc).__name__})", details={"source": source}
-        )
+        report("cert_failed", message=f"unreadable certificate ({type(exc).__name__})", details={"source": source})
         return None
     if cert is None:
         return None
     problem = cert.problem(timezone.now())
     if problem is not None:
-        record_event("cert_failed", message=problem, details={"client_cert": cert.summary()})
+        report("cert_failed", message=problem, details={"client_cert": cert.summary()})
     return cert
 
 
 def client_identity(cert: ClientCertificate | None) -> str | None:
     """``CLIENT_CERT_IDENTITY(cert)`` for a verified certificate: the service acting."""
-    from gql_audit.conf import conf
-
     mapper = conf.CLIENT_CERT_IDENTITY
     if cert is None or mapper is None or not cert.verified:
         return None

@@ -14,33 +14,12 @@ from typing import Any
 from gql_audit import context
 from gql_audit.compat import auditlog_block_values
 from gql_audit.logging import log_failed_entry
-from gql_audit.redaction import safe_data
 
 
 def _explicit_auditlog_actor() -> bool:
     """Whether service code wrapped this save in auditlog's own ``set_actor``."""
     block = auditlog_block_values()
     return block is not None and block.get("actor") is not None
-
-
-def audit_context_data(ctx: context.RequestContext, using: str | None) -> dict[str, Any]:
-    """The ``additional_data["gql_audit"]`` object for an entry saved now."""
-    from gql_audit.db import connection_context
-
-    data: dict[str, Any] = {
-        "request_id": ctx.request_id,
-        "operation": ctx.operation,
-        "path": ctx.path,
-        "remote_addr": ctx.remote_addr,
-        "actor": ctx.actor_snapshot(),
-        "client_cert": ctx.client_cert_summary(),
-        "db": connection_context(using or "default"),
-    }
-    if ctx.client_request_id is not None:
-        data["client_request_id"] = ctx.client_request_id
-    # Certificate names and usernames are the client's text: stored as safe data.
-    safe: dict[str, Any] = safe_data(data)
-    return safe
 
 
 def merge_additional_data(existing: Any, ours: dict[str, Any]) -> dict[str, Any]:
@@ -74,7 +53,7 @@ def stamp_log_entry(sender: Any, instance: Any, raw: bool = False, using: str | 
 
         if not getattr(settings, "AUDITLOG_DISABLE_REMOTE_ADDR", False):
             instance.remote_addr = ctx.remote_addr
-    instance.additional_data = merge_additional_data(instance.additional_data, audit_context_data(ctx, using))
+    instance.additional_data = merge_additional_data(instance.additional_data, ctx.record_data(using or "default"))
 
 
 def log_failed_change_entry(

@@ -26,7 +26,7 @@ from gql_audit import context
 from gql_audit.conf import conf
 from gql_audit.errors import sqlstate_of
 from gql_audit.logging import log_payload
-from gql_audit.receivers import audit_context_data
+from gql_audit.models import SecurityEvent
 from gql_audit.redaction import safe_text
 
 audit_logger = logging.getLogger("gql_audit.audit")
@@ -70,7 +70,7 @@ def merge_records(ctx: context.RequestContext) -> list[Any]:
 
 def access_data(shared: dict[str, Any], record: Any) -> dict[str, Any]:
     """``additional_data`` of an ACCESS entry: the request's context (``shared``,
-    from ``audit_context_data``) with the object's own paths and fields."""
+    from ``RequestContext.record_data``) with the object's own paths and fields."""
     fields = sorted(name for name in record.fields if not name.startswith("__"))
     return {"gql_audit": {**shared, "path": sorted(record.paths), "fields": fields}}
 
@@ -78,7 +78,7 @@ def access_data(shared: dict[str, Any], record: Any) -> dict[str, Any]:
 def describe(ctx: context.RequestContext, alias: str, records: list[Any]) -> list[dict[str, Any]]:
     """The entries as plain data, for the logs."""
     actor_id, actor_email = ctx.actor()
-    shared = audit_context_data(ctx, alias)
+    shared = ctx.record_data(alias)
     now = timezone.now()
     return [
         {
@@ -131,7 +131,7 @@ class AccessInsert:
         self.connection = connections[alias]
         self.meta = LogEntry._meta
         self.data_field = self.meta.get_field("additional_data")
-        self.shared = audit_context_data(ctx, alias)
+        self.shared = ctx.record_data(alias)
         actor_id, actor_email = ctx.actor()
         shared = {
             "action": LogEntry.Action.ACCESS,
@@ -235,8 +235,6 @@ def insert_access_entries(ctx: context.RequestContext, records: list[Any], alias
 
 
 def insert_events(events: list[dict[str, Any]], alias: str) -> None:
-    from gql_audit.models import SecurityEvent
-
     SecurityEvent.objects.using(alias).bulk_create([SecurityEvent(**event) for event in events])
 
 

@@ -10,7 +10,7 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
-from gql_audit.db import ATTRIBUTE
+from gql_audit.dbcontext import ATTRIBUTE
 
 
 @never_cache

@@ -12,9 +12,10 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e '.[dev]'
 
-echo "== lint (ruff) and types (mypy --strict)"
+echo "== lint (ruff), types (mypy --strict), layers (import-linter: an upward import or a cycle fails)"
 .venv/bin/ruff check --quiet .
 PYTHONPATH=.:example_service .venv/bin/mypy
+.venv/bin/lint-imports --no-cache
 
 echo "== documentation site (mkdocs --strict: a warning or a broken link fails)"
 SITE_DIR=$(mktemp -d)

@@ -9,7 +9,7 @@ import pytest
 from auditlog.models import LogEntry
 from django.db import OperationalError, connection, connections, transaction
 
-from gql_audit import db
+from gql_audit import db, dbcontext
 from gql_audit.models import SecurityEvent
 from tests.conftest import SQLRecorder, make_token, post_graphql
 
@@ -259,12 +259,12 @@ def test_probe_runs_once_per_connection(client, users):
     with connection.execute_wrapper(executed):
         for _ in range(5):  # the test client keeps one connection across requests
             post_graphql(client, "{ publicDocuments { title } }")
-        assert executed.count(db.PROBE_SQL) == 1
+        assert executed.count(dbcontext.PROBE_SQL) == 1
         assert len(executed) > 10
         connection.close()  # a new connection is probed once more
         for _ in range(5):
             post_graphql(client, "{ publicDocuments { title } }")
-    assert executed.count(db.PROBE_SQL) == 2
+    assert executed.count(dbcontext.PROBE_SQL) == 2
 
 
 @pytest.mark.postgres
