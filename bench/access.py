@@ -1,13 +1,15 @@
-"""Full read auditing against bare graphene-django: 1,000 objects x 8 fields.
+"""Full read auditing against bare graphene-django: a list of objects x 8 fields.
 
     python bench/access.py [--rounds 7] [--requests 10] [--objects 1000]
+    BENCH_DB=sqlite-wal python bench/access.py --objects 20
     BENCH_DB=postgres PGHOST=... python bench/access.py
 
-Three configurations, one process, one run, full Django WSGI stacks called
+Four configurations, one process, one run, full Django WSGI stacks called
 in-process, rounds alternating, median round reported:
 
 - bare graphene-django, no access logging;
-- gql_audit with access logging (one ACCESS LogEntry per object, fields listed);
+- gql_audit, ``ACCESS_STORE = "gql_audit"`` (the default: one row per request);
+- gql_audit, ``ACCESS_STORE = "auditlog"`` (one ACCESS LogEntry per object);
 - auditlog alone, one ``accessed.send`` per object (one INSERT each).
 
 auditlog's table is emptied between rounds (untimed) so every round writes
@@ -17,8 +19,10 @@ into a table of the same size.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from typing import Any
 
-from harness import audited_handler, bare_handler, call, environ, measure, report  # noqa: I001
+from harness import audited_handler, bare_handler, call, environ, measure, report, settings_db  # noqa: I001
 
 
 def main() -> None:
@@ -33,6 +37,8 @@ def main() -> None:
 
     from bench.models import Record
     from bench.schema import RECORD_FIELDS
+    from gql_audit.conf import conf
+    from gql_audit.models import ReadObject, RequestReads
 
     connection.creation.create_test_db(verbosity=0, autoclobber=True, serialize=False)
     Record.objects.bulk_create(
@@ -50,19 +56,30 @@ def main() -> None:
     LogEntry.objects.all().delete()
     bare, audited = bare_handler(), audited_handler()
 
+    def with_store(store: str) -> Callable[..., Any]:
+        """The audited stack with ``ACCESS_STORE`` set for its requests (the setting is process-wide)."""
+
+        def app(env: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+            conf._cache["ACCESS_STORE"] = store
+            return audited(env, start_response)
+
+        return app
+
     def clear() -> None:
         # TRUNCATE, not DELETE: PostgreSQL would keep the dead rows and their
         # index entries, and every later round would insert into a bigger table.
         with connection.cursor() as cursor:
-            table = connection.ops.quote_name(LogEntry._meta.db_table)
-            cursor.execute(f"DELETE FROM {table}" if connection.vendor == "sqlite" else f"TRUNCATE {table}")
+            for model in (LogEntry, RequestReads, ReadObject):
+                table = connection.ops.quote_name(model._meta.db_table)
+                cursor.execute(f"DELETE FROM {table}" if connection.vendor == "sqlite" else f"TRUNCATE {table}")
 
     query = "{ records { %s } }" % RECORD_FIELDS
     signal_query = "{ recordsWithAccessedSignal { %s } }" % RECORD_FIELDS
     results = measure(
         {
             "bare graphene-django": (bare, environ("/records/bare/", query)),
-            "gql_audit, full access logging": (audited, environ("/records/audit/", query)),
+            "gql_audit, ACCESS_STORE gql_audit": (with_store("gql_audit"), environ("/records/audit/", query)),
+            "gql_audit, ACCESS_STORE auditlog": (with_store("auditlog"), environ("/records/audit/", query)),
             "auditlog accessed.send per object": (bare, environ("/records/bare/", signal_query)),
         },
         args.rounds,
@@ -71,13 +88,16 @@ def main() -> None:
         between=clear,
     )
     clear()
-    call(audited, environ("/records/audit/", query))
-    written = LogEntry.objects.filter(action=LogEntry.Action.ACCESS).count()
+    call(with_store("gql_audit"), environ("/records/audit/", query))
+    call(with_store("auditlog"), environ("/records/audit/", query))
+    rows = RequestReads.objects.all()
     print(
-        f"gql_audit access benchmark ({connection.vendor}): {args.objects} objects x 8 fields, "
-        f"{args.rounds} rounds x {args.requests} requests; one audited request wrote {written} entries"
+        f"gql_audit access benchmark ({connection.vendor}, {settings_db()}): {args.objects} objects x 8 fields, "
+        f"{args.rounds} rounds x {args.requests} requests; one audited request wrote "
+        f"{rows.count()} row of {sum(len(r.keys) for r in rows)} reads (gql_audit store), "
+        f"{LogEntry.objects.filter(action=LogEntry.Action.ACCESS).count()} entries (auditlog store)"
     )
-    report("List query (goal: gql_audit <= 1.15 x bare)", results, "bare graphene-django")
+    report(f"List of {args.objects} objects", results, "bare graphene-django")
     connection.creation.destroy_test_db(connection.settings_dict["NAME"], verbosity=0)
 
 

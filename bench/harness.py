@@ -42,6 +42,17 @@ def audited_handler() -> WSGIHandler:
     return handler([*BASE_MIDDLEWARE[:after_auth], OURS, *BASE_MIDDLEWARE[after_auth:]])
 
 
+def settings_db() -> str:
+    """What the benchmark database is, in words (SQLite's journal mode matters)."""
+    from django.db import connection
+
+    if connection.vendor != "sqlite":
+        return connection.vendor
+    with connection.cursor() as cursor:
+        cursor.execute("PRAGMA journal_mode")
+        return f"journal_mode={cursor.fetchone()[0]}"
+
+
 def environ(path: str, query: str, token: str | None = None) -> dict:
     body = json.dumps({"query": query}).encode()
     env = {

@@ -1,4 +1,4 @@
-"""Settings for the benchmarks: the example service on an in-memory SQLite."""
+"""Settings for the benchmarks: the example service on SQLite (in memory, or a WAL file) or PostgreSQL."""
 
 import os
 
@@ -9,6 +9,18 @@ DEBUG = False
 INSTALLED_APPS = [*INSTALLED_APPS, "bench"]  # noqa: F405
 if os.environ.get("BENCH_DB") == "postgres":
     DATABASES = {"default": postgres_from_environment("gql_audit_bench")}
+elif os.environ.get("BENCH_DB") == "sqlite-wal":
+    # A file in WAL mode, as docs/access-log.md recommends: what a durable SQLite costs.
+    import tempfile
+
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": os.path.join(tempfile.gettempdir(), "gql_audit_bench.sqlite3"),
+            "TEST": {"NAME": os.path.join(tempfile.gettempdir(), "gql_audit_bench_test.sqlite3")},
+            "OPTIONS": {"init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"},
+        }
+    }
 else:
     DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
 ROOT_URLCONF = "bench.urls"

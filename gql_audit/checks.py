@@ -13,6 +13,7 @@ from django.core.checks import Error, Tags, Warning, register
 from django.utils.module_loading import import_string
 
 from gql_audit.conf import (
+    ACCESS_STORES,
     CLIENT_CERT_SOURCES,
     DEFAULTS,
     EVENT_SINKS,
@@ -92,6 +93,8 @@ def _check_values(raw: dict[str, Any]) -> list[Any]:
         errors.append(_invalid("INTROSPECTION", f"must be one of {', '.join(INTROSPECTION_CHOICES)}."))
     if "EVENT_SINK" in raw and raw["EVENT_SINK"] not in EVENT_SINKS:
         errors.append(_invalid("EVENT_SINK", f"must be one of {', '.join(EVENT_SINKS)}."))
+    if "ACCESS_STORE" in raw and raw["ACCESS_STORE"] not in ACCESS_STORES:
+        errors.append(_invalid("ACCESS_STORE", f"must be one of {', '.join(ACCESS_STORES)}."))
     if "MASK_ERRORS" in raw and raw["MASK_ERRORS"] not in MASK_ERRORS_CHOICES:
         errors.append(_invalid("MASK_ERRORS", f"must be one of {', '.join(MASK_ERRORS_CHOICES)}."))
     if "CLIENT_CERT_SOURCE" in raw and raw["CLIENT_CERT_SOURCE"] not in CLIENT_CERT_SOURCES:

@@ -24,6 +24,7 @@ DEFAULTS: dict[str, Any] = {
     "TRUSTED_PROXIES": (),
     "CLIENT_CERT_SOURCE": None,
     "ACCESS_LOG": True,
+    "ACCESS_STORE": "gql_audit",
     "AUDIT_DATABASE": None,
     "FAIL_CLOSED": False,
     "REDACT_KEYS": (
@@ -56,6 +57,7 @@ IMPORT_STRINGS = frozenset({"AUTHENTICATOR", "CLIENT_CERT_IDENTITY"})
 INTROSPECTION_CHOICES = ("public", "authenticated", "disabled")
 EVENT_SINKS = ("database", "logs", "both")
 MASK_ERRORS_CHOICES = ("database", "all", "none")
+ACCESS_STORES = ("gql_audit", "auditlog")
 CLIENT_CERT_SOURCES = (None, "nginx", "envoy", "traefik", "aws-alb", "rfc9440", "environ")
 
 

@@ -153,7 +153,7 @@ class RequestContext:
             "request_id": self.request_id,
             "operation": self.operation,
             "path": self.path,
-            "remote_addr": self.remote_addr,
+            "remote_addr": self.entry_remote_addr(),
             "actor": self.actor_snapshot(),
             "client_cert": self.client_cert_summary(),
             "db": connection_context(using, self.db_retries),
@@ -163,6 +163,13 @@ class RequestContext:
         # Certificate names and usernames are the client's text: stored as safe data.
         safe: dict[str, Any] = safe_data(data)
         return safe
+
+    def entry_remote_addr(self) -> str | None:
+        """The client address for change entries and reads: none with auditlog's
+        ``AUDITLOG_DISABLE_REMOTE_ADDR`` (security events keep theirs)."""
+        from django.conf import settings
+
+        return None if getattr(settings, "AUDITLOG_DISABLE_REMOTE_ADDR", False) else self.remote_addr
 
     def actor_snapshot(self) -> dict[str, Any] | None:
         """``{"id", "username"}`` of the request's authenticated user now, or None.

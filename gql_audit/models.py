@@ -34,3 +34,58 @@ class SecurityEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.request_id or ''}".strip()
+
+
+class RequestReads(models.Model):
+    """The reads of one request: every object its responses exposed, in one row.
+
+    ``ACCESS_STORE = "gql_audit"``. One INSERT a request whatever the number
+    of objects; "who read this object" is answered by ``keys``, indexed by
+    object: a GIN index on PostgreSQL, an inverted index on CockroachDB, and
+    :class:`ReadObject` rows on databases with neither. No foreign keys: the
+    actor is a plain id beside a snapshot, so the row outlives the user and
+    commits without locking the user table. Read it through ``gql_audit.history``.
+    """
+
+    # Random keys: sequential ones make a write hot spot on CockroachDB.
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    at = models.DateTimeField(db_index=True)
+    request_id = models.CharField(max_length=128, db_index=True)
+    #: ``str(pk)`` of the actor when the reads were written (indexed: "what did this user read").
+    actor_id = models.CharField(max_length=255, null=True, blank=True, db_index=True)
+    #: ``{"id", "username"}`` of that actor.
+    actor = models.JSONField(null=True, blank=True)
+    remote_addr = models.GenericIPAddressField(null=True, blank=True)
+    operation = models.JSONField(null=True, blank=True)
+    #: The rest of the request's ``"gql_audit"`` object: certificate, database, extra data.
+    context = models.JSONField(default=dict, blank=True)
+    #: ``"app_label.model:pk"`` of every object read, in one indexed array.
+    keys = models.JSONField(default=list)
+    #: For each key, the index of its entry in ``shapes``.
+    shape_of = models.JSONField(default=list)
+    #: ``{"fields": [...], "paths": [...]}`` of the ways objects were read: objects read alike share one.
+    shapes = models.JSONField(default=list)
+
+    class Meta:
+        ordering = ["-at"]
+        verbose_name = "request's reads"
+        verbose_name_plural = "requests' reads"
+
+    def __str__(self) -> str:
+        return f"{len(self.keys)} reads {self.request_id}"
+
+
+class ReadObject(models.Model):
+    """One object of a :class:`RequestReads` row, where the database has no index on arrays (SQLite).
+
+    Never written on PostgreSQL or CockroachDB (their index on ``keys`` answers),
+    so its sequential key makes no hot spot.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    reads_id = models.UUIDField(db_index=True)
+    key = models.CharField(max_length=255, db_index=True)
+    at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        verbose_name = "object read"

@@ -48,11 +48,8 @@ def stamp_log_entry(sender: Any, instance: Any, raw: bool = False, using: str | 
             instance.actor_email = email
     if not instance.cid:
         instance.cid = ctx.request_id
-    if instance.remote_addr is None and ctx.remote_addr is not None:
-        from django.conf import settings
-
-        if not getattr(settings, "AUDITLOG_DISABLE_REMOTE_ADDR", False):
-            instance.remote_addr = ctx.remote_addr
+    if instance.remote_addr is None:
+        instance.remote_addr = ctx.entry_remote_addr()
     instance.additional_data = merge_additional_data(instance.additional_data, ctx.record_data(using or "default"))
 
 

@@ -24,9 +24,10 @@ from django.utils.encoding import smart_str
 
 from gql_audit import context
 from gql_audit.conf import conf
+from gql_audit.dbcontext import POSTGRES_VENDORS
 from gql_audit.errors import sqlstate_of
 from gql_audit.logging import log_payload
-from gql_audit.models import SecurityEvent
+from gql_audit.models import ReadObject, RequestReads, SecurityEvent
 from gql_audit.redaction import safe_text
 
 audit_logger = logging.getLogger("gql_audit.audit")
@@ -88,7 +89,7 @@ def describe(ctx: context.RequestContext, alias: str, records: list[Any]) -> lis
             "actor_id": actor_id,
             "actor_email": actor_email,
             "cid": ctx.request_id,
-            "remote_addr": ctx.remote_addr,
+            "remote_addr": ctx.entry_remote_addr(),
             "timestamp": now,
             **access_data(shared, record),
         }
@@ -139,7 +140,7 @@ class AccessInsert:
             "actor_id": actor_id,
             "actor_email": actor_email,
             "cid": ctx.request_id,
-            "remote_addr": ctx.remote_addr,
+            "remote_addr": ctx.entry_remote_addr(),
             "timestamp": timezone.now(),
         }
         self.per_row = [self.meta.get_field(name) for name in PER_ROW]
@@ -234,6 +235,59 @@ def insert_access_entries(ctx: context.RequestContext, records: list[Any], alias
     insert.execute()
 
 
+def object_key(model: type[Model], pk: Any) -> str:
+    """``"app_label.model:pk"``: how the ``gql_audit`` store names an object it indexes."""
+    return f"{model._meta.label_lower}:{safe_text(str(pk))}"
+
+
+def insert_request_reads(ctx: context.RequestContext, records: list[Any], alias: str) -> None:
+    """``ACCESS_STORE = "gql_audit"``: the request's reads as one row (and, where the
+    database cannot index an array, one narrow row per object, in one statement)."""
+    data = ctx.record_data(alias)
+    actor = data.pop("actor")
+    for key in ("request_id", "operation", "remote_addr", "path"):
+        data.pop(key, None)
+    keys: list[str] = []
+    shape_of: list[int] = []
+    shapes: list[dict[str, list[str]]] = []
+    index_of: dict[tuple[frozenset[str], frozenset[str]], int] = {}
+    for record in records:
+        shape = (record.fields, frozenset(record.paths))
+        index = index_of.get(shape)
+        if index is None:
+            index = index_of[shape] = len(shapes)
+            fields = sorted(name for name in record.fields if not name.startswith("__"))
+            shapes.append({"fields": fields, "paths": sorted(record.paths)})
+        keys.append(object_key(record.model, record.pk))
+        shape_of.append(index)
+    row = RequestReads(
+        at=timezone.now(),
+        request_id=ctx.request_id,
+        actor_id=str(actor["id"]) if actor else None,
+        actor=actor,
+        remote_addr=ctx.entry_remote_addr(),
+        operation=ctx.operation,
+        context=data,
+        keys=keys,
+        shape_of=shape_of,
+        shapes=shapes,
+    )
+    RequestReads.objects.using(alias).bulk_create([row])
+    connection = connections[alias]
+    if connection.vendor not in POSTGRES_VENDORS:
+        meta = ReadObject._meta
+        quote = connection.ops.quote_name
+        fields = [meta.get_field(name) for name in ("reads_id", "key", "at")]
+        columns = ", ".join(quote(f.column) for f in fields)
+        reads_id = fields[0].get_db_prep_save(row.id, connection)
+        at = fields[2].get_db_prep_save(row.at, connection)
+        with connection.cursor() as cursor:
+            cursor.executemany(
+                f"INSERT INTO {quote(meta.db_table)} ({columns}) VALUES (%s, %s, %s)",
+                [(reads_id, key, at) for key in keys],
+            )
+
+
 def insert_events(events: list[dict[str, Any]], alias: str) -> None:
     SecurityEvent.objects.using(alias).bulk_create([SecurityEvent(**event) for event in events])
 
@@ -275,7 +329,10 @@ def log_unwritten(
 def _store(ctx: context.RequestContext | None, records: list[Any], events: list[dict[str, Any]], alias: str) -> None:
     with transaction.atomic(using=alias):
         if records and ctx is not None:
-            insert_access_entries(ctx, records, alias)
+            if conf.ACCESS_STORE == "gql_audit":
+                insert_request_reads(ctx, records, alias)
+            else:
+                insert_access_entries(ctx, records, alias)
         if events:
             insert_events(events, alias)
 

@@ -45,3 +45,8 @@ LOGGING = {"version": 1, "disable_existing_loggers": False}
 # front of the service would: the test client's address is that proxy.
 # Tests of untrusted peers send from other addresses or override this.
 GQL_AUDIT = {**GQL_AUDIT, "TRUSTED_PROXIES": ["127.0.0.1/32"]}  # noqa: F405
+
+# Most tests look at auditlog's ACCESS entries directly; those that hold for
+# both access stores (tests/test_access_log.py, the concurrency and rollback
+# tests) run once per store.
+GQL_AUDIT = {**GQL_AUDIT, "ACCESS_STORE": "auditlog"}

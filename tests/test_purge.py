@@ -95,3 +95,40 @@ def test_kind_and_dry_run():
 def test_bad_arguments_are_clear_errors(bad):
     with pytest.raises(CommandError):
         call_command("gql_audit_purge", *bad)
+
+
+def test_purge_the_gql_audit_store(client, users, settings):
+    from gql_audit.history import reads_of
+    from gql_audit.models import ReadObject, RequestReads
+    from tests.conftest import post_graphql
+
+    settings.GQL_AUDIT = {**settings.GQL_AUDIT, "ACCESS_STORE": "gql_audit"}
+    for n in range(3):
+        post_graphql(client, "{ publicDocuments { title } }", headers={"X-Request-ID": f"p-{n}"})
+    doc = users["alice"].documents.get(classification="public")
+    assert len(reads_of(doc)) == 3
+    RequestReads.objects.filter(request_id__in=["p-0", "p-1"]).update(at=timezone.now() - datetime.timedelta(days=100))
+    ReadObject.objects.filter(
+        reads_id__in=RequestReads.objects.filter(request_id__in=["p-0", "p-1"]).values("id")
+    ).update(at=timezone.now() - datetime.timedelta(days=100))
+    output, _ = purge("--older-than", "90d", "--kind", "access", "--batch-size", "1")
+    assert "requests' reads: deleted 2" in output
+    assert [r.request_id for r in reads_of(doc)] == ["p-2"]
+    assert RequestReads.objects.count() == 1
+    # Where the database has no array index, the object index goes with its rows.
+    assert ReadObject.objects.count() == (0 if connection.vendor == "postgresql" else 3)
+
+
+@pytest.mark.postgres
+def test_reads_of_uses_the_object_index_on_postgresql(client, users, settings):
+    from gql_audit.history import reads_of
+    from gql_audit.models import RequestReads
+
+    settings.GQL_AUDIT = {**settings.GQL_AUDIT, "ACCESS_STORE": "gql_audit"}
+    doc = users["alice"].documents.get(classification="public")
+    queryset = RequestReads.objects.filter(keys__contains=[f"example_service.document:{doc.pk}"])
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        plan = queryset.explain()
+    assert "gql_audit_requestreads_keys_gin" in plan
+    assert reads_of(doc) == []

@@ -11,7 +11,8 @@ from django.db import transaction
 from django.db.models import Model, QuerySet
 from django.utils import timezone
 
-from gql_audit.events import SEVERITY
+from gql_audit.kinds import SEVERITY
+from gql_audit.models import ReadObject, RequestReads, SecurityEvent
 from gql_audit.storage import audit_alias
 
 _AGE = re.compile(r"(\d+)([smhdw])")
@@ -29,7 +30,7 @@ def parse_age(value: str) -> datetime.timedelta:
 
 class Command(BaseCommand):
     help = (
-        "Delete security events and ACCESS log entries older than a cut-off, in batches of small "
+        "Delete security events and reads (both access stores) older than a cut-off, in batches of small "
         "transactions. Safe to interrupt and to run again."
     )
 
@@ -38,7 +39,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--kind",
             choices=sorted([*SEVERITY, ACCESS]),
-            help="Only this security event kind, or 'access' for ACCESS log entries only.",
+            help="Only this security event kind, or 'access' for reads only (both access stores).",
         )
         parser.add_argument("--dry-run", action="store_true", help="Count what would be deleted; delete nothing.")
         parser.add_argument("--batch-size", type=int, default=1000, help="Rows per transaction (default 1000).")
@@ -54,8 +55,6 @@ class Command(BaseCommand):
         self.stdout.write(f"Deleting records older than {cutoff.isoformat()} from {using!r}.")
         targets: list[tuple[str, QuerySet[Any]]] = []
         if kind != ACCESS:
-            from gql_audit.models import SecurityEvent
-
             events = SecurityEvent.objects.using(using).filter(created_at__lt=cutoff)
             targets.append(("security events", events.filter(kind=kind) if kind else events))
         if kind in (None, ACCESS):
@@ -68,6 +67,9 @@ class Command(BaseCommand):
                     LogEntry.objects.using(using).filter(action=LogEntry.Action.ACCESS, timestamp__lt=cutoff),
                 )
             )
+            # The gql_audit access store: one row per request, and its object index where it has one.
+            targets.append(("requests' reads", RequestReads.objects.using(using).filter(at__lt=cutoff)))
+            targets.append(("objects read (index)", ReadObject.objects.using(using).filter(at__lt=cutoff)))
         for label, queryset in targets:
             if options["dry_run"]:
                 self.stdout.write(f"{label}: would delete {queryset.count()}")
