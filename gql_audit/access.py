@@ -25,7 +25,7 @@ from django.db.models import Model, QuerySet
 from graphql import GraphQLObjectType, get_named_type
 
 from gql_audit import context
-from gql_audit.compat import collect_sub_fields
+from gql_audit.compat import auditlog_block_values, collect_sub_fields
 
 #: Values that can never be, or contain, a model instance: the common case.
 SCALARS = frozenset(
@@ -58,14 +58,18 @@ def plain_path(path: Any) -> str:
 
 
 class AccessRecord:
-    __slots__ = ("obj", "model", "pk", "fields", "paths")
+    __slots__ = ("obj", "model", "pk", "fields", "paths", "block")
 
-    def __init__(self, obj: Any, model: type[Model], pk: Any, path: str, fields: frozenset[str]) -> None:
+    def __init__(
+        self, obj: Any, model: type[Model], pk: Any, path: str, fields: frozenset[str], block: Any = None
+    ) -> None:
         self.obj = obj
         self.model = model
         self.pk = pk
         self.fields = fields
         self.paths = {path} if path else set()
+        #: auditlog's ``set_actor`` / ``set_extra_data`` block in force when the object was read.
+        self.block = block
 
 
 def registered_models() -> frozenset[type[Model]]:
@@ -76,14 +80,20 @@ def registered_models() -> frozenset[type[Model]]:
 
 
 def track(
-    ctx: context.RequestContext, obj: Any, model: type[Model], pk: Any, path: str, fields: frozenset[str]
+    ctx: context.RequestContext,
+    obj: Any,
+    model: type[Model],
+    pk: Any,
+    path: str,
+    fields: frozenset[str],
+    block: Any = None,
 ) -> AccessRecord | None:
     """Start, or add to, the record of ``obj`` for this request."""
     if ctx.accessed is None or pk is None:
         return None
     record = ctx.accessed.get(id(obj))
     if record is None:
-        record = ctx.accessed[id(obj)] = AccessRecord(obj, model, pk, path, fields)
+        record = ctx.accessed[id(obj)] = AccessRecord(obj, model, pk, path, fields, block)
     else:
         if path:
             record.paths.add(path)
@@ -131,6 +141,7 @@ def record_value(ctx: context.RequestContext, value: Any, info: Any) -> None:
     else:
         return
     path = plain_path(info.path)
+    block = auditlog_block_values()
     fields_of: dict[type[Model], frozenset[str]] = {}
     for item in items:
         model = item.__class__
@@ -140,7 +151,7 @@ def record_value(ctx: context.RequestContext, value: Any, info: Any) -> None:
         if fields is None:
             object_type = object_type_for(info, model)
             fields = fields_of[model] = selected_fields(ctx, info, object_type) if object_type else NO_FIELDS
-        track(ctx, item, model, item.pk, path, fields)
+        track(ctx, item, model, item.pk, path, fields, block)
 
 
 def unread(ctx: context.RequestContext, obj: Any, field_name: str) -> None:
@@ -155,7 +166,7 @@ def record_instance(instance: Any) -> None:
     """Record an access to a model instance without fields (auditlog's ``accessed``)."""
     ctx = context.current()
     if ctx is not None:
-        track(ctx, instance, type(instance), instance.pk, "", NO_FIELDS)
+        track(ctx, instance, type(instance), instance.pk, "", NO_FIELDS, auditlog_block_values())
 
 
 def _resolve_model(model: type[Model] | str) -> type[Model]:
@@ -197,9 +208,10 @@ def audit_access(model: type[Model] | str, pk: str | Callable[[Any], Any] = "pk"
             else:
                 fields = frozenset({info.field_name})
             path = plain_path(info.path)
+            block = auditlog_block_values()
             for item in items:
                 if item is not None:
-                    track(ctx, item, target, get_pk(item), path, fields)
+                    track(ctx, item, target, get_pk(item), path, fields, block)
             return items[0] if single else items
 
         return wrapper

@@ -65,19 +65,39 @@ def is_unevaluated_lazy(value: Any) -> bool:
 # --- django-auditlog ----------------------------------------------------------------
 
 
+def other_receivers(signal: Any, sender: Any, ours: tuple[str, ...]) -> bool:
+    """Whether ``signal`` has receivers for ``sender`` besides gql_audit's own (dispatch uids ``ours``).
+
+    Reads ``Signal.receivers`` (a list of ``((uid, sender id), receiver, ...)``):
+    sending auditlog's signals once per object costs, so only when someone listens.
+    """
+    if not signal.has_listeners(sender):
+        return False
+    return any(lookup_key[0] not in ours for lookup_key, *_ in signal.receivers)
+
+
+_auditlog_value: Any = None
+
+
 def auditlog_block_values() -> dict[str, Any] | None:
     """What auditlog's ``set_actor`` / ``set_extra_data`` block in force says, or None.
 
     auditlog keeps the block in its ``auditlog_value`` context variable and
     leaves it set after the ``with`` block ends; the block is active only while
     its ``pre_save`` receiver (dispatch uid ``signal_duid``) is still connected.
+    Cheap when no block was ever entered (one context-variable read): it runs
+    for every list of objects a response records.
     """
-    from auditlog.context import auditlog_value
-    from django.db.models.signals import pre_save
+    global _auditlog_value
+    if _auditlog_value is None:
+        from auditlog.context import auditlog_value
 
-    value = auditlog_value.get(None)
+        _auditlog_value = auditlog_value
+    value = _auditlog_value.get(None)
     if not value:
         return None
+    from django.db.models.signals import pre_save
+
     uid = value.get("signal_duid")
     if uid is None or not any(lookup_key[0] == uid for lookup_key, *_ in pre_save.receivers):
         return None

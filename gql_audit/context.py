@@ -21,6 +21,7 @@ from gql_audit.redaction import (
     operation_secrets,
     redact_variables,
     safe_data,
+    safe_text,
     secret_leaves,
 )
 
@@ -48,6 +49,8 @@ class RequestContext:
     #: A well-formed request id sent by a peer not in ``TRUSTED_PROXIES``: kept, never used as the id.
     client_request_id: str | None = None
     remote_addr: str | None = None
+    #: The client's port: ``X-Forwarded-Port`` from a trusted proxy, else the socket's (auditlog's ``remote_port``).
+    remote_port: int | None = None
     #: The deferred authentication failure, if the authenticator raised.
     auth_error: AuthError | None = None
     #: ``{"type": ..., "name": ..., "hash": ...}`` of the GraphQL operation.
@@ -86,6 +89,7 @@ class RequestContext:
     _document_nodes: tuple[Any, ...] = field(default=(), repr=False)
     _secret_variables: frozenset[str] | None = field(default=None, repr=False)
     _scrubber: Scrubber | None = field(default=None, repr=False)
+    _cid: str | None = field(default=None, repr=False)
 
     def client_cert_summary(self) -> dict[str, Any] | None:
         """The certificate summary on records, with the mapped service identity."""
@@ -164,6 +168,44 @@ class RequestContext:
         safe: dict[str, Any] = safe_data(data)
         return safe
 
+    def correlation_id(self) -> str:
+        """The ``cid`` of the request's auditlog entries, reads included: auditlog's
+        ``AUDITLOG_CID_GETTER`` when the service set one (asked once), else the request id."""
+        if self._cid is None:
+            from django.conf import settings
+
+            cid = None
+            if getattr(settings, "AUDITLOG_CID_GETTER", None):
+                from auditlog.cid import get_cid
+
+                cid = get_cid()
+            self._cid = safe_text(str(cid))[:255] if cid else self.request_id
+        return self._cid
+
+    def reader(self, block: dict[str, Any] | None = None) -> Reader:
+        """Who read, for reads recorded now: the request's user, or what auditlog's
+        ``set_actor`` / ``set_extra_data`` block in force (``block``) says instead."""
+        actor_id, actor_email = self.actor()
+        reader = Reader(actor_id, actor_email, self.actor_snapshot(), self.entry_remote_addr(), self.remote_port, {})
+        if not block:
+            return reader
+        user: Any = block.get("actor")
+        if _is_user(user):
+            email = getattr(user, user.get_email_field_name(), None)
+            reader.actor_id, reader.actor_email = user.pk, (str(email)[:EMAIL_MAX_LENGTH] if email else None)
+            reader.actor = {"id": user.pk, "username": str(user.get_username())}
+        for key, value in block.items():
+            if key in ("actor", "signal_duid"):
+                continue
+            value = value() if callable(value) else value
+            if key == "remote_addr":
+                reader.remote_addr = value
+            elif key == "remote_port":
+                reader.remote_port = value
+            else:
+                reader.extra[key] = value
+        return reader
+
     def entry_remote_addr(self) -> str | None:
         """The client address for change entries and reads: none with auditlog's
         ``AUDITLOG_DISABLE_REMOTE_ADDR`` (security events keep theirs)."""
@@ -219,6 +261,19 @@ class RequestContext:
             "name": name,
             "hash": hashlib.sha256(body.encode("utf-8", "surrogatepass")).hexdigest(),
         }
+
+
+@dataclass
+class Reader:
+    """Who read, as written on a read: actor, address, and auditlog block values."""
+
+    actor_id: Any
+    actor_email: str | None
+    actor: dict[str, Any] | None
+    remote_addr: str | None
+    remote_port: int | None
+    #: Other values of auditlog's ``set_extra_data`` block (auditlog sets those naming ``LogEntry`` fields).
+    extra: dict[str, Any]
 
 
 def _is_user(user: Any) -> bool:

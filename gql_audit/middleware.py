@@ -27,7 +27,7 @@ from gql_audit.errors import BAD_REQUEST
 from gql_audit.events import record_event
 from gql_audit.logging import log_aborted, log_request
 from gql_audit.mtls import client_identity, read_client_certificate
-from gql_audit.net import client_address, request_ids
+from gql_audit.net import client_address, client_port, request_ids
 from gql_audit.params import FORM_TYPES, content_type
 from gql_audit.storage import flush
 
@@ -52,6 +52,7 @@ def begin(request: HttpRequest) -> context.RequestContext:
         client_request_id=client_request_id,
         request=request,
         remote_addr=client_address(request),
+        remote_port=client_port(request),
         started=time.perf_counter(),
     )
     if conf.ACCESS_LOG:

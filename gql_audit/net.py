@@ -43,6 +43,19 @@ def request_ids(request: HttpRequest) -> tuple[str, str | None]:
     return str(uuid.uuid4()), incoming
 
 
+def client_port(request: HttpRequest) -> int | None:
+    """The client's port: ``X-Forwarded-Port`` from a trusted proxy, else the socket's
+    ``REMOTE_PORT`` (set by gunicorn, uvicorn and most servers), else None."""
+    value = request.META.get("HTTP_X_FORWARDED_PORT") if peer_is_trusted(request) else None
+    if value is None:
+        value = request.META.get("REMOTE_PORT")
+    try:
+        port = int(str(value).strip())
+    except (TypeError, ValueError):
+        return None
+    return port if 0 < port < 65536 else None
+
+
 def parse_ip(value: str | None) -> IPAddress | None:
     """An address from a socket or a forwarded hop (port and brackets removed)."""
     if not value:

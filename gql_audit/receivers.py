@@ -47,9 +47,11 @@ def stamp_log_entry(sender: Any, instance: Any, raw: bool = False, using: str | 
         if email and not instance.actor_email:
             instance.actor_email = email
     if not instance.cid:
-        instance.cid = ctx.request_id
+        instance.cid = ctx.correlation_id()
     if instance.remote_addr is None:
         instance.remote_addr = ctx.entry_remote_addr()
+    if getattr(instance, "remote_port", None) is None and ctx.remote_port is not None:
+        instance.remote_port = ctx.remote_port
     instance.additional_data = merge_additional_data(instance.additional_data, ctx.record_data(using or "default"))
 
 

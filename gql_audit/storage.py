@@ -23,13 +23,15 @@ from django.utils import timezone
 from django.utils.encoding import smart_str
 
 from gql_audit import context
+from gql_audit.compat import other_receivers
 from gql_audit.conf import conf
 from gql_audit.dbcontext import POSTGRES_VENDORS
 from gql_audit.errors import sqlstate_of
 from gql_audit.logging import log_payload
 from gql_audit.models import ReadObject, RequestReads, SecurityEvent
-from gql_audit.redaction import safe_text
+from gql_audit.redaction import safe_data, safe_text
 
+logger = logging.getLogger("gql_audit.storage")
 audit_logger = logging.getLogger("gql_audit.audit")
 security_logger = logging.getLogger("gql_audit.security")
 
@@ -124,7 +126,7 @@ class AccessInsert:
     its document in ``documents``.
     """
 
-    def __init__(self, ctx: context.RequestContext, alias: str) -> None:
+    def __init__(self, ctx: context.RequestContext, alias: str, reader: context.Reader) -> None:
         from auditlog import get_logentry_model
 
         LogEntry = get_logentry_model()
@@ -132,17 +134,22 @@ class AccessInsert:
         self.connection = connections[alias]
         self.meta = LogEntry._meta
         self.data_field = self.meta.get_field("additional_data")
-        self.shared = ctx.record_data(alias)
-        actor_id, actor_email = ctx.actor()
+        self.shared = {**ctx.record_data(alias), "actor": reader.actor, "remote_addr": reader.remote_addr}
+        # auditlog's set_extra_data sets the LogEntry fields its block names; so do reads.
+        extra = {k: v for k, v in reader.extra.items() if k in {f.attname for f in self.meta.concrete_fields}}
+        self.extra_data = extra.pop("additional_data", None)
         shared = {
             "action": LogEntry.Action.ACCESS,
             "changes_text": "",
-            "actor_id": actor_id,
-            "actor_email": actor_email,
-            "cid": ctx.request_id,
-            "remote_addr": ctx.entry_remote_addr(),
+            "actor_id": reader.actor_id,
+            "actor_email": reader.actor_email,
+            "cid": ctx.correlation_id(),
+            "remote_addr": reader.remote_addr,
+            "remote_port": reader.remote_port,
             "timestamp": timezone.now(),
+            **extra,
         }
+        self.values = shared
         self.per_row = [self.meta.get_field(name) for name in PER_ROW]
         # Columns not set here take their default; NULLs are left to the column.
         self.constant = []
@@ -163,15 +170,38 @@ class AccessInsert:
         model = record.model
         if model not in self._content_types:
             self._content_types[model] = ContentType.objects.db_manager(self.alias).get_for_model(model).pk
-        key = (frozenset(record.fields), frozenset(record.paths))
+        own = _model_data(record)
+        # Objects read alike share one document, unless the model adds its own data (auditlog's get_additional_data).
+        key: tuple[Any, ...] = (record.fields, frozenset(record.paths)) if own is None else (id(record),)
         index = self._index_of.get(key)
         if index is None:
             index = self._index_of[key] = len(self.documents)
-            self.documents.append(access_data(self.shared, record))
+            document = access_data(self.shared, record)
+            for data in (self.extra_data, own):
+                if isinstance(data, dict):
+                    document = {**data, **document}
+                elif data is not None:
+                    document = {"value": data, **document}
+            self.documents.append(document)
         pk = record.pk
         self.rows.append(
             (self._content_types[model], str(pk), pk if isinstance(pk, int) else None, _object_repr(record), index)
         )
+
+    def execute_as_objects(self) -> list[Any]:
+        """The entries as saved ``LogEntry`` objects (one ``bulk_create``), for ``post_log``'s receivers."""
+        from auditlog import get_logentry_model
+
+        LogEntry = get_logentry_model()
+        names = [f.attname for f in self.per_row]
+        values = {k: v for k, v in self.values.items() if v is not None}
+        entries = []
+        for row in self.rows:
+            fields = dict(zip(names, row, strict=True))
+            fields["additional_data"] = self.documents[row[-1]]
+            entries.append(LogEntry(**values, **fields))
+        created: list[Any] = LogEntry.objects.using(self.alias).bulk_create(entries)
+        return created
 
     def execute(self) -> None:
         if not self.rows:
@@ -227,12 +257,71 @@ class AccessInsert:
             cursor.execute(sql, [documents, *(value for _, value in self.constant), *columns])
 
 
-def insert_access_entries(ctx: context.RequestContext, records: list[Any], alias: str) -> None:
-    """Few statements whatever the number of entries."""
-    insert = AccessInsert(ctx, alias)
+def _model_data(record: Any) -> Any:
+    """The model's own ``get_additional_data()`` for this object (auditlog calls it for every entry), or None."""
+    method = getattr(record.obj, "get_additional_data", None) if isinstance(record.obj, record.model) else None
+    if not callable(method):
+        return None
+    try:
+        return safe_data(method())
+    except Exception:  # noqa: BLE001 - a broken method must not lose the read
+        logger.exception("%s.get_additional_data() failed", record.model._meta.label)
+        return None
+
+
+#: gql_audit's own receivers of auditlog's signals: sending those per object is only worth it for others.
+OUR_RECEIVERS = ("gql_audit.defer_access_entry", "gql_audit.log_failed_change_entry")
+
+
+def insert_access_entries(ctx: context.RequestContext, records: list[Any], alias: str, reader: context.Reader) -> None:
+    """Few statements whatever the number of entries; auditlog's ``pre_log`` and
+    ``post_log`` sent for each entry when a receiver other than gql_audit's listens."""
+    from auditlog import get_logentry_model
+    from auditlog.signals import post_log, pre_log
+
+    action = get_logentry_model().Action.ACCESS
+    models = {record.model for record in records}
+    vetoable = {m for m in models if other_receivers(pre_log, m, OUR_RECEIVERS)}
+    results: dict[int, Any] = {}
+    if vetoable:
+        kept = []
+        for record in records:
+            if record.model in vetoable and isinstance(record.obj, record.model):
+                results[id(record)] = pre_log.send(record.model, instance=record.obj, action=action)
+                if any(result is False for _, result in results[id(record)]):
+                    continue
+            kept.append(record)
+        records = kept
+    insert = AccessInsert(ctx, alias, reader)
     for record in records:
         insert.add(record)
-    insert.execute()
+    announced = {m for m in models if other_receivers(post_log, m, OUR_RECEIVERS)}
+    if not announced:
+        insert.execute()
+        return
+    entries = insert.execute_as_objects()
+    for record, entry in zip(records, entries, strict=True):
+        if record.model in announced:
+            post_log.send(
+                record.model,
+                instance=record.obj,
+                instance_old=None,
+                action=action,
+                error=None,
+                pre_log_results=results.get(id(record), []),
+                changes=None,
+                log_entry=entry,
+                log_created=True,
+            )
+
+
+def by_reader(ctx: context.RequestContext, records: list[Any]) -> list[tuple[context.Reader, list[Any]]]:
+    """The records grouped by who read them: the request's user, or an auditlog
+    ``set_actor`` / ``set_extra_data`` block in force when they were read."""
+    groups: dict[int, tuple[Any, list[Any]]] = {}
+    for record in records:
+        groups.setdefault(id(record.block), (record.block, []))[1].append(record)
+    return [(ctx.reader(block), group) for block, group in groups.values()]
 
 
 def object_key(model: type[Model], pk: Any) -> str:
@@ -240,13 +329,19 @@ def object_key(model: type[Model], pk: Any) -> str:
     return f"{model._meta.label_lower}:{safe_text(str(pk))}"
 
 
-def insert_request_reads(ctx: context.RequestContext, records: list[Any], alias: str) -> None:
+def insert_request_reads(ctx: context.RequestContext, records: list[Any], alias: str, reader: context.Reader) -> None:
     """``ACCESS_STORE = "gql_audit"``: the request's reads as one row (and, where the
     database cannot index an array, one narrow row per object, in one statement)."""
     data = ctx.record_data(alias)
-    actor = data.pop("actor")
-    for key in ("request_id", "operation", "remote_addr", "path"):
+    actor = reader.actor
+    for key in ("request_id", "operation", "remote_addr", "path", "actor"):
         data.pop(key, None)
+    if reader.remote_port is not None:
+        data["remote_port"] = reader.remote_port
+    if reader.extra:
+        data["extra_data"] = safe_data(reader.extra)
+    if ctx.correlation_id() != ctx.request_id:
+        data["cid"] = ctx.correlation_id()
     keys: list[str] = []
     shape_of: list[int] = []
     shapes: list[dict[str, list[str]]] = []
@@ -265,7 +360,7 @@ def insert_request_reads(ctx: context.RequestContext, records: list[Any], alias:
         request_id=ctx.request_id,
         actor_id=str(actor["id"]) if actor else None,
         actor=actor,
-        remote_addr=ctx.entry_remote_addr(),
+        remote_addr=reader.remote_addr,
         operation=ctx.operation,
         context=data,
         keys=keys,
@@ -329,10 +424,9 @@ def log_unwritten(
 def _store(ctx: context.RequestContext | None, records: list[Any], events: list[dict[str, Any]], alias: str) -> None:
     with transaction.atomic(using=alias):
         if records and ctx is not None:
-            if conf.ACCESS_STORE == "gql_audit":
-                insert_request_reads(ctx, records, alias)
-            else:
-                insert_access_entries(ctx, records, alias)
+            insert_reads = insert_request_reads if conf.ACCESS_STORE == "gql_audit" else insert_access_entries
+            for reader, group in by_reader(ctx, records):
+                insert_reads(ctx, group, alias, reader)
         if events:
             insert_events(events, alias)
 
@@ -451,8 +545,11 @@ def flush(ctx: context.RequestContext, response: HttpResponseBase) -> HttpRespon
                 event["details"] = scrubber.data(event["details"])
     records = merge_records(ctx)
     ctx.objects_accessed = len(records)
+    # Closed while writing: auditlog's pre_log, sent for the entries, must not
+    # route them back into the request's records.
+    tracking, ctx.accessed = ctx.accessed is not None, None
     written = write(ctx, records, events, alias)
-    ctx.accessed = {} if ctx.accessed is not None else None
+    ctx.accessed = {} if tracking else None
     ctx.events = {}
     if written or not conf.FAIL_CLOSED:
         return response

@@ -6,6 +6,8 @@ Every test runs once per ``ACCESS_STORE`` and reads the trail back through
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from auditlog.models import LogEntry
 from auditlog.signals import accessed
@@ -156,19 +158,26 @@ def test_insert_statements_do_not_grow_with_objects(client, users, count, store)
     assert len(access_entries(f"n-{count}")) == count + 3
 
 
-def test_service_code_accessed_signal_gets_actor_and_context(users):
-    """auditlog's own ``accessed`` signal, sent by service code during a request."""
-    doc = users["bob"].documents.first()
+@contextlib.contextmanager
+def service_code(request_id, user):
+    """A request's context bound around service code, its records written at the end (as the middleware does)."""
     request = RequestFactory().get("/")
-    request.user = users["alice"]
-    ctx = context.RequestContext(request_id="signal", request=request, remote_addr="192.0.2.1", accessed={})
+    request.user = user
+    ctx = context.RequestContext(request_id=request_id, request=request, remote_addr="192.0.2.1", accessed={})
     token = context.bind(ctx)
     try:
-        accessed.send(sender=Document, instance=doc)
-        assert reads_of(doc) == []  # deferred
+        yield ctx
         storage.flush(ctx, HttpResponse())
     finally:
         context.reset(token)
+
+
+def test_service_code_accessed_signal_gets_actor_and_context(users):
+    """auditlog's own ``accessed`` signal, sent by service code during a request."""
+    doc = users["bob"].documents.first()
+    with service_code("signal", users["alice"]):
+        accessed.send(sender=Document, instance=doc)
+        assert reads_of(doc) == []  # deferred
     (read,) = reads_of(doc)
     assert (read.object_pk, read.actor_id, read.request_id, read.remote_addr, read.fields) == (
         str(doc.pk),
@@ -236,3 +245,102 @@ def test_disable_remote_addr_is_honoured_for_reads_and_changes(client, users, se
     assert change.remote_addr is None and change.additional_data["gql_audit"]["remote_addr"] is None
     # Security events keep the address: they are about the client, not about the data.
     assert SecurityEvent.objects.get(request_id="noaddr").remote_addr == "127.0.0.1"
+
+
+# --- auditlog's contracts -------------------------------------------------------------
+
+
+def test_set_actor_and_set_extra_data_blocks_win_for_reads(users):
+    from auditlog.context import set_actor, set_extra_data
+
+    doc = users["carol"].documents.first()
+    with service_code("block", users["alice"]):
+        with set_actor(users["bob"], remote_addr="198.51.100.9"):
+            accessed.send(sender=Document, instance=doc)
+        with set_extra_data({"remote_port": 4444}):
+            accessed.send(sender=Document, instance=users["alice"].documents.first())
+    reads = {read.object_pk: read for read in request_trail("block").reads}
+    blocked = reads[str(doc.pk)]
+    assert (blocked.actor_id, blocked.actor["username"], blocked.remote_addr) == (
+        users["bob"].pk,
+        "bob",
+        "198.51.100.9",
+    )
+    other = reads[str(users["alice"].documents.first().pk)]
+    assert (other.actor_id, other.remote_addr) == (users["alice"].pk, "192.0.2.1")
+
+
+def test_one_correlation_id_with_a_cid_getter(client, users, settings, store):
+    from tests.conftest import post_graphql
+
+    settings.AUDITLOG_CID_GETTER = "tests.test_access_log.fixed_cid"
+    token = make_token("alice")
+    post_graphql(
+        client,
+        'mutation { updateProfile(phone: "2") { profile { phone } } }',
+        token=token,
+        headers={"X-Request-ID": "with-getter"},
+    )
+    post_graphql(client, "{ documents { title } }", token=token, headers={"X-Request-ID": "with-getter-2"})
+    assert LogEntry.objects.get(action=LogEntry.Action.UPDATE).cid == "cid-from-getter"
+    if store == "auditlog":
+        assert set(LogEntry.objects.filter(action=LogEntry.Action.ACCESS).values_list("cid", flat=True)) == {
+            "cid-from-getter"
+        }
+    else:
+        from gql_audit.models import RequestReads
+
+        assert {r.context["cid"] for r in RequestReads.objects.all()} == {"cid-from-getter"}
+
+
+def fixed_cid():
+    return "cid-from-getter"
+
+
+def test_remote_port_is_recorded(client, users, store):
+    from tests.conftest import post_graphql
+
+    token = make_token("alice")
+    post_graphql(client, "{ documents { title } }", token=token, headers={"X-Request-ID": "port"}, REMOTE_PORT="51515")
+    post_graphql(client, "{ me { id } }", token=token, headers={"X-Request-ID": "port-2", "X-Forwarded-Port": "8443"})
+    if store == "auditlog":
+        assert set(LogEntry.objects.filter(cid="port").values_list("remote_port", flat=True)) == {51515}
+        assert set(LogEntry.objects.filter(cid="port-2").values_list("remote_port", flat=True)) == {8443}
+    else:
+        from gql_audit.models import RequestReads
+
+        assert RequestReads.objects.get(request_id="port").context["remote_port"] == 51515
+
+
+@pytest.mark.django_db(transaction=True)
+def test_auditlog_store_honours_pre_log_veto_post_log_and_get_additional_data(client, users, settings, monkeypatch):
+    from auditlog.signals import post_log, pre_log
+
+    from tests.conftest import post_graphql
+
+    settings.GQL_AUDIT = {**settings.GQL_AUDIT, "ACCESS_STORE": "auditlog"}
+    secret = users["alice"].documents.get(classification="confidential")
+    announced = []
+
+    def veto(sender, instance, action, **kwargs):
+        return False if instance.pk == secret.pk else None
+
+    def announce(sender, instance, action, log_entry, **kwargs):
+        announced.append((instance.pk, log_entry.pk, log_entry.action))
+
+    monkeypatch.setattr(
+        Document, "get_additional_data", lambda self: {"classification": self.classification}, raising=False
+    )
+    pre_log.connect(veto, sender=Document, dispatch_uid="test.veto")
+    post_log.connect(announce, sender=Document, dispatch_uid="test.announce")
+    try:
+        post_graphql(client, "{ documents { title } }", token=make_token("alice"), headers={"X-Request-ID": "sig"})
+    finally:
+        pre_log.disconnect(sender=Document, dispatch_uid="test.veto")
+        post_log.disconnect(sender=Document, dispatch_uid="test.announce")
+    entries = {e.object_pk: e for e in LogEntry.objects.filter(cid="sig", action=LogEntry.Action.ACCESS)}
+    assert str(secret.pk) not in entries and len(entries) == 3
+    assert all(e.additional_data["classification"] in ("public", "internal") for e in entries.values())
+    assert all(e.additional_data["gql_audit"]["fields"] == ["title"] for e in entries.values())
+    assert sorted(pk for pk, _, _ in announced) == sorted(int(pk) for pk in entries)
+    assert {entry_pk for _, entry_pk, _ in announced} == {e.pk for e in entries.values()}
