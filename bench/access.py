@@ -56,11 +56,13 @@ def main() -> None:
     LogEntry.objects.all().delete()
     bare, audited = bare_handler(), audited_handler()
 
-    def with_store(store: str) -> Callable[..., Any]:
-        """The audited stack with ``ACCESS_STORE`` set for its requests (the setting is process-wide)."""
+    def with_store(store: str, after_response: bool = False) -> Callable[..., Any]:
+        """The audited stack with ``ACCESS_STORE`` (and ``WRITE_AFTER_RESPONSE``) set for
+        its requests (the settings are process-wide)."""
 
         def app(env: dict[str, Any], start_response: Callable[..., Any]) -> Any:
             conf._cache["ACCESS_STORE"] = store
+            conf._cache["WRITE_AFTER_RESPONSE"] = after_response
             return audited(env, start_response)
 
         return app
@@ -80,6 +82,7 @@ def main() -> None:
             "bare graphene-django": (bare, environ("/records/bare/", query)),
             "gql_audit, ACCESS_STORE gql_audit": (with_store("gql_audit"), environ("/records/audit/", query)),
             "gql_audit, ACCESS_STORE auditlog": (with_store("auditlog"), environ("/records/audit/", query)),
+            "gql_audit store, WRITE_AFTER_RESPONSE": (with_store("gql_audit", True), environ("/records/audit/", query)),
             "auditlog accessed.send per object": (bare, environ("/records/bare/", signal_query)),
         },
         args.rounds,

@@ -76,6 +76,15 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
             )
         )
     errors.extend(_check_values(raw))
+    if raw.get("WRITE_AFTER_RESPONSE") and raw.get("FAIL_CLOSED"):
+        errors.append(
+            Error(
+                f"{SETTINGS_NAME}['WRITE_AFTER_RESPONSE'] and ['FAIL_CLOSED'] cannot both be on.",
+                hint="FAIL_CLOSED withholds the response when the records cannot be written; "
+                "WRITE_AFTER_RESPONSE writes them after the client has the response. Choose one.",
+                id="gql_audit.E009",
+            )
+        )
     return errors
 
 

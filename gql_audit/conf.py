@@ -27,6 +27,7 @@ DEFAULTS: dict[str, Any] = {
     "ACCESS_STORE": "gql_audit",
     "AUDIT_DATABASE": None,
     "FAIL_CLOSED": False,
+    "WRITE_AFTER_RESPONSE": False,
     "REDACT_KEYS": (
         "pass",
         "secret",

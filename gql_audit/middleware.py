@@ -10,6 +10,7 @@ is told when the request itself was malformed.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from django.http import HttpRequest, HttpResponseBase
+
+logger = logging.getLogger("gql_audit.middleware")
 
 #: GraphQL errors of a request that never reached a resolver: at most this many kept.
 MAX_REPORTED_ERRORS = 5
@@ -113,10 +116,33 @@ def finish(response: HttpResponseBase, ctx: context.RequestContext) -> HttpRespo
     """Write what the request recorded (outside the view's transaction), echo the id."""
     if response.status_code == 400:
         response = inspect_rejected(ctx, response)
+    if conf.WRITE_AFTER_RESPONSE:
+        response[conf.REQUEST_ID_HEADER] = ctx.request_id
+        write_when_closed(response, ctx)
+        return response
     response = flush(ctx, response)
     response[conf.REQUEST_ID_HEADER] = ctx.request_id
     log_request(ctx, response.status_code)
     return response
+
+
+def write_when_closed(response: HttpResponseBase, ctx: context.RequestContext) -> None:
+    """``WRITE_AFTER_RESPONSE``: write when the server closes the response, which
+    WSGI servers and Django's ASGI handler do once the client has all of it."""
+    close = response.close
+
+    def write_then_close() -> None:
+        token = context.bind(ctx)
+        try:
+            flush(ctx, response)
+            log_request(ctx, response.status_code)
+        except Exception:  # noqa: BLE001 - the client is gone; the log is the last place to tell
+            logger.exception("writing the request's records after the response failed")
+        finally:
+            context.reset(token)
+            close()
+
+    response.close = write_then_close  # type: ignore[method-assign]
 
 
 def inspect_rejected(ctx: context.RequestContext, response: HttpResponseBase) -> HttpResponseBase:

@@ -344,3 +344,63 @@ def test_auditlog_store_honours_pre_log_veto_post_log_and_get_additional_data(cl
     assert all(e.additional_data["gql_audit"]["fields"] == ["title"] for e in entries.values())
     assert sorted(pk for pk, _, _ in announced) == sorted(int(pk) for pk in entries)
     assert {entry_pk for _, entry_pk, _ in announced} == {e.pk for e in entries.values()}
+
+
+# --- WRITE_AFTER_RESPONSE -------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_write_after_response_writes_when_the_server_closes_it(users, settings):
+    import io
+    import json
+
+    from django.core.handlers.wsgi import WSGIHandler
+
+    settings.GQL_AUDIT = {**settings.GQL_AUDIT, "WRITE_AFTER_RESPONSE": True}
+    body = json.dumps({"query": "{ documents { title } me { id } }"}).encode()
+    environ = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": "/graphql/",
+        "SERVER_NAME": "testserver",
+        "SERVER_PORT": "80",
+        "REMOTE_ADDR": "127.0.0.1",
+        "CONTENT_TYPE": "application/json",
+        "CONTENT_LENGTH": str(len(body)),
+        "HTTP_AUTHORIZATION": f"JWT {make_token('alice')}",
+        "HTTP_X_REQUEST_ID": "after",
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.url_scheme": "http",
+    }
+    statuses = []
+    response = WSGIHandler()(environ, lambda status, headers: statuses.append((status, dict(headers))))
+    content = b"".join(response)
+    assert statuses[0][0].startswith("200") and statuses[0][1]["X-Request-ID"] == "after"
+    assert b"alice secret" in content
+    assert request_trail("after").reads == []  # the client has the response; nothing written yet
+    response.close()  # what the WSGI server does once the body is sent
+    assert len(request_trail("after").reads) == 5
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_write_after_response_under_asgi(async_client, settings, async_connections_closed):
+    from asgiref.sync import sync_to_async
+    from django.contrib.auth import get_user_model
+
+    settings.GQL_AUDIT = {**settings.GQL_AUDIT, "WRITE_AFTER_RESPONSE": True}
+    await sync_to_async(get_user_model().objects.create_user)("dora", "dora@example.org", "pw")
+    response = await async_client.post(
+        "/graphql/",
+        {"query": "{ me { username } }"},
+        content_type="application/json",
+        headers={"Authorization": f"JWT {make_token('dora')}", "X-Request-ID": "after-asgi"},
+    )
+    assert response.json() == {"data": {"me": {"username": "dora"}}}
+    reads = await sync_to_async(lambda: request_trail("after-asgi").reads)()
+    assert [(r.model, r.actor["username"]) for r in reads] == [("auth.User", "dora")]
+
+
+def test_write_after_response_excludes_fail_closed(settings):
+    from gql_audit.checks import check_settings
+
+    settings.GQL_AUDIT = {"WRITE_AFTER_RESPONSE": True, "FAIL_CLOSED": True}
+    assert [m.id for m in check_settings()] == ["gql_audit.E009"]
