@@ -59,6 +59,8 @@ DATABASES = {
     "default": {
         "ENGINE": "django.db.backends.sqlite3",
         "NAME": os.environ.get("EXAMPLE_SQLITE_PATH", str(BASE_DIR / "db.sqlite3")),
+        # WAL: readers do not wait for the audit write, and a commit costs an append.
+        "OPTIONS": {"init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"},
     }
 }
 # postgres://user:password@host:5432/name or cockroach://user@host:26257/name?sslmode=verify-full
