@@ -75,7 +75,9 @@ def dependency_failure(exc: BaseException) -> BaseException | None:
     while current is not None and seen < 8:
         if isinstance(current, (DatabaseError, OSError, AuthUnavailable)):
             return current
-        current = current.__cause__ or current.__context__
+        # Only what the exception says it was raised from: an error merely handled
+        # nearby (``__context__``) did not keep the authenticator from deciding.
+        current = current.__cause__
         seen += 1
     return None
 

@@ -73,7 +73,9 @@ def other_receivers(signal: Any, sender: Any, ours: tuple[str, ...]) -> bool:
     """
     if not signal.has_listeners(sender):
         return False
-    return any(lookup_key[0] not in ours for lookup_key, *_ in signal.receivers)
+    # A receiver's lookup key is (dispatch uid or its id, id of its sender or of None).
+    senders = (id(sender), id(None))
+    return any(key[0] not in ours and key[1] in senders for key, *_ in signal.receivers)
 
 
 _auditlog_value: Any = None
@@ -121,6 +123,9 @@ def csrf_failure_reason(request: HttpRequest) -> str | None:
         return None
 
     check = Check(no_response)
-    check.process_request(request)
-    reason: str | None = check.process_view(request, None, (), {})  # type: ignore[arg-type,assignment]
+    try:
+        check.process_request(request)
+        reason: str | None = check.process_view(request, None, (), {})  # type: ignore[arg-type,assignment]
+    except Exception as exc:  # noqa: BLE001 - a form body Django refuses: no token could be read from it
+        return f"the request body could not be read ({type(exc).__name__})"
     return reason

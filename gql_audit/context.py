@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from gql_audit.dbcontext import connection_context
+from gql_audit.net import parse_ip, valid_port
 from gql_audit.params import graphql_params
 from gql_audit.redaction import (
     Scrubber,
@@ -90,6 +91,7 @@ class RequestContext:
     _secret_variables: frozenset[str] | None = field(default=None, repr=False)
     _scrubber: Scrubber | None = field(default=None, repr=False)
     _cid: str | None = field(default=None, repr=False)
+    _redacted_variables: Any = field(default=None, repr=False)
 
     def client_cert_summary(self) -> dict[str, Any] | None:
         """The certificate summary on records, with the mapped service identity."""
@@ -99,9 +101,12 @@ class RequestContext:
         return summary
 
     def redacted_variables(self) -> Any:
+        """The operation's variables, redacted (computed once: every failing field reports them)."""
         if not self.variables:
             return self.variables
-        return redact_variables(self.variables, self.secret_variables())
+        if self._redacted_variables is None:
+            self._redacted_variables = redact_variables(self.variables, self.secret_variables())
+        return self._redacted_variables
 
     def secret_variables(self) -> frozenset[str]:
         """Variables of the current operation that feed secret arguments (computed once)."""
@@ -119,7 +124,11 @@ class RequestContext:
         that rejects it, before any resolver runs).
         """
         if self._scrubber is None:
-            self._scrubber = Scrubber(self._secret_values())
+            try:
+                secrets = self._secret_values()
+            except Exception:  # noqa: BLE001 - a request no parser can read must not stop its records
+                secrets = []
+            self._scrubber = Scrubber(secrets)
         return self._scrubber
 
     def _secret_values(self) -> list[str]:
@@ -198,10 +207,11 @@ class RequestContext:
             if key in ("actor", "signal_duid"):
                 continue
             value = value() if callable(value) else value
-            if key == "remote_addr":
-                reader.remote_addr = value
+            if key == "remote_addr":  # typed columns: a malformed value must not fail the write
+                ip = parse_ip(str(value)) if value is not None else None
+                reader.remote_addr = str(ip) if ip is not None else None
             elif key == "remote_port":
-                reader.remote_port = value
+                reader.remote_port = valid_port(value)
             else:
                 reader.extra[key] = value
         return reader
@@ -252,6 +262,7 @@ class RequestContext:
         self._operation_node = operation_node
         self._document_nodes = (operation_node, *(fragments or {}).values())
         self._secret_variables = None
+        self._redacted_variables = None
         self._scrubber = None
         loc = getattr(operation_node, "loc", None)
         body = loc.source.body if loc is not None else ""

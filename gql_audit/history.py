@@ -15,7 +15,7 @@ from typing import Any
 
 from django.apps import apps
 from django.db import connections
-from django.db.models import Model, QuerySet
+from django.db.models import Model, Q, QuerySet
 
 from gql_audit.dbcontext import POSTGRES_VENDORS
 from gql_audit.models import ReadObject, RequestReads, SecurityEvent
@@ -89,9 +89,20 @@ def request_trail(request_id: str, *, using: str | None = None) -> Trail:
     return Trail(
         request_id=request_id,
         reads=sorted(reads, key=lambda read: (read.model, read.object_pk)),
-        changes=LogEntry.objects.using(alias).filter(cid=request_id).exclude(action=LogEntry.Action.ACCESS),
+        changes=LogEntry.objects.using(alias).filter(_of_request(request_id)).exclude(action=LogEntry.Action.ACCESS),
         events=SecurityEvent.objects.using(alias).filter(request_id=request_id),
     )
+
+
+def _of_request(request_id: str) -> Q:
+    """auditlog entries of one request: by ``cid``, and, where ``AUDITLOG_CID_GETTER``
+    gives the cid, by the request id in their ``gql_audit`` object (not indexed)."""
+    from django.conf import settings
+
+    condition = Q(cid=request_id)
+    if getattr(settings, "AUDITLOG_CID_GETTER", None):
+        condition |= Q(additional_data__gql_audit__request_id=request_id)
+    return condition
 
 
 def _label(label_lower: str) -> str:
@@ -139,7 +150,7 @@ def _auditlog_reads(
         content_type = ContentType.objects.db_manager(alias).get_for_model(model)
         entries = entries.filter(content_type=content_type, object_pk=str(pk))
     if request_id is not None:
-        entries = entries.filter(cid=request_id)
+        entries = entries.filter(_of_request(request_id))
     reads = []
     for entry in entries:
         data = entry.additional_data if isinstance(entry.additional_data, dict) else {}

@@ -49,9 +49,16 @@ def client_port(request: HttpRequest) -> int | None:
     value = request.META.get("HTTP_X_FORWARDED_PORT") if peer_is_trusted(request) else None
     if value is None:
         value = request.META.get("REMOTE_PORT")
+    return valid_port(value)
+
+
+def valid_port(value: object) -> int | None:
+    """``value`` as a TCP port (1 to 65535), or None."""
+    if value is None:
+        return None
     try:
         port = int(str(value).strip())
-    except (TypeError, ValueError):
+    except ValueError:
         return None
     return port if 0 < port < 65536 else None
 

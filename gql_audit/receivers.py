@@ -69,13 +69,13 @@ def log_failed_change_entry(
     if error is None:
         return
     entry = _entry_being_saved.get()
-    if entry is None or str(getattr(entry, "object_pk", "")) != str(getattr(instance, "pk", "")):
-        entry = None
+    _entry_being_saved.set(None)
     log_failed_entry(sender, instance, action, kwargs.get("changes"), entry, error)
 
 
 def defer_access_entry(sender: Any, instance: Any, action: Any = None, **kwargs: Any) -> bool | None:
-    """auditlog's ``pre_log``: an ACCESS entry from service code (``accessed.send``).
+    """auditlog's ``pre_log``, sent before every entry auditlog builds: an ACCESS
+    entry from service code (``accessed.send``) is deferred.
 
     During a request it joins the request's access records, written after the
     view with the same actor and context, and returning False stops auditlog
@@ -84,6 +84,8 @@ def defer_access_entry(sender: Any, instance: Any, action: Any = None, **kwargs:
     """
     from auditlog import get_logentry_model
 
+    # auditlog is about to build an entry: one saved earlier is not this one.
+    _entry_being_saved.set(None)
     ctx = context.current()
     if ctx is None or ctx.accessed is None or action != get_logentry_model().Action.ACCESS:
         return None

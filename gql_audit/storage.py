@@ -79,24 +79,27 @@ def access_data(shared: dict[str, Any], record: Any) -> dict[str, Any]:
 
 
 def describe(ctx: context.RequestContext, alias: str, records: list[Any]) -> list[dict[str, Any]]:
-    """The entries as plain data, for the logs."""
-    actor_id, actor_email = ctx.actor()
-    shared = ctx.record_data(alias)
+    """The entries as plain data, for the logs: what the rows would have held."""
     now = timezone.now()
-    return [
-        {
-            "model": record.model._meta.label,
-            "object_pk": str(record.pk),
-            "object_repr": _object_repr(record),
-            "actor_id": actor_id,
-            "actor_email": actor_email,
-            "cid": ctx.request_id,
-            "remote_addr": ctx.entry_remote_addr(),
-            "timestamp": now,
-            **access_data(shared, record),
-        }
-        for record in records
-    ]
+    entries: list[dict[str, Any]] = []
+    for reader, group in by_reader(ctx, records):
+        shared = {**ctx.record_data(alias), "actor": reader.actor, "remote_addr": reader.remote_addr}
+        entries.extend(
+            {
+                "model": record.model._meta.label,
+                "object_pk": str(record.pk),
+                "object_repr": _object_repr(record),
+                "actor_id": reader.actor_id,
+                "actor_email": reader.actor_email,
+                "cid": ctx.correlation_id(),
+                "remote_addr": reader.remote_addr,
+                "remote_port": reader.remote_port,
+                "timestamp": now,
+                **access_data(shared, record),
+            }
+            for record in group
+        )
+    return entries
 
 
 def max_query_params(connection: Any) -> int:
@@ -136,7 +139,8 @@ class AccessInsert:
         self.data_field = self.meta.get_field("additional_data")
         self.shared = {**ctx.record_data(alias), "actor": reader.actor, "remote_addr": reader.remote_addr}
         # auditlog's set_extra_data sets the LogEntry fields its block names; so do reads.
-        extra = {k: v for k, v in reader.extra.items() if k in {f.attname for f in self.meta.concrete_fields}}
+        settable = {f.attname for f in self.meta.concrete_fields if not f.primary_key} - set(PER_ROW)
+        extra = {k: v for k, v in reader.extra.items() if k in settable or k == "additional_data"}
         self.extra_data = extra.pop("additional_data", None)
         shared = {
             "action": LogEntry.Action.ACCESS,
@@ -458,12 +462,28 @@ def _unreachable(exc: BaseException) -> bool:
     return True
 
 
+def _refused_for_content(exc: BaseException) -> bool:
+    """Whether the database refused a statement for a value in it (SQLSTATE classes
+    22 and 23, SQLite's constraint, mismatch, size and range codes, an encoder's
+    error): then trying the records one by one finds the one refused. A missing
+    table or privilege would refuse every record alike."""
+    from django.db import DataError, IntegrityError
+
+    if isinstance(exc, (DataError, IntegrityError, ValueError)):
+        return True
+    sqlstate = sqlstate_of(exc)
+    if sqlstate:
+        return sqlstate[:2] in ("22", "23")
+    code = getattr(exc.__cause__, "sqlite_errorcode", None)
+    return isinstance(code, int) and (code & 0xFF) in SQLITE_RECORD_ERRORS - {1}
+
+
 def _store_apart(
     ctx: context.RequestContext | None, records: list[Any], events: list[dict[str, Any]], alias: str
 ) -> tuple[list[Any], list[dict[str, Any]], BaseException | None]:
-    """After a failed write: each kind on its own, then each record, so that one
-    record the database refuses cannot take the others with it. Returns what
-    still could not be written and the last error."""
+    """After a failed write: each kind on its own, then, where a value was refused,
+    each record, so that one record the database refuses cannot take the others
+    with it. Returns what still could not be written and the last error."""
     failed_records: list[Any] = []
     failed_events: list[dict[str, Any]] = []
     error: BaseException | None = None
@@ -481,7 +501,7 @@ def _store_apart(
         except Exception as exc:  # noqa: BLE001 - narrowed down below
             error = exc
         for item in batch:
-            if budget <= 0 or _unreachable(error):
+            if budget <= 0 or not _refused_for_content(error):
                 failed.append(item)
                 continue
             budget -= 1

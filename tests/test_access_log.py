@@ -283,6 +283,9 @@ def test_one_correlation_id_with_a_cid_getter(client, users, settings, store):
     )
     post_graphql(client, "{ documents { title } }", token=token, headers={"X-Request-ID": "with-getter-2"})
     assert LogEntry.objects.get(action=LogEntry.Action.UPDATE).cid == "cid-from-getter"
+    # The trail of a request is still found by its request id.
+    assert request_trail("with-getter").changes.count() == 1
+    assert len(request_trail("with-getter-2").reads) == 4
     if store == "auditlog":
         assert set(LogEntry.objects.filter(action=LogEntry.Action.ACCESS).values_list("cid", flat=True)) == {
             "cid-from-getter"

@@ -742,3 +742,88 @@ def test_djangos_own_lines_keep_the_request_and_lose_the_query_string():
         None,
     )
     assert "QsSecret77" not in JSONFormatter().format(server)
+
+
+# --- Found by reviewing the change ------------------------------------------------------
+
+
+def test_a_query_string_django_refuses_still_leaves_its_event(client):
+    query_string = "&".join(f"a{i}=1" for i in range(1200))
+    response = client.post(
+        f"/graphql/?{query_string}",
+        {"query": "{ serviceStatus { ok } }"},
+        content_type="application/json",
+        HTTP_X_REQUEST_ID="many-get-fields",
+    )
+    assert response.status_code == 400
+    assert [(e.kind, e.severity) for e in events("many-get-fields")] == [("graphql_error", "warning")]
+
+
+def test_cookie_token_with_a_form_django_refuses_is_refused_not_a_crash(users):
+    browser = Client(enforce_csrf_checks=True)
+    browser.cookies["JWT"] = make_token("alice")
+    response = browser.post(
+        "/graphql/", "--x\r\nbroken", content_type="multipart/form-data", HTTP_X_REQUEST_ID="bad-form-cookie"
+    )
+    assert response.status_code == 400 and b"Traceback" not in response.content
+    kinds = sorted(e.kind for e in events("bad-form-cookie"))
+    assert kinds == ["forbidden", "graphql_error"]
+
+
+def test_a_failed_change_entry_is_never_confused_with_an_earlier_one(client, users, caplog):
+    from auditlog.signals import post_log, pre_log
+
+    from example_service.models import Profile
+
+    post_graphql(
+        client,
+        'mutation { updateProfile(phone: "9") { profile { phone } } }',
+        token=make_token("alice"),
+        headers={"X-Request-ID": "earlier"},
+    )
+    profile = Profile.objects.get(user=users["alice"])
+    # auditlog failing before it built the next entry (its diff raised): nothing earlier may stand in for it.
+    pre_log.send(Profile, instance=profile, action=1)
+    post_log.send(Profile, instance=profile, action=1, error=ValueError("diff failed"), changes=None)
+    (line,) = [json.loads(r.getMessage()) for r in caplog.records if "change_entry_unwritten" in r.getMessage()]
+    assert "cid" not in line and "earlier" not in json.dumps(line)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_table_that_refuses_everything_is_not_retried_record_by_record(client, users, caplog):
+    with table_away("gql_audit_securityevent"):
+        with connection.execute_wrapper(seen := SQLRecorder()):
+            post_graphql(
+                client,
+                "{ publicDocuments { title } me { username } }",
+                token="bad-token",
+                headers={"X-Request-ID": "away"},
+            )
+    attempts = [sql for sql in seen if sql.startswith('INSERT INTO "gql_audit_securityevent"')]
+    assert len(attempts) == 2  # with the reads, then alone: never once per event
+    assert LogEntry.objects.filter(cid="away", action=LogEntry.Action.ACCESS).count() == 3
+    logged = [json.loads(r.getMessage()) for r in caplog.records if r.name == "gql_audit.audit"]
+    assert [r["kind"] for r in logged if r.get("event") == "security_event"] == ["token_invalid"]
+
+
+def test_malformed_values_of_an_auditlog_block_do_not_fail_the_write(users):
+    from auditlog.context import set_extra_data
+    from auditlog.signals import accessed
+    from django.http import HttpResponse
+    from django.test import RequestFactory
+
+    from gql_audit import context, storage
+
+    doc = users["bob"].documents.first()
+    request = RequestFactory().get("/")
+    request.user = users["alice"]
+    ctx = context.RequestContext(request_id="odd-block", request=request, accessed={})
+    token = context.bind(ctx)
+    try:
+        with set_extra_data({"remote_addr": "10.0.0.1, 10.0.0.2", "remote_port": "http"}):
+            accessed.send(sender=Document, instance=doc)
+        storage.flush(ctx, HttpResponse())
+    finally:
+        context.reset(token)
+    entry = LogEntry.objects.get(cid="odd-block")
+    assert (entry.remote_addr, entry.remote_port) == (None, None)
