@@ -85,6 +85,9 @@ class RequestContext:
     events: dict[tuple[Any, ...], dict[str, Any]] = field(default_factory=dict)
     #: Set once the request's ``request_aborted`` line is logged: never twice.
     aborted: bool = False
+    #: Its records are written when the server closes the response (``WRITE_AFTER_RESPONSE``):
+    #: it stays among the requests in flight until then.
+    writes_on_close: bool = False
     _operation_node: Any = field(default=None, repr=False)
     #: The operation and the named fragments it may spread: where secret arguments are looked for.
     _document_nodes: tuple[Any, ...] = field(default=(), repr=False)
@@ -325,7 +328,7 @@ def bind(context: RequestContext) -> contextvars.Token[RequestContext | None]:
 
 def reset(token: contextvars.Token[RequestContext | None]) -> None:
     bound = _current.get()
-    if bound is not None:
+    if bound is not None and not bound.writes_on_close:
         _in_flight.pop(id(bound), None)
     _current.reset(token)
 

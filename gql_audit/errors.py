@@ -10,6 +10,7 @@ CLIENT_CERT_REQUIRED = "CLIENT_CERT_REQUIRED"
 AUTH_UNAVAILABLE = "AUTH_UNAVAILABLE"
 INTERNAL_ERROR = "INTERNAL_ERROR"
 BAD_REQUEST = "BAD_REQUEST"
+AUDIT_UNAVAILABLE = "AUDIT_UNAVAILABLE"
 
 MESSAGES = {
     TOKEN_EXPIRED: "The authentication token has expired.",
@@ -20,6 +21,7 @@ MESSAGES = {
     AUTH_UNAVAILABLE: "Authentication is unavailable right now; try again later.",
     INTERNAL_ERROR: "An internal error occurred.",
     BAD_REQUEST: "The request body is not a GraphQL request.",
+    AUDIT_UNAVAILABLE: "The audit trail could not be written; the response was withheld.",
 }
 
 

@@ -24,7 +24,7 @@ from gql_audit.access import registered_models
 from gql_audit.auth import authenticate, refuse_cookie_without_csrf
 from gql_audit.compat import mark_jwt_credentials_handled, set_session_user_cache
 from gql_audit.conf import conf
-from gql_audit.errors import BAD_REQUEST
+from gql_audit.errors import AUDIT_UNAVAILABLE, BAD_REQUEST, MESSAGES
 from gql_audit.events import record_event
 from gql_audit.logging import log_aborted, log_request
 from gql_audit.mtls import client_identity, read_client_certificate
@@ -120,7 +120,11 @@ def finish(response: HttpResponseBase, ctx: context.RequestContext) -> HttpRespo
         response[conf.REQUEST_ID_HEADER] = ctx.request_id
         write_when_closed(response, ctx)
         return response
-    response = flush(ctx, response)
+    if not flush(ctx) and conf.FAIL_CLOSED:
+        response = JsonResponse(
+            {"errors": [{"message": MESSAGES[AUDIT_UNAVAILABLE], "extensions": {"code": AUDIT_UNAVAILABLE}}]},
+            status=503,
+        )
     response[conf.REQUEST_ID_HEADER] = ctx.request_id
     log_request(ctx, response.status_code)
     return response
@@ -130,15 +134,17 @@ def write_when_closed(response: HttpResponseBase, ctx: context.RequestContext) -
     """``WRITE_AFTER_RESPONSE``: write when the server closes the response, which
     WSGI servers and Django's ASGI handler do once the client has all of it."""
     close = response.close
+    ctx.writes_on_close = True
 
     def write_then_close() -> None:
         token = context.bind(ctx)
         try:
-            flush(ctx, response)
+            flush(ctx)
             log_request(ctx, response.status_code)
         except Exception:  # noqa: BLE001 - the client is gone; the log is the last place to tell
             logger.exception("writing the request's records after the response failed")
         finally:
+            ctx.writes_on_close = False
             context.reset(token)
             close()
 

@@ -18,7 +18,6 @@ from typing import Any
 
 from django.db import connections, transaction
 from django.db.models import Model
-from django.http import HttpResponseBase, JsonResponse
 from django.utils import timezone
 from django.utils.encoding import smart_str
 
@@ -35,7 +34,6 @@ logger = logging.getLogger("gql_audit.storage")
 audit_logger = logging.getLogger("gql_audit.audit")
 security_logger = logging.getLogger("gql_audit.security")
 
-AUDIT_UNAVAILABLE = "AUDIT_UNAVAILABLE"
 #: Rows per INSERT at most, whatever the driver allows: bounds statement size.
 MAX_ROWS_PER_INSERT = 2000
 MAX_ROWS_PER_ARRAY_INSERT = 10000
@@ -550,8 +548,9 @@ def write_now(*, events: list[dict[str, Any]]) -> bool:
     return write(None, [], events, audit_alias())
 
 
-def flush(ctx: context.RequestContext, response: HttpResponseBase) -> HttpResponseBase:
-    """Write the request's records; the response, or a 503 when failing closed."""
+def flush(ctx: context.RequestContext) -> bool:
+    """Write the request's records; True when all of them reached the database
+    (what could not went, complete, to the fallback log)."""
     alias = audit_alias()
     events = list(ctx.events.values())
     if events:
@@ -571,17 +570,4 @@ def flush(ctx: context.RequestContext, response: HttpResponseBase) -> HttpRespon
     written = write(ctx, records, events, alias)
     ctx.accessed = {} if tracking else None
     ctx.events = {}
-    if written or not conf.FAIL_CLOSED:
-        return response
-    failed = JsonResponse(
-        {
-            "errors": [
-                {
-                    "message": "The audit trail could not be written; the response was withheld.",
-                    "extensions": {"code": AUDIT_UNAVAILABLE},
-                }
-            ]
-        },
-        status=503,
-    )
-    return failed
+    return written

@@ -12,7 +12,6 @@ import pytest
 from auditlog.models import LogEntry
 from auditlog.signals import accessed
 from django.db import connection
-from django.http import HttpResponse
 from django.test import RequestFactory
 from django.test.utils import CaptureQueriesContext
 from graphql_relay import to_global_id
@@ -167,7 +166,7 @@ def service_code(request_id, user):
     token = context.bind(ctx)
     try:
         yield ctx
-        storage.flush(ctx, HttpResponse())
+        storage.flush(ctx)
     finally:
         context.reset(token)
 
@@ -380,8 +379,11 @@ def test_write_after_response_writes_when_the_server_closes_it(users, settings):
     assert statuses[0][0].startswith("200") and statuses[0][1]["X-Request-ID"] == "after"
     assert b"alice secret" in content
     assert request_trail("after").reads == []  # the client has the response; nothing written yet
+    # Until written, the request is among those in flight (a worker killed now still logs it).
+    assert [ctx.request_id for ctx in context.in_flight()] == ["after"]
     response.close()  # what the WSGI server does once the body is sent
     assert len(request_trail("after").reads) == 5
+    assert context.in_flight() == []
 
 
 @pytest.mark.django_db(transaction=True)

@@ -809,7 +809,6 @@ def test_a_table_that_refuses_everything_is_not_retried_record_by_record(client,
 def test_malformed_values_of_an_auditlog_block_do_not_fail_the_write(users):
     from auditlog.context import set_extra_data
     from auditlog.signals import accessed
-    from django.http import HttpResponse
     from django.test import RequestFactory
 
     from gql_audit import context, storage
@@ -822,7 +821,7 @@ def test_malformed_values_of_an_auditlog_block_do_not_fail_the_write(users):
     try:
         with set_extra_data({"remote_addr": "10.0.0.1, 10.0.0.2", "remote_port": "http"}):
             accessed.send(sender=Document, instance=doc)
-        storage.flush(ctx, HttpResponse())
+        storage.flush(ctx)
     finally:
         context.reset(token)
     entry = LogEntry.objects.get(cid="odd-block")
