@@ -107,25 +107,37 @@ def auditlog_block_values() -> dict[str, Any] | None:
     return values
 
 
+_csrf_check: Any = None
+
+
+def _csrf_check_class() -> Any:
+    """``CsrfViewMiddleware`` answering with its reason instead of a 403 (made once)."""
+    global _csrf_check
+    if _csrf_check is None:
+        from django.middleware.csrf import CsrfViewMiddleware
+
+        class Check(CsrfViewMiddleware):
+            def _reject(self, request: HttpRequest, reason: str) -> Any:
+                return reason
+
+        _csrf_check = Check
+    return _csrf_check
+
+
+def _no_response(request: HttpRequest) -> Any:  # pragma: no cover - never called
+    return None
+
+
 def csrf_failure_reason(request: HttpRequest) -> str | None:
     """Why Django's CSRF check fails for ``request``, or None when it passes.
 
     Runs ``CsrfViewMiddleware`` as DRF's ``SessionAuthentication.enforce_csrf``
     does, overriding its ``_reject`` to get the reason instead of a 403 page.
     """
-    from django.middleware.csrf import CsrfViewMiddleware
-
-    class Check(CsrfViewMiddleware):
-        def _reject(self, request: HttpRequest, reason: str) -> Any:
-            return reason
-
-    def no_response(request: HttpRequest) -> Any:  # pragma: no cover - never called
-        return None
-
-    check = Check(no_response)
+    check = _csrf_check_class()(_no_response)
     try:
         check.process_request(request)
-        reason: str | None = check.process_view(request, None, (), {})  # type: ignore[arg-type,assignment]
+        reason: str | None = check.process_view(request, None, (), {})
     except Exception as exc:  # noqa: BLE001 - a form body Django refuses: no token could be read from it
         return f"the request body could not be read ({type(exc).__name__})"
     return reason

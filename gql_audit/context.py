@@ -91,7 +91,8 @@ class RequestContext:
     _operation_node: Any = field(default=None, repr=False)
     #: The operation and the named fragments it may spread: where secret arguments are looked for.
     _document_nodes: tuple[Any, ...] = field(default=(), repr=False)
-    _secret_variables: frozenset[str] | None = field(default=None, repr=False)
+    #: ``operation_secrets()`` of the operation and its fragments: walked once.
+    _operation_secrets: tuple[frozenset[str], list[Any]] | None = field(default=None, repr=False)
     _scrubber: Scrubber | None = field(default=None, repr=False)
     _cid: str | None = field(default=None, repr=False)
     _redacted_variables: Any = field(default=None, repr=False)
@@ -113,9 +114,12 @@ class RequestContext:
 
     def secret_variables(self) -> frozenset[str]:
         """Variables of the current operation that feed secret arguments (computed once)."""
-        if self._secret_variables is None:
-            self._secret_variables = operation_secrets(self._document_nodes)[0]
-        return self._secret_variables
+        return self._secrets_in_operation()[0]
+
+    def _secrets_in_operation(self) -> tuple[frozenset[str], list[Any]]:
+        if self._operation_secrets is None:
+            self._operation_secrets = operation_secrets(self._document_nodes)
+        return self._operation_secrets
 
     def scrubber(self) -> Scrubber:
         """Removes this request's secret values from text (built on first use, then kept).
@@ -148,11 +152,11 @@ class RequestContext:
         except Exception:  # noqa: BLE001 - a cookie header Django cannot parse: kept whole above
             pass
         query, variables = graphql_params(request)
-        nodes: Any = self._document_nodes
-        if not nodes and isinstance(query, str):
-            document = _parse_quietly(query)
-            nodes = (document,) if document is not None else ()
-        names, literals = operation_secrets(nodes)
+        if self._document_nodes:
+            names, literals = self._secrets_in_operation()
+        else:  # never executed (a 400): the document as sent, if it parses
+            document = _parse_quietly(query) if isinstance(query, str) else None
+            names, literals = operation_secrets(document) if document is not None else (frozenset(), [])
         values.extend(secret_leaves(literals, secret=True))
         if isinstance(variables, dict):
             values.extend(secret_leaves(variables))
@@ -197,15 +201,13 @@ class RequestContext:
     def reader(self, block: dict[str, Any] | None = None) -> Reader:
         """Who read, for reads recorded now: the request's user, or what auditlog's
         ``set_actor`` / ``set_extra_data`` block in force (``block``) says instead."""
-        actor_id, actor_email = self.actor()
-        reader = Reader(actor_id, actor_email, self.actor_snapshot(), self.entry_remote_addr(), self.remote_port, {})
+        user: Any = self.user
+        if block and _is_user(block.get("actor")):
+            user = block["actor"]
+        actor_id, actor_email, snapshot = self._identify(user)
+        reader = Reader(actor_id, actor_email, snapshot, self.entry_remote_addr(), self.remote_port, {})
         if not block:
             return reader
-        user: Any = block.get("actor")
-        if _is_user(user):
-            email = getattr(user, user.get_email_field_name(), None)
-            reader.actor_id, reader.actor_email = user.pk, (str(email)[:EMAIL_MAX_LENGTH] if email else None)
-            reader.actor = {"id": user.pk, "username": str(user.get_username())}
         for key, value in block.items():
             if key in ("actor", "signal_duid"):
                 continue
@@ -232,10 +234,7 @@ class RequestContext:
         Records carry it so they still name their actor once the user's row is
         gone (the foreign key is then NULL), whether or not the user had an email.
         """
-        user = self.user
-        if not _is_user(user):
-            return None
-        return {"id": user.pk, "username": str(user.get_username())}
+        return self._identify(self.user)[2]
 
     @property
     def user(self) -> Any:
@@ -243,19 +242,24 @@ class RequestContext:
         return getattr(self.request, "user", None)
 
     def actor(self) -> tuple[Any, str | None]:
-        """``(pk, email)`` of the request's authenticated user now, or ``(None, None)``.
+        """``(pk, email)`` of the request's authenticated user now, or ``(None, None)``."""
+        actor_id, email, _ = self._identify(self.user)
+        return actor_id, email
 
-        Only users of the user model count (a record's actor is a foreign key
-        to it). A user being deleted in this request keeps the email but not
-        the pk: no record may point at the row going away.
+    def _identify(self, user: Any) -> tuple[Any, str | None, dict[str, Any] | None]:
+        """``(pk for the actor column, email, {"id", "username"} snapshot)`` of ``user``.
+
+        Only authenticated users of the user model count (a record's actor is a
+        foreign key to it). A user being deleted in this request keeps the email
+        and the snapshot but not the pk: no record may point at the row going away.
         """
-        user = self.user
         if not _is_user(user):
-            return None, None
+            return None, None, None
         email = getattr(user, user.get_email_field_name(), None)
-        email = str(email)[:EMAIL_MAX_LENGTH] if email else None
         pk = user.pk
-        return (None if pk in self.deleted_actor_pks else pk), email
+        snapshot = {"id": pk, "username": str(user.get_username())}
+        actor_id = None if pk in self.deleted_actor_pks else pk
+        return actor_id, (str(email)[:EMAIL_MAX_LENGTH] if email else None), snapshot
 
     def set_operation(self, operation_node: Any, fragments: dict[str, Any] | None = None) -> None:
         """Record the GraphQL operation once per operation definition node
@@ -264,7 +268,7 @@ class RequestContext:
             return
         self._operation_node = operation_node
         self._document_nodes = (operation_node, *(fragments or {}).values())
-        self._secret_variables = None
+        self._operation_secrets = None
         self._redacted_variables = None
         self._scrubber = None
         loc = getattr(operation_node, "loc", None)

@@ -28,7 +28,7 @@ from gql_audit.errors import AUDIT_UNAVAILABLE, BAD_REQUEST, MESSAGES
 from gql_audit.events import record_event
 from gql_audit.logging import log_aborted, log_request
 from gql_audit.mtls import client_identity, read_client_certificate
-from gql_audit.net import client_address, client_port, request_ids
+from gql_audit.net import client_address, client_port, is_trusted, parse_ip, request_ids
 from gql_audit.params import FORM_TYPES, content_type
 from gql_audit.storage import flush
 
@@ -49,13 +49,16 @@ _GRAPHQL_BODIES = frozenset({"application/json", "application/graphql", *FORM_TY
 
 def begin(request: HttpRequest) -> context.RequestContext:
     """Build the request's context (no I/O, so it is shared by both call paths)."""
-    request_id, client_request_id = request_ids(request)
+    # The socket peer, parsed and judged once: every forwarded header depends on it.
+    peer = parse_ip(request.META.get("REMOTE_ADDR"))
+    trusted = is_trusted(peer)
+    request_id, client_request_id = request_ids(request, trusted)
     ctx = context.RequestContext(
         request_id=request_id,
         client_request_id=client_request_id,
         request=request,
-        remote_addr=client_address(request),
-        remote_port=client_port(request),
+        remote_addr=client_address(request, peer),
+        remote_port=client_port(request, trusted),
         started=time.perf_counter(),
     )
     if conf.ACCESS_LOG:

@@ -27,8 +27,8 @@ def meta_key(header: str) -> str:
     return "HTTP_" + header.upper().replace("-", "_")
 
 
-def request_ids(request: HttpRequest) -> tuple[str, str | None]:
-    """``(request id, client request id)``.
+def request_ids(request: HttpRequest, trusted: bool) -> tuple[str, str | None]:
+    """``(request id, client request id)``; ``trusted``: whether the peer is a trusted proxy.
 
     The incoming ``REQUEST_ID_HEADER`` is the request id only when the peer is
     in ``TRUSTED_PROXIES`` and the value is well formed: any client could
@@ -38,15 +38,15 @@ def request_ids(request: HttpRequest) -> tuple[str, str | None]:
     incoming = request.META.get(meta_key(conf.REQUEST_ID_HEADER))
     if not isinstance(incoming, str) or not REQUEST_ID_PATTERN.fullmatch(incoming):
         return str(uuid.uuid4()), None
-    if peer_is_trusted(request):
+    if trusted:
         return incoming, None
     return str(uuid.uuid4()), incoming
 
 
-def client_port(request: HttpRequest) -> int | None:
-    """The client's port: ``X-Forwarded-Port`` from a trusted proxy, else the socket's
-    ``REMOTE_PORT`` (set by gunicorn, uvicorn and most servers), else None."""
-    value = request.META.get("HTTP_X_FORWARDED_PORT") if peer_is_trusted(request) else None
+def client_port(request: HttpRequest, trusted: bool) -> int | None:
+    """The client's port: ``X-Forwarded-Port`` from a trusted proxy (``trusted``), else
+    the socket's ``REMOTE_PORT`` (set by gunicorn, uvicorn and most servers), else None."""
+    value = request.META.get("HTTP_X_FORWARDED_PORT") if trusted else None
     if value is None:
         value = request.META.get("REMOTE_PORT")
     return valid_port(value)
@@ -112,15 +112,16 @@ def peer_is_trusted(request: HttpRequest) -> bool:
     return is_trusted(parse_ip(request.META.get("REMOTE_ADDR")))
 
 
-def client_address(request: HttpRequest) -> str | None:
+def client_address(request: HttpRequest, peer: IPAddress | None = None) -> str | None:
     """The client's address.
 
     ``X-Forwarded-For`` is read only when the socket peer is a trusted proxy,
     and then right to left: each trusted hop vouches for the one before it, and
     the first address not in ``TRUSTED_PROXIES`` is the client. A garbled hop
-    stops the walk at the last address that was vouched for.
+    stops the walk at the last address that was vouched for. ``peer``: the
+    socket peer, when the caller parsed ``REMOTE_ADDR`` already.
     """
-    address = parse_ip(request.META.get("REMOTE_ADDR"))
+    address = peer if peer is not None else parse_ip(request.META.get("REMOTE_ADDR"))
     if not is_trusted(address):
         return str(address) if address is not None else None
     forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")

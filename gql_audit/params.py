@@ -1,8 +1,8 @@
 """The GraphQL parameters of an HTTP request, read the way graphene-django reads them.
 
-For gql_audit's own needs after the view (which values are secret) and before
-it (is the body well formed): never raises, never reads a body twice from the
-socket (Django keeps what the view read in ``request.body``).
+For gql_audit's own needs after the view (which values are secret, whether a
+body was a GraphQL one): never raises, never reads a body twice from the socket
+(Django keeps what the view read in ``request.body``).
 """
 
 from __future__ import annotations

@@ -69,11 +69,24 @@ def merge_records(ctx: context.RequestContext) -> list[Any]:
     return list(merged.values())
 
 
+def shape_key(record: Any) -> tuple[frozenset[str], frozenset[str]]:
+    """How an object was read (its fields and paths): objects read alike are stored alike, once."""
+    return record.fields, frozenset(record.paths)
+
+
+def shape(record: Any) -> dict[str, list[str]]:
+    """The fields read on an object (GraphQL's ``__typename`` is not one of them) and its paths, sorted."""
+    return {
+        "fields": sorted(name for name in record.fields if not name.startswith("__")),
+        "paths": sorted(record.paths),
+    }
+
+
 def access_data(shared: dict[str, Any], record: Any) -> dict[str, Any]:
     """``additional_data`` of an ACCESS entry: the request's context (``shared``,
     from ``RequestContext.record_data``) with the object's own paths and fields."""
-    fields = sorted(name for name in record.fields if not name.startswith("__"))
-    return {"gql_audit": {**shared, "path": sorted(record.paths), "fields": fields}}
+    read = shape(record)
+    return {"gql_audit": {**shared, "path": read["paths"], "fields": read["fields"]}}
 
 
 def describe(ctx: context.RequestContext, alias: str, records: list[Any]) -> list[dict[str, Any]]:
@@ -174,7 +187,7 @@ class AccessInsert:
             self._content_types[model] = ContentType.objects.db_manager(self.alias).get_for_model(model).pk
         own = _model_data(record)
         # Objects read alike share one document, unless the model adds its own data (auditlog's get_additional_data).
-        key: tuple[Any, ...] = (record.fields, frozenset(record.paths)) if own is None else (id(record),)
+        key: tuple[Any, ...] = shape_key(record) if own is None else (id(record),)
         index = self._index_of.get(key)
         if index is None:
             index = self._index_of[key] = len(self.documents)
@@ -349,12 +362,11 @@ def insert_request_reads(ctx: context.RequestContext, records: list[Any], alias:
     shapes: list[dict[str, list[str]]] = []
     index_of: dict[tuple[frozenset[str], frozenset[str]], int] = {}
     for record in records:
-        shape = (record.fields, frozenset(record.paths))
-        index = index_of.get(shape)
+        read_alike = shape_key(record)
+        index = index_of.get(read_alike)
         if index is None:
-            index = index_of[shape] = len(shapes)
-            fields = sorted(name for name in record.fields if not name.startswith("__"))
-            shapes.append({"fields": fields, "paths": sorted(record.paths)})
+            index = index_of[read_alike] = len(shapes)
+            shapes.append(shape(record))
         keys.append(object_key(record.model, record.pk))
         shape_of.append(index)
     row = RequestReads(
@@ -374,7 +386,7 @@ def insert_request_reads(ctx: context.RequestContext, records: list[Any], alias:
     if connection.vendor not in POSTGRES_VENDORS:
         meta = ReadObject._meta
         quote = connection.ops.quote_name
-        fields = [meta.get_field(name) for name in ("reads_id", "key", "at")]
+        fields: list[Any] = [meta.get_field(name) for name in ("reads_id", "key", "at")]
         columns = ", ".join(quote(f.column) for f in fields)
         reads_id = fields[0].get_db_prep_save(row.id, connection)
         at = fields[2].get_db_prep_save(row.at, connection)
