@@ -6,6 +6,7 @@ from graphene_django import DjangoObjectType
 
 import gql_audit
 from bench.models import Record
+from example_service import schema as example
 
 FIELDS = [f"f{i}" for i in range(8)]
 
@@ -47,5 +48,10 @@ class RecordQuery(graphene.ObjectType):
 
 schema = graphene.Schema(query=Query)
 record_schema = graphene.Schema(query=RecordQuery)
+# The same types built again for the bare configurations: gql_audit instruments the
+# fields of the schemas it audits, and bare graphene-django must not run those.
+bare_schema = graphene.Schema(query=Query)
+bare_record_schema = graphene.Schema(query=RecordQuery)
+bare_example_schema = graphene.Schema(query=example.Query, mutation=example.Mutation)
 RECORD_FIELDS = "id name email phone city country status score"
 QUERY = "query Rows($n: Int!) { rows(n: $n) { %s } }" % " ".join(FIELDS)

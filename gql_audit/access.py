@@ -58,18 +58,25 @@ def plain_path(path: Any) -> str:
 
 
 class AccessRecord:
-    __slots__ = ("obj", "model", "pk", "fields", "paths", "block")
+    __slots__ = ("obj", "model", "pk", "fields", "paths", "block", "key")
 
     def __init__(
-        self, obj: Any, model: type[Model], pk: Any, path: str, fields: frozenset[str], block: Any = None
+        self, obj: Any, model: type[Model], pk: Any, paths: frozenset[str], fields: frozenset[str], block: Any = None
     ) -> None:
         self.obj = obj
         self.model = model
         self.pk = pk
         self.fields = fields
-        self.paths = {path} if path else set()
+        #: Shared by the objects of one list: a new set only for an object reached twice.
+        self.paths = paths
         #: auditlog's ``set_actor`` / ``set_extra_data`` block in force when the object was read.
         self.block = block
+        #: ``"app_label.model:pk"``, set when the records are merged for writing.
+        self.key = ""
+
+
+def path_set(path: str) -> frozenset[str]:
+    return frozenset((path,)) if path else NO_FIELDS
 
 
 def registered_models() -> frozenset[type[Model]]:
@@ -89,17 +96,23 @@ def track(
     block: Any = None,
 ) -> AccessRecord | None:
     """Start, or add to, the record of ``obj`` for this request."""
-    if ctx.accessed is None or pk is None:
+    accessed = ctx.accessed
+    if accessed is None or pk is None:
         return None
-    record = ctx.accessed.get(id(obj))
+    record = accessed.get(id(obj))
     if record is None:
-        record = ctx.accessed[id(obj)] = AccessRecord(obj, model, pk, path, fields, block)
+        record = accessed[id(obj)] = AccessRecord(obj, model, pk, path_set(path), fields, block)
     else:
-        if path:
-            record.paths.add(path)
-        if not fields <= record.fields:
-            record.fields = record.fields | fields
+        add_read(record, path_set(path), fields)
     return record
+
+
+def add_read(record: AccessRecord, paths: frozenset[str], fields: frozenset[str]) -> None:
+    """``record``'s object was reached again, maybe by another path or for other fields."""
+    if not paths <= record.paths:
+        record.paths = record.paths | paths
+    if not fields <= record.fields:
+        record.fields = record.fields | fields
 
 
 def selected_fields(ctx: context.RequestContext, info: Any, object_type: Any) -> frozenset[str]:
@@ -132,26 +145,42 @@ def object_type_for(info: Any, model: type[Model]) -> Any:
 
 
 def record_value(ctx: context.RequestContext, value: Any, info: Any) -> None:
-    """Record the registered model instances ``value`` is, or lists."""
+    """Record the registered model instances ``value`` is, or lists.
+
+    This is the per-object path of every list a response holds: one dictionary
+    lookup and, the first time an object is seen, one small record.
+    """
     audited = ctx.audited
+    accessed = ctx.accessed
+    if accessed is None:
+        return
     if value.__class__ in audited:
         items: Iterable[Any] = (value,)
     elif isinstance(value, (list, tuple, QuerySet)):
         items = value
     else:
         return
-    path = plain_path(info.path)
+    paths = path_set(plain_path(info.path))
     block = auditlog_block_values()
-    fields_of: dict[type[Model], frozenset[str]] = {}
+    # Per model of the list: the fields selected on it, and the attribute holding
+    # its primary key (``Model.pk`` is a property: a call per object).
+    seen: dict[type[Model], tuple[frozenset[str], str]] = {}
     for item in items:
         model = item.__class__
         if model not in audited:
             continue
-        fields = fields_of.get(model)
-        if fields is None:
+        how = seen.get(model)
+        if how is None:
             object_type = object_type_for(info, model)
-            fields = fields_of[model] = selected_fields(ctx, info, object_type) if object_type else NO_FIELDS
-        track(ctx, item, model, item.pk, path, fields, block)
+            fields = selected_fields(ctx, info, object_type) if object_type else NO_FIELDS
+            how = seen[model] = (fields, model._meta.pk.attname)
+        record = accessed.get(id(item))
+        if record is None:
+            pk = getattr(item, how[1])
+            if pk is not None:
+                accessed[id(item)] = AccessRecord(item, model, pk, paths, how[0], block)
+        else:
+            add_read(record, paths, how[0])
 
 
 def unread(ctx: context.RequestContext, obj: Any, field_name: str) -> None:

@@ -28,6 +28,18 @@ def collect_sub_fields(
     return collect(schema, fragments, variable_values, object_type, field_nodes)
 
 
+def introspection_field_defs() -> tuple[Any, ...]:
+    """The field definitions graphql-core resolves ``__schema`` and ``__type`` with.
+
+    Every schema shares them: ``graphql.execution.execute.get_field_def`` returns
+    these very objects rather than fields of the schema's query type, so a resolver
+    set on them is the one that runs.
+    """
+    from graphql.type.introspection import SchemaMetaFieldDef, TypeMetaFieldDef
+
+    return (SchemaMetaFieldDef, TypeMetaFieldDef)
+
+
 # --- django-graphql-jwt ------------------------------------------------------------
 
 

@@ -28,6 +28,7 @@ DEFAULTS: dict[str, Any] = {
     "AUDIT_DATABASE": None,
     "FAIL_CLOSED": False,
     "WRITE_AFTER_RESPONSE": False,
+    "INSTRUMENT_SCHEMA": True,
     "REDACT_KEYS": (
         "pass",
         "secret",

@@ -88,6 +88,12 @@ class RequestContext:
     #: Its records are written when the server closes the response (``WRITE_AFTER_RESPONSE``):
     #: it stays among the requests in flight until then.
     writes_on_close: bool = False
+    #: The ``graphql.GraphQLSchema`` the view will execute, when the middleware could tell
+    #: (graphene-django's ``GraphQLView``): its fields can then be instrumented.
+    view_schema: Any = None
+    #: Set by ``AuditMiddleware`` when it works through the instrumented fields of
+    #: ``view_schema`` instead of wrapping every field of the response.
+    instrumented: bool = False
     _operation_node: Any = field(default=None, repr=False)
     #: The operation and the named fragments it may spread: where secret arguments are looked for.
     _document_nodes: tuple[Any, ...] = field(default=(), repr=False)

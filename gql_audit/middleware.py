@@ -207,6 +207,34 @@ def inspect_rejected(ctx: context.RequestContext, response: HttpResponseBase) ->
     return response
 
 
+#: Methods of graphene-django's ``GraphQLView`` that decide which schema a request executes.
+_SCHEMA_METHODS = ("dispatch", "get_response", "execute_graphql_request", "get_middleware")
+
+
+def view_schema(view_func: Any) -> Any:
+    """The ``graphql.GraphQLSchema`` ``view_func`` will execute, or None when that cannot be known.
+
+    Known only for graphene-django's ``GraphQLView`` (and subclasses that keep the methods
+    choosing the schema): the view is built as Django's ``as_view()`` will build it, from
+    ``view_class`` and ``view_initkwargs`` (also through decorators such as ``csrf_exempt``,
+    which copy them), and its ``schema`` is the answer.
+    """
+    view_class = getattr(view_func, "view_class", None)
+    if not isinstance(view_class, type):
+        return None
+    from graphene_django.views import GraphQLView
+
+    if not issubclass(view_class, GraphQLView):
+        return None
+    if any(getattr(view_class, name) is not getattr(GraphQLView, name) for name in _SCHEMA_METHODS):
+        return None
+    try:
+        view = view_class(**getattr(view_func, "view_initkwargs", {}))
+        return view.schema.graphql_schema
+    except Exception:  # noqa: BLE001 - the view will raise it itself, with its own words
+        return None
+
+
 def bad_body(request: HttpRequest, exc: Exception) -> JsonResponse | None:
     """The 400 for a body the view could not parse (nested past Python's stack, not
     UTF-8, a form Django refuses), or None for any other failure of the view."""
@@ -281,6 +309,11 @@ class AuditContextMiddleware:
         finally:
             context.reset(token)
         return response
+
+    def process_view(self, request: HttpRequest, view_func: Any, view_args: Any, view_kwargs: Any) -> None:
+        ctx = getattr(request, context.REQUEST_ATTRIBUTE, None)
+        if ctx is not None and conf.INSTRUMENT_SCHEMA:
+            ctx.view_schema = view_schema(view_func)
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> JsonResponse | None:
         return bad_body(request, exception)

@@ -22,6 +22,7 @@ from django.utils import timezone
 from django.utils.encoding import smart_str
 
 from gql_audit import context
+from gql_audit.access import add_read
 from gql_audit.compat import other_receivers
 from gql_audit.conf import conf
 from gql_audit.dbcontext import POSTGRES_VENDORS
@@ -56,22 +57,29 @@ def _object_repr(record: Any) -> str:
 
 
 def merge_records(ctx: context.RequestContext) -> list[Any]:
-    """The request's access records, one per (model, primary key), fields merged."""
-    merged: dict[tuple[type[Model], str], Any] = {}
+    """The request's access records, one per object (model and primary key), fields
+    and paths merged, each with its ``key`` (``"app_label.model:pk"``)."""
+    merged: dict[str, Any] = {}
+    prefixes: dict[type[Model], str] = {}
     for record in (ctx.accessed or {}).values():
-        key = (record.model, str(record.pk))
+        model = record.model
+        prefix = prefixes.get(model)
+        if prefix is None:
+            prefix = prefixes[model] = f"{model._meta.label_lower}:"
+        pk = record.pk
+        key = prefix + (str(pk) if pk.__class__ is int else safe_text(str(pk)))
         seen = merged.get(key)
         if seen is None:
+            record.key = key
             merged[key] = record
         elif seen is not record:
-            seen.fields |= record.fields
-            seen.paths |= record.paths
+            add_read(seen, record.paths, record.fields)
     return list(merged.values())
 
 
 def shape_key(record: Any) -> tuple[frozenset[str], frozenset[str]]:
     """How an object was read (its fields and paths): objects read alike are stored alike, once."""
-    return record.fields, frozenset(record.paths)
+    return record.fields, record.paths
 
 
 def shape(record: Any) -> dict[str, list[str]]:
@@ -333,6 +341,9 @@ def insert_access_entries(ctx: context.RequestContext, records: list[Any], alias
 def by_reader(ctx: context.RequestContext, records: list[Any]) -> list[tuple[context.Reader, list[Any]]]:
     """The records grouped by who read them: the request's user, or an auditlog
     ``set_actor`` / ``set_extra_data`` block in force when they were read."""
+    first = records[0].block if records else None
+    if all(record.block is first for record in records):
+        return [(ctx.reader(first), records)]
     groups: dict[int, tuple[Any, list[Any]]] = {}
     for record in records:
         groups.setdefault(id(record.block), (record.block, []))[1].append(record)
@@ -362,12 +373,12 @@ def insert_request_reads(ctx: context.RequestContext, records: list[Any], alias:
     shapes: list[dict[str, list[str]]] = []
     index_of: dict[tuple[frozenset[str], frozenset[str]], int] = {}
     for record in records:
-        read_alike = shape_key(record)
+        read_alike = (record.fields, record.paths)
         index = index_of.get(read_alike)
         if index is None:
             index = index_of[read_alike] = len(shapes)
             shapes.append(shape(record))
-        keys.append(object_key(record.model, record.pk))
+        keys.append(record.key or object_key(record.model, record.pk))
         shape_of.append(index)
     row = RequestReads(
         at=timezone.now(),
