@@ -20,11 +20,11 @@ _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks
 ACCESS = "access"
 
 
-def parse_age(value: str) -> datetime.timedelta:
+def parse_age(value: str, option: str = "--older-than") -> datetime.timedelta:
     """``90d``, ``12h``, ``30m``, ``2w``, ``45s``."""
     match = _AGE.fullmatch(value.strip())
     if match is None or int(match.group(1)) == 0:
-        raise CommandError(f"--older-than takes a number and a unit (s, m, h, d, w), like 90d; not {value!r}")
+        raise CommandError(f"{option} takes a number and a unit (s, m, h, d, w), like 90d; not {value!r}")
     return datetime.timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
 
 
