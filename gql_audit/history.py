@@ -5,7 +5,7 @@ many objects at once, ``changes_of_objects`` "who changed them", and
 ``request_trail`` "what did this request do". Reads come from both stores, merged newest first, so a service
 that moves from ``ACCESS_STORE = "auditlog"`` to ``"gql_audit"`` keeps one
 history: the ``gql_audit`` store's rows (found by the object index) and
-auditlog's ACCESS ``LogEntry`` rows alike become :class:`Read` objects.
+auditlog's ACCESS ``LogEntry`` rows alike become [`Read`][gql_audit.history.Read] objects.
 """
 
 from __future__ import annotations

@@ -143,7 +143,7 @@ class SubjectReport:
 def find_subject(text: str) -> Model:
     """The instance ``text`` names: ``app_label.Model:pk``, or else a username.
 
-    Raises :class:`SubjectError` when ``text`` is malformed or names nothing.
+    Raises [`SubjectError`][gql_audit.report.SubjectError] when ``text`` is malformed or names nothing.
     """
     if not isinstance(text, str) or not text.strip():
         raise SubjectError("The subject is empty: give a username or app_label.Model:pk.")
@@ -181,7 +181,7 @@ def _find_object(app_label: str, model_name: str, pk: str) -> Model:
 def subject_objects(subject: Model) -> list[Model]:
     """The instances holding ``subject``'s data, as ``SUBJECT_OBJECTS`` says (the subject itself when unset).
 
-    Raises :class:`SubjectError` when the setting cannot be imported, the
+    Raises [`SubjectError`][gql_audit.report.SubjectError] when the setting cannot be imported, the
     callable raises, or it returns anything but model instances.
     """
     setting = conf.SUBJECT_OBJECTS
@@ -212,11 +212,11 @@ def subject_report(
 ) -> SubjectReport:
     """The reads and change entries of every object holding ``subject``'s data, newest first.
 
-    ``subject`` is an instance, or the text :func:`find_subject` reads
+    ``subject`` is an instance, or the text [`find_subject`][gql_audit.report.find_subject] reads
     (a username or ``app_label.Model:pk``). ``since`` is a time or an age
     (``timedelta(days=90)``); None covers the whole trail. ``using`` is the
     database alias of the trail (default: ``AUDIT_DATABASE``).
-    Raises :class:`SubjectError` on a subject that cannot be reported on.
+    Raises [`SubjectError`][gql_audit.report.SubjectError] on a subject that cannot be reported on.
     """
     instance = find_subject(subject) if isinstance(subject, str) else subject
     now = timezone.now()
@@ -240,7 +240,7 @@ def subject_report(
 
 
 def write_csv(report: SubjectReport, stream: IO[str]) -> None:
-    """Write the report's entries as CSV (:data:`CSV_COLUMNS`), safe to open in a spreadsheet.
+    """Write the report's entries as CSV ([`CSV_COLUMNS`][gql_audit.report.CSV_COLUMNS]), safe to open in a spreadsheet.
 
     A cell starting with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return
     gets a leading apostrophe, so no client-chosen value (a username, an
