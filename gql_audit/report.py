@@ -47,6 +47,7 @@ __all__ = [
 #: ``app_label.Model:pk``; anything else is a username.
 _OBJECT_SUBJECT = re.compile(r"(?P<app>[A-Za-z_]\w*)\.(?P<model>[A-Za-z_]\w*):(?P<pk>.+)", re.DOTALL)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+MAX_SUBJECT_LENGTH = 1000
 #: A spreadsheet runs a cell starting with one of these as a formula.
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
@@ -147,6 +148,8 @@ def find_subject(text: str) -> Model:
     """
     if not isinstance(text, str) or not text.strip():
         raise SubjectError("The subject is empty: give a username or app_label.Model:pk.")
+    if len(text) > MAX_SUBJECT_LENGTH:
+        raise SubjectError(f"The subject is longer than {MAX_SUBJECT_LENGTH} characters.")
     if _CONTROL.search(text) or safe_text(text) != text:
         raise SubjectError(f"The subject {safe_text(text)!r} holds control characters or invalid text.")
     match = _OBJECT_SUBJECT.fullmatch(text)
