@@ -69,11 +69,10 @@ class Trail:
 
 def reads_of(target: Model | type[Model], pk: Any = None, *, using: str | None = None) -> list[Read]:
     """The reads of one object, newest first: ``reads_of(instance)`` or ``reads_of(Model, pk)``."""
-    if isinstance(target, Model):
-        return reads_of_objects([target], using=using)
+    model, pk = (type(target), target.pk) if isinstance(target, Model) else (target, pk)
     if pk is None:
         raise ValueError("reads_of() needs an instance, or a model and a primary key")
-    return reads_of_objects([(target, pk)], using=using)
+    return reads_of_objects([(model, pk)], using=using)
 
 
 def reads_of_objects(

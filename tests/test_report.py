@@ -276,3 +276,15 @@ def test_from_the_command_line_an_error_is_one_line_and_exit_status_1(demo, caps
     assert exited.value.code == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.strip() == "CommandError: No user has the username 'nobody'."
+
+
+def test_history_in_bulk_skips_unsaved_objects_and_reads_of_still_refuses_them(gql, demo):
+    traffic(gql, demo)
+    alice = demo["alice"]
+    assert history.reads_of_objects([Document(owner=alice)]) == []
+    with pytest.raises(ValueError):
+        history.reads_of(Document(owner=alice))
+    document = alice.documents.get(classification="public")
+    # Given twice, as an instance and as (model, pk): one object, its reads once.
+    assert history.reads_of_objects([document, (Document, document.pk)]) == history.reads_of(document)
+    assert [e.action for e in history.changes_of_objects([(Document, document.pk)])] == [LogEntry.Action.CREATE]
