@@ -128,14 +128,15 @@ def _check_values(raw: dict[str, Any]) -> list[Any]:
         value = raw.get(key)
         if value is not None and (not isinstance(value, str) or not REQUEST_ID_PATTERN.fullmatch(value)):
             errors.append(_invalid(key, "must be an HTTP header name or None."))
-    identity = raw.get("CLIENT_CERT_IDENTITY")
-    if isinstance(identity, str):
-        try:
-            import_string(identity)
-        except ImportError as exc:
-            errors.append(_invalid("CLIENT_CERT_IDENTITY", f"cannot be imported: {exc}."))
-    elif identity is not None and not callable(identity):
-        errors.append(_invalid("CLIENT_CERT_IDENTITY", "must be a callable, an import path to one, or None."))
+    for key in ("CLIENT_CERT_IDENTITY", "SUBJECT_OBJECTS"):
+        value = raw.get(key)
+        if isinstance(value, str):
+            try:
+                import_string(value)
+            except ImportError as exc:
+                errors.append(_invalid(key, f"cannot be imported: {exc}."))
+        elif value is not None and not callable(value):
+            errors.append(_invalid(key, "must be a callable, an import path to one, or None."))
     authenticator = raw.get("AUTHENTICATOR", DEFAULTS["AUTHENTICATOR"])
     if isinstance(authenticator, str):
         try:
@@ -220,6 +221,24 @@ def check_dependencies(app_configs: Any = None, **kwargs: Any) -> list[Any]:
                 id="gql_audit.E008",
             )
         )
+    elif not _registered_models():
+        errors.append(
+            Warning(
+                "No model is registered with django-auditlog: the audit trail will hold no reads and no changes.",
+                hint="Register the models that hold personal or sensitive data, e.g. auditlog.register(Profile) "
+                "in your AppConfig.ready(), or set AUDITLOG_INCLUDE_ALL_MODELS = True. See docs/tutorial.md.",
+                id="gql_audit.W005",
+            )
+        )
+    if not apps.is_installed("graphene_django"):
+        errors.append(
+            Error(
+                "'graphene_django' is not in INSTALLED_APPS.",
+                hint="Add it: graphene-django's GraphiQL page needs its templates and static files "
+                "(without them it answers 500).",
+                id="gql_audit.E010",
+            )
+        )
     settings = _settings()
     graphene_middleware = list((getattr(settings, "GRAPHENE", None) or {}).get("MIDDLEWARE") or [])
     uses_jwt = (
@@ -248,6 +267,13 @@ def check_dependencies(app_configs: Any = None, **kwargs: Any) -> list[Any]:
             )
         )
     return errors
+
+
+def _registered_models() -> list[Any]:
+    from auditlog.registry import auditlog
+
+    models: list[Any] = auditlog.get_models()
+    return models
 
 
 def _mutations_atomic(settings: Any) -> bool:

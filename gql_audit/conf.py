@@ -51,6 +51,7 @@ DEFAULTS: dict[str, Any] = {
     "REQUEST_LOG": True,
     "LOG_VARIABLE_VALUES": False,
     "MASK_ERRORS": "database",
+    "SUBJECT_OBJECTS": None,
 }
 
 #: Settings whose value may be a dotted import path, resolved on first use.

@@ -176,7 +176,7 @@ def retry_transaction(
     max_attempts: int = 5,
     idempotent: bool = False,
 ) -> Any:
-    """Decorator form of :func:`run_in_transaction`.
+    """Decorator form of [`run_in_transaction`][gql_audit.db.run_in_transaction].
 
     ``@retry_transaction`` or ``@retry_transaction(max_attempts=8)``.
     """

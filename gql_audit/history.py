@@ -1,15 +1,19 @@
 """Reading the trail, whatever the access store.
 
-``reads_of`` answers "who read this object", ``request_trail`` "what did this
-request do". Reads come from both stores, merged newest first, so a service
+``reads_of`` answers "who read this object", ``reads_of_objects`` the same for
+many objects at once, ``changes_of_objects`` "who changed them", and
+``request_trail`` "what did this request do". Reads come from both stores, merged newest first, so a service
 that moves from ``ACCESS_STORE = "auditlog"`` to ``"gql_audit"`` keeps one
 history: the ``gql_audit`` store's rows (found by the object index) and
-auditlog's ACCESS ``LogEntry`` rows alike become :class:`Read` objects.
+auditlog's ACCESS ``LogEntry`` rows alike become [`Read`][gql_audit.history.Read] objects.
 """
 
 from __future__ import annotations
 
 import datetime
+import functools
+import operator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +25,13 @@ from gql_audit.dbcontext import POSTGRES_VENDORS
 from gql_audit.models import ReadObject, RequestReads, SecurityEvent
 from gql_audit.storage import audit_alias, object_key
 
-__all__ = ["Read", "Trail", "reads_of", "request_trail"]
+__all__ = ["Read", "Trail", "changes_of_objects", "reads_of", "reads_of_objects", "request_trail"]
+
+#: Objects looked up per query: keeps each statement under every database's parameter limit.
+CHUNK = 500
+
+#: An object, or a model and a primary key.
+Target = Model | tuple[type[Model], Any]
 
 
 @dataclass(frozen=True)
@@ -59,23 +69,92 @@ class Trail:
 
 def reads_of(target: Model | type[Model], pk: Any = None, *, using: str | None = None) -> list[Read]:
     """The reads of one object, newest first: ``reads_of(instance)`` or ``reads_of(Model, pk)``."""
-    if isinstance(target, Model):
-        model: type[Model] = type(target)
-        pk = target.pk
-    else:
-        model = target
+    model, pk = (type(target), target.pk) if isinstance(target, Model) else (target, pk)
     if pk is None:
         raise ValueError("reads_of() needs an instance, or a model and a primary key")
+    return reads_of_objects([(model, pk)], using=using)
+
+
+def reads_of_objects(
+    targets: Iterable[Target], *, since: datetime.datetime | None = None, using: str | None = None
+) -> list[Read]:
+    """The reads of many objects, newest first, in a few queries whatever their number.
+
+    ``targets`` holds instances or ``(Model, pk)`` pairs; an instance without a
+    primary key is skipped. ``since`` keeps the reads written at or after it.
+    """
+    objects = _objects(targets)
     alias = using or audit_alias()
-    key = object_key(model, pk)
+    keys = {object_key(model, pk): (model, pk) for model, pk in objects}
     rows = RequestReads.objects.using(alias)
-    if connections[alias].vendor in POSTGRES_VENDORS:
-        rows = rows.filter(keys__contains=[key])
-    else:
-        rows = rows.filter(id__in=ReadObject.objects.using(alias).filter(key=key).values("reads_id"))
-    reads = [read for row in rows for read in _reads_in(row, only=key)]
-    reads.extend(_auditlog_reads(alias, model=model, pk=pk))
+    if since is not None:
+        rows = rows.filter(at__gte=since)
+    by_id: dict[Any, RequestReads] = {}
+    postgres = connections[alias].vendor in POSTGRES_VENDORS
+    for chunk in _chunks(sorted(keys)):
+        if postgres:
+            # One containment test per key, OR-ed: each is answered by the index on keys.
+            found = rows.filter(functools.reduce(operator.or_, (Q(keys__contains=[key]) for key in chunk)))
+        else:
+            index = ReadObject.objects.using(alias).filter(key__in=chunk)
+            if since is not None:
+                index = index.filter(at__gte=since)
+            found = rows.filter(id__in=index.values("reads_id"))
+        by_id.update((row.id, row) for row in found)
+    wanted = frozenset(keys)
+    reads = [read for row in by_id.values() for read in _reads_in(row, only=wanted)]
+    reads.extend(_auditlog_reads(_entries_of(objects, alias, since=since, access=True)))
     return sorted(reads, key=lambda read: read.at, reverse=True)
+
+
+def changes_of_objects(
+    targets: Iterable[Target], *, since: datetime.datetime | None = None, using: str | None = None
+) -> list[Any]:
+    """The auditlog entries other than ACCESS (create, update, delete...) of many objects, newest first."""
+    entries = _entries_of(_objects(targets), using or audit_alias(), since=since, access=False)
+    return sorted(entries, key=lambda entry: (entry.timestamp, entry.pk), reverse=True)
+
+
+def _objects(targets: Iterable[Target]) -> list[tuple[type[Model], Any]]:
+    """``(model, pk)`` of each target, once each, in the order given."""
+    seen: dict[tuple[str, str], tuple[type[Model], Any]] = {}
+    for target in targets:
+        if isinstance(target, Model):
+            model, pk = type(target), target.pk
+        else:
+            model, pk = target
+        if pk is not None:
+            seen.setdefault((model._meta.label_lower, str(pk)), (model, pk))
+    return list(seen.values())
+
+
+def _chunks(items: list[Any]) -> Iterable[list[Any]]:
+    for start in range(0, len(items), CHUNK):
+        yield items[start : start + CHUNK]
+
+
+def _entries_of(
+    objects: list[tuple[type[Model], Any]], alias: str, *, since: datetime.datetime | None, access: bool
+) -> list[Any]:
+    """auditlog entries of these objects: only ACCESS ones, or all but those."""
+    from auditlog import get_logentry_model
+    from django.contrib.contenttypes.models import ContentType
+
+    LogEntry = get_logentry_model()
+    entries = LogEntry.objects.using(alias).select_related("content_type")
+    is_access = Q(action=LogEntry.Action.ACCESS)
+    entries = entries.filter(is_access if access else ~is_access)
+    if since is not None:
+        entries = entries.filter(timestamp__gte=since)
+    pks_by_type: dict[Any, list[str]] = {}
+    for model, pk in objects:
+        content_type = ContentType.objects.db_manager(alias).get_for_model(model)
+        pks_by_type.setdefault(content_type, []).append(str(pk))
+    found: list[Any] = []
+    for content_type, pks in pks_by_type.items():
+        for chunk in _chunks(pks):
+            found.extend(entries.filter(content_type=content_type, object_pk__in=chunk))
+    return found
 
 
 def request_trail(request_id: str, *, using: str | None = None) -> Trail:
@@ -84,8 +163,9 @@ def request_trail(request_id: str, *, using: str | None = None) -> Trail:
 
     alias = using or audit_alias()
     reads = [read for row in RequestReads.objects.using(alias).filter(request_id=request_id) for read in _reads_in(row)]
-    reads.extend(_auditlog_reads(alias, request_id=request_id))
     LogEntry = get_logentry_model()
+    access = LogEntry.objects.using(alias).filter(action=LogEntry.Action.ACCESS).select_related("content_type")
+    reads.extend(_auditlog_reads(access.filter(_of_request(request_id))))
     return Trail(
         request_id=request_id,
         reads=sorted(reads, key=lambda read: (read.model, read.object_pk)),
@@ -113,10 +193,10 @@ def _label(label_lower: str) -> str:
     return label
 
 
-def _reads_in(row: RequestReads, only: str | None = None) -> list[Read]:
+def _reads_in(row: RequestReads, only: frozenset[str] | None = None) -> list[Read]:
     reads = []
     for key, shape_index in zip(row.keys, row.shape_of, strict=False):
-        if only is not None and key != only:
+        if only is not None and key not in only:
             continue
         label_lower, _, object_pk = key.partition(":")
         shape = row.shapes[shape_index] if 0 <= shape_index < len(row.shapes) else {}
@@ -137,20 +217,8 @@ def _reads_in(row: RequestReads, only: str | None = None) -> list[Read]:
     return reads
 
 
-def _auditlog_reads(
-    alias: str, *, model: type[Model] | None = None, pk: Any = None, request_id: str | None = None
-) -> list[Read]:
+def _auditlog_reads(entries: Iterable[Any]) -> list[Read]:
     """ACCESS ``LogEntry`` rows (``ACCESS_STORE = "auditlog"``, or written before a move) as reads."""
-    from auditlog import get_logentry_model
-    from django.contrib.contenttypes.models import ContentType
-
-    LogEntry = get_logentry_model()
-    entries = LogEntry.objects.using(alias).filter(action=LogEntry.Action.ACCESS).select_related("content_type")
-    if model is not None:
-        content_type = ContentType.objects.db_manager(alias).get_for_model(model)
-        entries = entries.filter(content_type=content_type, object_pk=str(pk))
-    if request_id is not None:
-        entries = entries.filter(_of_request(request_id))
     reads = []
     for entry in entries:
         data = entry.additional_data if isinstance(entry.additional_data, dict) else {}

@@ -40,6 +40,15 @@ class CertificateError(ValueError):
 
 @dataclass(frozen=True)
 class ClientCertificate:
+    """The client certificate a TLS-terminating proxy forwarded: ``request.client_cert``.
+
+    ``subject`` and ``issuer`` are RFC 4514 strings, ``serial`` upper-case hex,
+    ``fingerprint_sha256`` lower-case hex of the DER; ``dns_names``, ``uris`` and
+    ``emails`` come from the subject alternative names; ``not_before`` and
+    ``not_after`` are aware datetimes; ``source`` names the proxy format it was
+    read from (``"nginx"``, ``"envoy"``...).
+    """
+
     subject: str
     issuer: str
     serial: str
@@ -81,10 +90,12 @@ class ClientCertificate:
 
     @classmethod
     def from_der(cls, der: bytes, *, verify: str, source: str) -> ClientCertificate:
+        """Parse a DER certificate; raises ``CertificateError`` when it is not one."""
         return cls._load(lambda: x509.load_der_x509_certificate(der), "DER", verify=verify, source=source)
 
     @classmethod
     def from_pem(cls, pem: str, *, verify: str, source: str) -> ClientCertificate:
+        """Parse a PEM certificate; raises ``CertificateError`` when it is not one."""
         return cls._load(
             lambda: x509.load_pem_x509_certificate(pem.encode("ascii")), "PEM", verify=verify, source=source
         )

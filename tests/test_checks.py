@@ -106,6 +106,35 @@ def test_auditlog_not_installed(settings):
     assert "gql_audit.E008" in ids()
 
 
+def test_no_model_registered_with_auditlog_is_a_warning(monkeypatch):
+    from auditlog.registry import auditlog
+
+    assert auditlog.get_models()  # the example registers its models: no warning
+    monkeypatch.setattr(auditlog, "_registry", {})
+    assert ids() == ["gql_audit.W005"]
+    (warning,) = [m for m in checks.run_checks() if m.id == "gql_audit.W005"]
+    assert "auditlog.register" in warning.hint
+
+
+def test_graphene_django_not_installed(settings):
+    settings.INSTALLED_APPS = [a for a in settings.INSTALLED_APPS if a != "graphene_django"]
+    assert ids() == ["gql_audit.E010"]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("example_service.subjects.subject_objects", []),
+        ("example_service.subjects.nothing_here", ["gql_audit.E002"]),
+        (42, ["gql_audit.E002"]),
+        (None, []),
+    ],
+)
+def test_subject_objects_must_be_importable(settings, value, expected):
+    settings.GQL_AUDIT = {**settings.GQL_AUDIT, "SUBJECT_OBJECTS": value}
+    assert ids() == expected
+
+
 def test_non_null_private_fields_are_reported(settings):
     settings.GRAPHENE = {**settings.GRAPHENE, "SCHEMA": "tests.schemas.non_null_schema"}
     settings.GQL_AUDIT = {"PUBLIC_FIELDS": ["Query.open"]}

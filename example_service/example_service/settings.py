@@ -101,4 +101,5 @@ GQL_AUDIT = {
     # The development server is reached directly; behind a proxy, list its address.
     "TRUSTED_PROXIES": [],
     "APPLICATION_NAME": "example-service",
+    "SUBJECT_OBJECTS": "example_service.subjects.subject_objects",  # manage.py gql_audit_report --subject alice
 }

@@ -18,14 +18,22 @@ from gql_audit.storage import audit_alias
 _AGE = re.compile(r"(\d+)([smhdw])")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 ACCESS = "access"
+#: Ages beyond this reach before year 1 on some dates: refused rather than overflowing.
+MAX_AGE = datetime.timedelta(days=365_000)
 
 
-def parse_age(value: str) -> datetime.timedelta:
+def parse_age(value: str, option: str = "--older-than") -> datetime.timedelta:
     """``90d``, ``12h``, ``30m``, ``2w``, ``45s``."""
     match = _AGE.fullmatch(value.strip())
     if match is None or int(match.group(1)) == 0:
-        raise CommandError(f"--older-than takes a number and a unit (s, m, h, d, w), like 90d; not {value!r}")
-    return datetime.timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+        raise CommandError(f"{option} takes a number and a unit (s, m, h, d, w), like 90d; not {value!r}")
+    try:
+        age: datetime.timedelta | None = datetime.timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    except OverflowError:
+        age = None
+    if age is None or age > MAX_AGE:
+        raise CommandError(f"{option} reaches back more than 1000 years: {value!r}")
+    return age
 
 
 class Command(BaseCommand):
