@@ -25,6 +25,7 @@ from gql_audit.redaction import (
     safe_text,
     secret_leaves,
 )
+from gql_audit.tracing import annotate_operation
 
 if TYPE_CHECKING:
     from django.http import HttpRequest
@@ -91,6 +92,8 @@ class RequestContext:
     #: The ``graphql.GraphQLSchema`` the view will execute, when the middleware could tell
     #: (graphene-django's ``GraphQLView``): its fields can then be instrumented.
     view_schema: Any = None
+    #: ``{"trace_id", "span_id"}`` of the OpenTelemetry span active when the request began.
+    trace: dict[str, str] | None = None
     #: Set by ``AuditMiddleware`` when it works through the instrumented fields of
     #: ``view_schema`` instead of wrapping every field of the response.
     instrumented: bool = False
@@ -186,6 +189,8 @@ class RequestContext:
         }
         if self.client_request_id is not None:
             data["client_request_id"] = self.client_request_id
+        if self.trace is not None:
+            data.update(self.trace)
         # Certificate names and usernames are the client's text: stored as safe data.
         safe: dict[str, Any] = safe_data(data)
         return safe
@@ -285,6 +290,7 @@ class RequestContext:
             "name": name,
             "hash": hashlib.sha256(body.encode("utf-8", "surrogatepass")).hexdigest(),
         }
+        annotate_operation(self.operation)
 
 
 @dataclass

@@ -17,6 +17,7 @@ from gql_audit.errors import sqlstate_of
 from gql_audit.kinds import SEVERITY
 from gql_audit.redaction import redact, safe_text
 from gql_audit.storage import write_now
+from gql_audit.tracing import trace_ids
 
 __all__ = ["SEVERITY", "build_event", "classify_resolver_error", "record_event", "sqlstate_of"]
 
@@ -43,6 +44,9 @@ def build_event(
     severity: str | None = None,
 ) -> dict[str, Any]:
     details = dict(details or {})
+    trace = ctx.trace if ctx is not None else trace_ids()
+    if trace is not None:
+        details.update(trace)
     if ctx is not None:
         details["actor"] = ctx.actor_snapshot()
         if ctx.client_request_id is not None:

@@ -31,6 +31,7 @@ from gql_audit.mtls import client_identity, read_client_certificate
 from gql_audit.net import client_address, client_port, is_trusted, parse_ip, request_ids
 from gql_audit.params import FORM_TYPES, content_type
 from gql_audit.storage import flush
+from gql_audit.tracing import trace_ids
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -60,6 +61,7 @@ def begin(request: HttpRequest) -> context.RequestContext:
         remote_addr=client_address(request, peer),
         remote_port=client_port(request, trusted),
         started=time.perf_counter(),
+        trace=trace_ids(),
     )
     if conf.ACCESS_LOG:
         ctx.accessed = {}

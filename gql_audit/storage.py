@@ -224,6 +224,8 @@ class AccessInsert:
             fields["additional_data"] = self.documents[row[-1]]
             entries.append(LogEntry(**values, **fields))
         created: list[Any] = LogEntry.objects.using(self.alias).bulk_create(entries)
+        if observers:
+            notify("access", self.alias, created)
         return created
 
     def execute(self) -> None:
@@ -321,6 +323,8 @@ def insert_access_entries(ctx: context.RequestContext, records: list[Any], alias
     announced = {m for m in models if other_receivers(post_log, m, OUR_RECEIVERS)}
     if not announced:
         insert.execute()
+        if observers and records:
+            notify("access_cid", alias, [ctx.correlation_id()])
         return
     entries = insert.execute_as_objects()
     for record, entry in zip(records, entries, strict=True):
@@ -393,6 +397,8 @@ def insert_request_reads(ctx: context.RequestContext, records: list[Any], alias:
         shapes=shapes,
     )
     RequestReads.objects.using(alias).bulk_create([row])
+    if observers:
+        notify("reads", alias, [row])
     connection = connections[alias]
     if connection.vendor not in POSTGRES_VENDORS:
         meta = ReadObject._meta
@@ -409,7 +415,21 @@ def insert_request_reads(ctx: context.RequestContext, records: list[Any], alias:
 
 
 def insert_events(events: list[dict[str, Any]], alias: str) -> None:
-    SecurityEvent.objects.using(alias).bulk_create([SecurityEvent(**event) for event in events])
+    rows = SecurityEvent.objects.using(alias).bulk_create([SecurityEvent(**event) for event in events])
+    if observers:
+        notify("events", alias, rows)
+
+
+#: Callables told of every row written: ``(kind, alias, rows)`` with ``kind`` one of
+#: ``"reads"`` (``RequestReads``), ``"access"`` (ACCESS ``LogEntry``), ``"events"``, or
+#: ``"access_cid"`` (the correlation id of ACCESS entries written without objects).
+#: ``gql_audit.testing.capture()`` listens here; empty, it costs one truthiness test.
+observers: list[Any] = []
+
+
+def notify(kind: str, alias: str, rows: list[Any]) -> None:
+    for observer in list(observers):
+        observer(kind, alias, rows)
 
 
 def log_records(entries: list[dict[str, Any]], events: list[dict[str, Any]]) -> None:
