@@ -19,6 +19,13 @@ class GqlAuditConfig(AppConfig):
 
         connection_created.connect(db.on_connection_created, dispatch_uid="gql_audit.on_connection_created")
 
+        from importlib.util import find_spec
+
+        if find_spec("celery") is not None:
+            from gql_audit import celery
+
+            celery.connect()
+
         if not apps.is_installed("auditlog"):
             return  # check gql_audit.E008 says so
         pre_save.connect(

@@ -94,6 +94,10 @@ class RequestContext:
     view_schema: Any = None
     #: ``{"trace_id", "span_id"}`` of the OpenTelemetry span active when the request began.
     trace: dict[str, str] | None = None
+    #: The user a Celery task acts for (``gql_audit.celery``): there is no request.
+    acting_user: Any = None
+    #: ``{"id", "name"}`` of the Celery task this context is bound for.
+    task: dict[str, str] | None = None
     #: Set by ``AuditMiddleware`` when it works through the instrumented fields of
     #: ``view_schema`` instead of wrapping every field of the response.
     instrumented: bool = False
@@ -191,6 +195,8 @@ class RequestContext:
             data["client_request_id"] = self.client_request_id
         if self.trace is not None:
             data.update(self.trace)
+        if self.task is not None:
+            data["task"] = self.task
         # Certificate names and usernames are the client's text: stored as safe data.
         safe: dict[str, Any] = safe_data(data)
         return safe
@@ -250,6 +256,8 @@ class RequestContext:
     @property
     def user(self) -> Any:
         """The request's user as it is now (not as it was when the request began)."""
+        if self.request is None:
+            return self.acting_user
         return getattr(self.request, "user", None)
 
     def actor(self) -> tuple[Any, str | None]:

@@ -18,6 +18,7 @@ KINDS: dict[str, tuple[str, str]] = {
     "cert_failed": ("certificate failed", "warning"),
     "cert_header_untrusted": ("certificate header untrusted", "warning"),
     "login_failed": ("login failed", "warning"),
+    "task_failed": ("task failed", "error"),
 }
 
 SEVERITIES = ("info", "warning", "error")

@@ -1,0 +1,143 @@
+"""A task published by a GraphQL mutation, run by a real Celery worker through a real Redis broker."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+
+import graphene
+import pytest
+from auditlog.models import LogEntry
+from django.db import OperationalError
+from django.urls import path
+from django.views.decorators.csrf import csrf_exempt
+from graphene_django.views import GraphQLView
+
+from example_service.models import Document
+from gql_audit.history import request_trail
+from tests.conftest import make_token, post_graphql
+
+celery = pytest.importorskip("celery")
+
+REDIS_URL = os.environ.get("GQL_AUDIT_TEST_REDIS", "redis://127.0.0.1:6379")
+app = celery.Celery("gql_audit_tests", broker=f"{REDIS_URL}/5")
+app.conf.update(task_default_queue=f"gql-audit-tests-{uuid.uuid4().hex}", worker_hijack_root_logger=False)
+
+
+@app.task(name="tests.rename")
+def rename(document_id: int, title: str) -> None:
+    document = Document.objects.get(pk=document_id)
+    document.title = title
+    document.save()
+
+
+@app.task(name="tests.explode")
+def explode() -> None:
+    raise OperationalError("server closed the connection: password=hunter2")
+
+
+@app.task(name="tests.refuse")
+def refuse() -> None:
+    raise ValueError("no such customer")
+
+
+class Rename(graphene.Mutation):
+    class Arguments:
+        id = graphene.Int(required=True)
+        title = graphene.String(required=True)
+
+    queued = graphene.Boolean()
+
+    def mutate(root, info, id, title):
+        rename.delay(id, title)
+        explode.delay()
+        refuse.delay()
+        return Rename(queued=True)
+
+
+class Query(graphene.ObjectType):
+    ok = graphene.Boolean()
+
+
+schema = graphene.Schema(query=Query, mutation=type("Mutation", (graphene.ObjectType,), {"rename": Rename.Field()}))
+urlpatterns = [path("graphql/", csrf_exempt(GraphQLView.as_view(schema=schema)))]
+
+
+def redis_reachable() -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def worker(django_db_blocker):
+    if not redis_reachable():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"Redis is required under CI at {REDIS_URL} (.ci/run starts Debian's redis-server)")
+        pytest.skip(f"needs Redis at {REDIS_URL} (GQL_AUDIT_TEST_REDIS): apt-get install redis-server")
+    from celery.contrib.testing.worker import start_worker
+
+    with django_db_blocker.unblock(), start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=10):
+        yield
+
+
+def wait_for(condition, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError("the worker did not finish the tasks in time")
+
+
+@pytest.mark.urls("tests.test_celery")
+@pytest.mark.django_db(transaction=True)
+def test_task_records_carry_the_request_id_and_the_actor(client, users, worker):
+    alice = users["alice"]
+    doc = alice.documents.first()
+    response = post_graphql(
+        client,
+        'mutation { rename(id: %d, title: "renamed by a task") { queued } }' % doc.pk,
+        token=make_token("alice"),
+        headers={"X-Request-ID": "queued-1"},
+    )
+    assert response.json()["data"] == {"rename": {"queued": True}}
+    trail = request_trail("queued-1")
+    wait_for(lambda: trail.changes.exists() and trail.events.filter(kind__in=["db_error", "task_failed"]).count() == 2)
+    (change,) = trail.changes
+    assert change.object_pk == str(doc.pk) and change.action == LogEntry.Action.UPDATE
+    assert change.actor_id == alice.pk and change.cid == "queued-1"
+    ours = change.additional_data["gql_audit"]
+    assert ours["request_id"] == "queued-1"
+    assert ours["actor"] == {"id": alice.pk, "username": "alice"}
+    assert ours["task"]["name"] == "tests.rename"
+    assert ours["operation"]["type"] == "mutation"
+    (failure,) = trail.events.filter(kind="db_error")
+    assert failure.actor_id == alice.pk and failure.details["task"] == "tests.explode"
+    assert failure.details["exception"] == "OperationalError"
+    assert "hunter2" not in failure.message + str(failure.details)
+    (refused,) = trail.events.filter(kind="task_failed")
+    assert refused.message == "no such customer" and refused.details["task"] == "tests.refuse"
+    assert refused.severity == "error"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_task_published_outside_a_request_runs_without_one(users, worker):
+    doc = users["bob"].documents.first()
+    rename.delay(doc.pk, "renamed by cron")
+    wait_for(lambda: Document.objects.filter(pk=doc.pk, title="renamed by cron").exists())
+    entry = LogEntry.objects.get_for_object(doc).filter(action=LogEntry.Action.UPDATE).latest("timestamp")
+    assert entry.actor_id is None and "gql_audit" not in (entry.additional_data or {})
+
+
+def test_a_forged_header_is_ignored(users):
+    from gql_audit import celery as ours
+    from gql_audit import context
+
+    task = type("Task", (), {"name": "t", "request": type("R", (), {"gql_audit": {"request_id": "bad id\n"}})()})()
+    ours.enter_task(task_id="1", task=task)
+    assert context.current() is None
