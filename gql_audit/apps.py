@@ -13,7 +13,7 @@ class GqlAuditConfig(AppConfig):
         from django.apps import apps
         from django.contrib.auth import get_user_model
         from django.db.backends.signals import connection_created
-        from django.db.models.signals import pre_delete, pre_save
+        from django.db.models.signals import post_save, pre_delete, pre_save
 
         from gql_audit import checks, db, receivers  # noqa: F401  (registers checks)
 
@@ -32,6 +32,11 @@ class GqlAuditConfig(AppConfig):
             receivers.stamp_log_entry,
             sender=get_logentry_model(),
             dispatch_uid="gql_audit.stamp_log_entry",
+        )
+        post_save.connect(
+            receivers.note_change_entry,
+            sender=get_logentry_model(),
+            dispatch_uid="gql_audit.note_change_entry",
         )
         pre_delete.connect(
             receivers.note_deleted_user,

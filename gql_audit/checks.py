@@ -137,6 +137,9 @@ def _check_values(raw: dict[str, Any]) -> list[Any]:
                 errors.append(_invalid(key, f"cannot be imported: {exc}."))
         elif value is not None and not callable(value):
             errors.append(_invalid(key, "must be a callable, an import path to one, or None."))
+    if "INSTRUMENT_SCHEMA" in raw and not isinstance(raw["INSTRUMENT_SCHEMA"], bool):
+        errors.append(_invalid("INSTRUMENT_SCHEMA", "must be True or False."))
+    errors.extend(_check_tamper_evidence(raw.get("TAMPER_EVIDENCE")))
     authenticator = raw.get("AUTHENTICATOR", DEFAULTS["AUTHENTICATOR"])
     if isinstance(authenticator, str):
         try:
@@ -146,6 +149,28 @@ def _check_values(raw: dict[str, Any]) -> list[Any]:
             authenticator = None
     if authenticator is not None and not callable(authenticator):
         errors.append(_invalid("AUTHENTICATOR", "must be a callable, an import path to one, or None."))
+    return errors
+
+
+#: The shortest sealing key accepted: HMAC-SHA256 wants as much secret as its output.
+MIN_KEY_LENGTH = 32
+
+
+def _check_tamper_evidence(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    name = "TAMPER_EVIDENCE"
+    if not isinstance(value, dict):
+        return [_invalid(name, "must be None or a dict with 'key' (and 'previous_keys').")]
+    errors = [_invalid(name, f"has an unknown key {k!r}.") for k in sorted(set(value) - {"key", "previous_keys"})]
+    keys = [value.get("key"), *(value.get("previous_keys") or [])]
+    if not isinstance(value.get("previous_keys", []), (list, tuple)):
+        errors.append(_invalid(name, "['previous_keys'] must be a list of the keys used before."))
+        keys = keys[:1]
+    for key in keys:
+        if not isinstance(key, str) or len(key) < MIN_KEY_LENGTH:
+            errors.append(_invalid(name, f"keys must be strings of at least {MIN_KEY_LENGTH} characters."))
+            break
     return errors
 
 

@@ -153,3 +153,17 @@ def csrf_failure_reason(request: HttpRequest) -> str | None:
     except Exception as exc:  # noqa: BLE001 - a form body Django refuses: no token could be read from it
         return f"the request body could not be read ({type(exc).__name__})"
     return reason
+
+
+# --- Django ---------------------------------------------------------------------------
+
+
+def pending_on_commit(connection: Any, callback: Any) -> bool:
+    """Whether ``callback``, registered with ``transaction.on_commit``, still waits for a commit.
+
+    Django keeps the callbacks of the open transaction in ``connection.run_on_commit``
+    (``(savepoint ids, callback, robust)``) and drops those of a savepoint rolled back:
+    a callback that is neither run nor waiting was rolled back with its transaction.
+    """
+    return any(entry[1] is callback for entry in connection.run_on_commit)
+

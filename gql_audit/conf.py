@@ -29,6 +29,7 @@ DEFAULTS: dict[str, Any] = {
     "FAIL_CLOSED": False,
     "WRITE_AFTER_RESPONSE": False,
     "INSTRUMENT_SCHEMA": True,
+    "TAMPER_EVIDENCE": None,
     "REDACT_KEYS": (
         "pass",
         "secret",

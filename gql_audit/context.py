@@ -98,6 +98,8 @@ class RequestContext:
     acting_user: Any = None
     #: ``{"id", "name"}`` of the Celery task this context is bound for.
     task: dict[str, str] | None = None
+    #: Primary keys of the change entries saved so far, sealed with the request's records.
+    changes_to_seal: list[Any] = field(default_factory=list)
     #: Set by ``AuditMiddleware`` when it works through the instrumented fields of
     #: ``view_schema`` instead of wrapping every field of the response.
     instrumented: bool = False

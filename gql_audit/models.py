@@ -89,3 +89,47 @@ class ReadObject(models.Model):
 
     class Meta:
         verbose_name = "object read"
+
+
+class Seal(models.Model):
+    """``TAMPER_EVIDENCE``: the records one request (or one write) left, sealed in a chain.
+
+    ``entries`` lists ``[kind, pk, sha256 of the stored record, subkind, actor pk, time]``;
+    ``mac`` is the HMAC of the chain, position, previous seal's ``mac``, time, key
+    and entries. ``python manage.py gql_audit_verify`` walks the chains.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    chain = models.CharField(max_length=64)
+    seq = models.BigIntegerField()
+    at = models.DateTimeField(db_index=True)
+    key_id = models.CharField(max_length=16)
+    entries = models.JSONField(default=list)
+    mac = models.CharField(max_length=64)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["chain", "seq"], name="gql_audit_seal_chain_seq")]
+        ordering = ["chain", "seq"]
+
+    def __str__(self) -> str:
+        return f"{self.chain}#{self.seq}"
+
+
+class SealChain(models.Model):
+    """One writer's chain of seals for one day: where it starts, its newest seal, sealed.
+
+    ``base_*`` is where verification starts (the anchor, or the last seal a purge
+    removed); ``head_*`` the newest seal; ``mac`` the HMAC of all of them.
+    """
+
+    chain = models.CharField(max_length=64, primary_key=True)
+    started_at = models.DateTimeField()
+    base_seq = models.BigIntegerField(default=0)
+    base_mac = models.CharField(max_length=64)
+    head_seq = models.BigIntegerField(default=0)
+    head_mac = models.CharField(max_length=64)
+    key_id = models.CharField(max_length=16)
+    mac = models.CharField(max_length=64, blank=True)
+
+    def __str__(self) -> str:
+        return self.chain

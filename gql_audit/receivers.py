@@ -106,3 +106,28 @@ def note_deleted_user(sender: Any, instance: Any, **kwargs: Any) -> None:
     ctx = context.current()
     if ctx is not None and instance.pk is not None:
         ctx.deleted_actor_pks.add(instance.pk)
+
+
+def note_change_entry(sender: Any, instance: Any, created: bool = False, **kwargs: Any) -> None:
+    """``TAMPER_EVIDENCE``: a ``LogEntry`` saved in a request is sealed with the request's
+    records; one saved elsewhere, when its transaction commits."""
+    from gql_audit import sealing
+
+    if not created or not sealing.enabled():
+        return
+    ctx = context.current()
+    if ctx is not None:
+        ctx.changes_to_seal.append(instance.pk)
+        return
+    from django.db import transaction
+
+    alias = instance._state.db or "default"
+    pk = instance.pk
+    transaction.on_commit(lambda: seal_later(alias, pk), using=alias)
+
+
+def seal_later(alias: str, pk: Any) -> None:
+    from gql_audit.storage import seal_quietly
+
+    seal_quietly(alias, {"entry": [pk]})
+

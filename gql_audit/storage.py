@@ -21,7 +21,7 @@ from django.db.models import Model
 from django.utils import timezone
 from django.utils.encoding import smart_str
 
-from gql_audit import context
+from gql_audit import context, sealing
 from gql_audit.access import add_read
 from gql_audit.compat import other_receivers
 from gql_audit.conf import conf
@@ -228,17 +228,26 @@ class AccessInsert:
             notify("access", self.alias, created)
         return created
 
-    def execute(self) -> None:
+    def execute(self, returning: bool = False) -> list[Any]:
+        """Insert the entries; their primary keys when ``returning`` (``RETURNING``, no extra statement)."""
         if not self.rows:
-            return
+            return []
         quote = self.connection.ops.quote_name
         self.table = quote(self.meta.db_table)
         self.columns = ", ".join(quote(f.column) for f in [*self.per_row, *(f for f, _ in self.constant)])
+        self.returning = f" RETURNING {quote(self.meta.pk.column)}" if returning else ""
+        self.ids: list[Any] = []
         with self.connection.cursor() as cursor:
             if self.connection.vendor in ARRAY_VENDORS:
                 self._by_arrays(cursor)
             else:
                 self._by_values(cursor)
+        return self.ids
+
+    def _run(self, cursor: Any, sql: str, params: list[Any]) -> None:
+        cursor.execute(sql + self.returning, params)
+        if self.returning:
+            self.ids.extend(row[0] for row in cursor.fetchall())
 
     def _by_values(self, cursor: Any) -> None:
         """``INSERT ... VALUES (...), (...)``: as many rows a statement as parameters allow."""
@@ -255,7 +264,7 @@ class AccessInsert:
                 params.append(documents[row[-1]])
                 params.extend(constants)
             sql = f"INSERT INTO {self.table} ({self.columns}) VALUES " + ", ".join([placeholder] * len(chunk))
-            cursor.execute(sql, params)
+            self._run(cursor, sql, params)
 
     def _by_arrays(self, cursor: Any) -> None:
         """``INSERT ... SELECT FROM unnest(arrays)``: one short statement, one parameter a column.
@@ -279,7 +288,7 @@ class AccessInsert:
         for start in range(0, len(self.rows), MAX_ROWS_PER_ARRAY_INSERT):
             chunk = self.rows[start : start + MAX_ROWS_PER_ARRAY_INSERT]
             columns = [list(column) for column in zip(*chunk, strict=True)]
-            cursor.execute(sql, [documents, *(value for _, value in self.constant), *columns])
+            self._run(cursor, sql, [documents, *(value for _, value in self.constant), *columns])
 
 
 def _model_data(record: Any) -> Any:
@@ -298,9 +307,12 @@ def _model_data(record: Any) -> Any:
 OUR_RECEIVERS = ("gql_audit.defer_access_entry", "gql_audit.log_failed_change_entry")
 
 
-def insert_access_entries(ctx: context.RequestContext, records: list[Any], alias: str, reader: context.Reader) -> None:
+def insert_access_entries(
+    ctx: context.RequestContext, records: list[Any], alias: str, reader: context.Reader, ids: bool = False
+) -> list[Any]:
     """Few statements whatever the number of entries; auditlog's ``pre_log`` and
-    ``post_log`` sent for each entry when a receiver other than gql_audit's listens."""
+    ``post_log`` sent for each entry when a receiver other than gql_audit's listens.
+    The primary keys of the entries when ``ids`` (else none)."""
     from auditlog import get_logentry_model
     from auditlog.signals import post_log, pre_log
 
@@ -322,10 +334,10 @@ def insert_access_entries(ctx: context.RequestContext, records: list[Any], alias
         insert.add(record)
     announced = {m for m in models if other_receivers(post_log, m, OUR_RECEIVERS)}
     if not announced:
-        insert.execute()
+        written = insert.execute(returning=ids)
         if observers and records:
             notify("access_cid", alias, [ctx.correlation_id()])
-        return
+        return written
     entries = insert.execute_as_objects()
     for record, entry in zip(records, entries, strict=True):
         if record.model in announced:
@@ -340,6 +352,7 @@ def insert_access_entries(ctx: context.RequestContext, records: list[Any], alias
                 log_entry=entry,
                 log_created=True,
             )
+    return [entry.pk for entry in entries]
 
 
 def by_reader(ctx: context.RequestContext, records: list[Any]) -> list[tuple[context.Reader, list[Any]]]:
@@ -359,7 +372,7 @@ def object_key(model: type[Model], pk: Any) -> str:
     return f"{model._meta.label_lower}:{safe_text(str(pk))}"
 
 
-def insert_request_reads(ctx: context.RequestContext, records: list[Any], alias: str, reader: context.Reader) -> None:
+def insert_request_reads(ctx: context.RequestContext, records: list[Any], alias: str, reader: context.Reader) -> Any:
     """``ACCESS_STORE = "gql_audit"``: the request's reads as one row (and, where the
     database cannot index an array, one narrow row per object, in one statement)."""
     data = ctx.record_data(alias)
@@ -399,6 +412,12 @@ def insert_request_reads(ctx: context.RequestContext, records: list[Any], alias:
     RequestReads.objects.using(alias).bulk_create([row])
     if observers:
         notify("reads", alias, [row])
+    _side_table(row, keys, alias)
+    return row.id
+
+
+def _side_table(row: RequestReads, keys: list[str], alias: str) -> None:
+    """:class:`ReadObject` rows, where the database cannot index ``keys`` (one statement)."""
     connection = connections[alias]
     if connection.vendor not in POSTGRES_VENDORS:
         meta = ReadObject._meta
@@ -414,10 +433,11 @@ def insert_request_reads(ctx: context.RequestContext, records: list[Any], alias:
             )
 
 
-def insert_events(events: list[dict[str, Any]], alias: str) -> None:
+def insert_events(events: list[dict[str, Any]], alias: str) -> list[Any]:
     rows = SecurityEvent.objects.using(alias).bulk_create([SecurityEvent(**event) for event in events])
     if observers:
         notify("events", alias, rows)
+    return [row.pk for row in rows]
 
 
 #: Callables told of every row written: ``(kind, alias, rows)`` with ``kind`` one of
@@ -467,13 +487,38 @@ def log_unwritten(
 
 
 def _store(ctx: context.RequestContext | None, records: list[Any], events: list[dict[str, Any]], alias: str) -> None:
+    sealed = sealing.enabled()
+    written: dict[str, list[Any]] = {sealing.READS: [], sealing.ENTRY: [], sealing.EVENT: []}
     with transaction.atomic(using=alias):
         if records and ctx is not None:
-            insert_reads = insert_request_reads if conf.ACCESS_STORE == "gql_audit" else insert_access_entries
+            gql_audit_store = conf.ACCESS_STORE == "gql_audit"
             for reader, group in by_reader(ctx, records):
-                insert_reads(ctx, group, alias, reader)
+                if gql_audit_store:
+                    written[sealing.READS].append(insert_request_reads(ctx, group, alias, reader))
+                else:
+                    written[sealing.ENTRY].extend(insert_access_entries(ctx, group, alias, reader, ids=sealed))
         if events:
-            insert_events(events, alias)
+            written[sealing.EVENT] = insert_events(events, alias)
+        if sealed:
+            changes = ctx.changes_to_seal if ctx is not None else []
+            written[sealing.ENTRY].extend(changes)
+            seal_quietly(alias, written)
+    if sealed and ctx is not None:
+        ctx.changes_to_seal = []
+
+
+def seal_quietly(alias: str, written: dict[str, list[Any]]) -> None:
+    """Seal what was just written; a seal that cannot be written must not lose the records
+    (they are written unsealed, and the fallback log says so)."""
+    try:
+        with transaction.atomic(using=alias):
+            sealing.seal(alias, written)
+    except Exception as exc:  # noqa: BLE001 - the records matter more than their seal
+        log_payload(
+            audit_logger,
+            logging.ERROR,
+            {"event": "seal_failed", "error": f"{type(exc).__name__}: {exc}"[:1000], **written},
+        )
 
 
 #: SQLite result codes of a statement the database refused for its content or
@@ -566,6 +611,11 @@ def _entries_for_log(ctx: context.RequestContext | None, records: list[Any], ali
 def write(ctx: context.RequestContext | None, records: list[Any], events: list[dict[str, Any]], alias: str) -> bool:
     """Write both kinds; what cannot be written goes, complete, to the log. True when all was written."""
     if not records and not events:
+        if ctx is not None and ctx.changes_to_seal and sealing.enabled():
+            try:
+                _store(ctx, [], [], alias)
+            except Exception as exc:  # noqa: BLE001 - sealing must not fail the request
+                log_payload(audit_logger, logging.ERROR, {"event": "seal_failed", "error": f"{type(exc).__name__}"})
         return True
     sink = conf.EVENT_SINK
     if sink != "database":

@@ -79,10 +79,17 @@ def worker(django_db_blocker):
         if os.environ.get("CI") == "true":
             pytest.fail(f"Redis is required under CI at {REDIS_URL} (.ci/run starts Debian's redis-server)")
         pytest.skip(f"needs Redis at {REDIS_URL} (GQL_AUDIT_TEST_REDIS): apt-get install redis-server")
+    import logging
+
     from celery.contrib.testing.worker import start_worker
 
-    with django_db_blocker.unblock(), start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=10):
-        yield
+    # The embedded worker sets the root logger's level for its own output: other tests' logging must not change.
+    level = logging.root.level
+    try:
+        with django_db_blocker.unblock(), start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=10):
+            yield
+    finally:
+        logging.root.setLevel(level)
 
 
 def wait_for(condition, timeout=20.0):

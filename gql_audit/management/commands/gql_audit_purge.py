@@ -11,6 +11,7 @@ from django.db import transaction
 from django.db.models import Model, QuerySet
 from django.utils import timezone
 
+from gql_audit import sealing
 from gql_audit.kinds import SEVERITY
 from gql_audit.models import ReadObject, RequestReads, SecurityEvent
 from gql_audit.storage import audit_alias
@@ -78,6 +79,12 @@ class Command(BaseCommand):
             # The gql_audit access store: one row per request, and its object index where it has one.
             targets.append(("requests' reads", RequestReads.objects.using(using).filter(at__lt=cutoff)))
             targets.append(("objects read (index)", ReadObject.objects.using(using).filter(at__lt=cutoff)))
+        if not options["dry_run"] and sealing.enabled():
+            # Before deleting (an interrupted purge is covered too): a sealed record of what
+            # goes, so that gql_audit_verify knows these absences from tampering.
+            scope = "all" if kind is None else ACCESS if kind == ACCESS else f"event:{kind}"
+            sealing.append(using, [[sealing.PURGE, scope, cutoff.isoformat(), None, None, None]])
+            self.stdout.write(f"Sealed checkpoint: {scope} before {cutoff.isoformat()}.")
         for label, queryset in targets:
             if options["dry_run"]:
                 self.stdout.write(f"{label}: would delete {queryset.count()}")

@@ -1,0 +1,264 @@
+"""``TAMPER_EVIDENCE``: every record sealed with a keyed hash, in chains a verifier walks.
+
+What a seal is
+    One :class:`~gql_audit.models.Seal` row per request (per write outside a
+    request) lists each record the request left: its kind, primary key and the
+    SHA-256 of its stored content as the database returns it, read back in the
+    same transaction. The row's HMAC (SHA-256, keyed by ``TAMPER_EVIDENCE["key"]``)
+    covers that list, its position in its chain and the HMAC of the seal before
+    it, so a seal cannot be edited, dropped, reordered or forged without the key.
+
+Chains
+    Each writer (a thread of a process) keeps its own chain per UTC day, whose
+    head it holds in memory: sealing a request is one INSERT of the seal and one
+    UPDATE of the writer's own :class:`~gql_audit.models.SealChain` row (one
+    INSERT more when a chain starts), with no read of a shared head and no lock
+    another writer waits for. The chain row is sealed too: it anchors the chain
+    (its first seal follows a value only the key can make) and names its last
+    seal, so dropping a chain's newest seals shows.
+
+A database writer without the key can change nothing unnoticed. What it does not
+protect against is said in ``docs/evidence.md``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import hashlib
+import hmac
+import ipaddress
+import json
+import threading
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import connections, transaction
+from django.db.models import Model
+from django.utils import timezone
+
+from gql_audit.compat import pending_on_commit
+from gql_audit.conf import conf
+from gql_audit.models import RequestReads, Seal, SealChain, SecurityEvent
+
+#: Record kinds a seal names.
+EVENT = "event"
+READS = "reads"
+ENTRY = "entry"
+#: A seal left by ``gql_audit_purge``: what it deleted, so that their absence verifies.
+PURGE = "purge"
+
+
+def enabled() -> bool:
+    return bool(conf.TAMPER_EVIDENCE)
+
+
+def key_id(key: str) -> str:
+    """A key's public name: the first 16 hex digits of its SHA-256."""
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def keys() -> dict[str, bytes]:
+    """``key_id -> key`` of the current key and every previous one."""
+    settings = conf.TAMPER_EVIDENCE or {}
+    found = [settings.get("key"), *(settings.get("previous_keys") or ())]
+    return {key_id(k): k.encode() for k in found if isinstance(k, str) and k}
+
+
+def current_key() -> tuple[str, bytes]:
+    key = (conf.TAMPER_EVIDENCE or {})["key"]
+    return key_id(key), key.encode()
+
+
+def mac(key: bytes, *parts: str) -> str:
+    return hmac.new(key, "\x1f".join(parts).encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
+
+
+# --- what a record is, canonically ---------------------------------------------------------
+
+
+def _plain(value: Any) -> Any:
+    """A value as the database returned it, in one form whatever the backend."""
+    if isinstance(value, datetime.datetime):
+        if timezone.is_aware(value):
+            value = value.astimezone(datetime.UTC)
+        return value.isoformat()
+    if isinstance(value, (datetime.date, datetime.time, decimal.Decimal, uuid.UUID)):
+        return str(value)
+    if isinstance(value, (bytes, memoryview)):
+        return bytes(value).hex()
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and value == int(value):
+        return int(value)
+    return value
+
+
+@dataclass(frozen=True)
+class RecordKind:
+    name: str
+    model: type[Model]
+    #: Columns left out of the digest: the actor's key, which the database sets to NULL
+    #: when the user is deleted (the seal keeps it apart).
+    actor: str | None
+    at: str
+
+    def columns(self) -> list[str]:
+        return [f.attname for f in self.model._meta.concrete_fields if f.attname != self.actor]
+
+    def digest(self, row: dict[str, Any]) -> str:
+        columns = {name: _plain(row[name]) for name in self.columns()}
+        for name in self.ip_columns():
+            if columns.get(name):
+                try:
+                    columns[name] = str(ipaddress.ip_address(columns[name]))
+                except ValueError:
+                    pass
+        text = json.dumps(columns, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+        return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+    def ip_columns(self) -> list[str]:
+        from django.db.models import GenericIPAddressField
+
+        return [f.attname for f in self.model._meta.concrete_fields if isinstance(f, GenericIPAddressField)]
+
+    def subkind(self, row: dict[str, Any]) -> str:
+        if self.name == EVENT:
+            return str(row["kind"])
+        if self.name == ENTRY:
+            from auditlog.models import LogEntry
+
+            return "access" if row["action"] == LogEntry.Action.ACCESS else "change"
+        return READS
+
+    def rows(self, alias: str, ids: Iterable[Any]) -> list[dict[str, Any]]:
+        fields = [*self.columns(), *([self.actor] if self.actor else [])]
+        return list(self.model._default_manager.using(alias).filter(pk__in=list(ids)).values(*fields))
+
+
+def record_kinds() -> dict[str, RecordKind]:
+    from auditlog import get_logentry_model
+
+    return {
+        EVENT: RecordKind(EVENT, SecurityEvent, "actor_id", "created_at"),
+        READS: RecordKind(READS, RequestReads, None, "at"),
+        ENTRY: RecordKind(ENTRY, get_logentry_model(), "actor_id", "timestamp"),
+    }
+
+
+def entry_for(kind: RecordKind, row: dict[str, Any]) -> list[Any]:
+    """``[kind, pk, digest, subkind, actor pk, time]``: what a seal says of one record."""
+    actor = row.get(kind.actor) if kind.actor else None
+    pk = str(row[kind.model._meta.pk.attname])
+    return [kind.name, pk, kind.digest(row), kind.subkind(row), actor, _plain(row[kind.at])]
+
+
+def seal_text(seal_chain: str, seq: int, previous: str, at: str, kid: str, entries: list[Any]) -> list[str]:
+    """What a seal's HMAC covers, in order."""
+    listed = json.dumps(entries, separators=(",", ":"), ensure_ascii=False, default=str)
+    return [seal_chain, str(seq), previous, at, kid, listed]
+
+
+def anchor(key: bytes, chain: SealChain) -> str:
+    """The value a chain's first seal follows."""
+    return mac(key, "anchor", chain.chain, _plain(chain.started_at))
+
+
+def chain_text(chain: SealChain) -> list[str]:
+    return [
+        chain.chain,
+        _plain(chain.started_at),
+        str(chain.base_seq),
+        chain.base_mac,
+        str(chain.head_seq),
+        chain.head_mac,
+        chain.key_id,
+    ]
+
+
+# --- the writer's chain -----------------------------------------------------------------------
+
+
+class _Writer(threading.local):
+    def __init__(self) -> None:
+        self.chain: SealChain | None = None
+        #: ``(seq, mac)`` of the newest seal of ``chain`` the database has committed.
+        self.committed: tuple[int, str] | None = None
+        #: ``(seq, mac, on_commit callback)`` of a seal written in a transaction still open.
+        self.pending: tuple[int, str, Any] | None = None
+
+
+_writer = _Writer()
+
+
+def _chain_for(alias: str, now: datetime.datetime, kid: str, key: bytes) -> tuple[SealChain, int, str, bool]:
+    """This thread's chain for today and its head: ``(chain, seq, mac, new)``."""
+    writer = _writer
+    if writer.pending is not None and not pending_on_commit(connections[alias], writer.pending[2]):
+        # The transaction (or savepoint) that wrote the pending seal was rolled back.
+        writer.pending = None
+    if writer.pending is not None:
+        chain = writer.chain
+        assert chain is not None
+        return chain, writer.pending[0], writer.pending[1], False
+    chain = writer.chain
+    day = now.strftime("%Y%m%d")
+    if chain is None or writer.committed is None or not chain.chain.startswith(day) or chain._state.db != alias:
+        chain = SealChain(chain=f"{day}-{uuid.uuid4().hex[:20]}", started_at=now, base_seq=0, head_seq=0, key_id=kid)
+        chain.base_mac = chain.head_mac = anchor(key, chain)
+        chain._state.db = alias
+        writer.chain, writer.committed = chain, None
+        return chain, 0, chain.base_mac, True
+    seq, previous = writer.committed
+    return chain, seq, previous, False
+
+
+def seal(alias: str, records: Mapping[str, Iterable[Any]]) -> int:
+    """Seal the records ``{kind: primary keys}`` just written on ``alias``; returns how many.
+
+    Runs inside the transaction that wrote them: the seal commits with them, or
+    neither does.
+    """
+    kinds = record_kinds()
+    entries: list[Any] = []
+    for name, ids in records.items():
+        ids = list(ids)
+        if ids:
+            kind = kinds[name]
+            entries.extend(entry_for(kind, row) for row in kind.rows(alias, ids))
+    if not entries:
+        return 0
+    append(alias, sorted(entries, key=lambda entry: (entry[0], entry[1])))
+    return len(entries)
+
+
+def append(alias: str, entries: list[Any]) -> None:
+    """Add one seal listing ``entries`` to this thread's chain."""
+    kid, key = current_key()
+    now = timezone.now()
+    with transaction.atomic(using=alias):
+        chain, seq, previous, new = _chain_for(alias, now, kid, key)
+        seq += 1
+        seal_mac = mac(key, *seal_text(chain.chain, seq, previous, _plain(now), kid, entries))
+        Seal.objects.using(alias).create(chain=chain.chain, seq=seq, at=now, key_id=kid, entries=entries, mac=seal_mac)
+        chain.head_seq, chain.head_mac, chain.key_id = seq, seal_mac, kid
+        chain.mac = mac(key, *chain_text(chain))
+        if new:
+            chain.save(using=alias, force_insert=True)
+        else:
+            SealChain.objects.using(alias).filter(chain=chain.chain).update(
+                head_seq=seq, head_mac=seal_mac, key_id=kid, mac=chain.mac
+            )
+
+        def committed() -> None:
+            if _writer.chain is chain:
+                _writer.committed = (seq, seal_mac)
+                if _writer.pending is not None and _writer.pending[0] == seq:
+                    _writer.pending = None
+
+        _writer.pending = (seq, seal_mac, committed)
+        transaction.on_commit(committed, using=alias)
