@@ -117,7 +117,10 @@ def test_request_id_filter_and_trail_link(client, root, users, gql, store):
 
 def test_the_trail_joins_reads_changes_and_events(client, root, users, gql, store):
     bobs = users["bob"].documents.first()
-    query = 'mutation Mixed { updateProfile(phone: "42") { profile { phone } } updateDocument(id: "%s", title: "x") { document { title } } }'
+    query = (
+        'mutation Mixed { updateProfile(phone: "42") { profile { phone } } '
+        'updateDocument(id: "%s", title: "x") { document { title } } }'
+    )
     run(gql, query % to_global_id("DocumentNode", bobs.pk), "alice", "trail-1")
     page = text(client.get(reverse("admin:gql_audit_trail") + "?request_id=trail-1"))
     assert "Reads (1)" in page and "Change entries (1)" in page and "Security events (1)" in page
