@@ -231,11 +231,15 @@ class ActorFilter(InputFilter):
     def filter(self, queryset: QuerySet[Any], value: str) -> QuerySet[Any]:
         by_id, by_snapshot = self.lookups_for
         ids = user_ids(value)
+        if queryset.model is RequestReads:
+            # A plain text column, kept after the user is deleted: a deleted user's id is found
+            # in the newest row naming them, then their rows by the index.
+            if not ids:
+                ids = list(queryset.filter(actor__username=value).values_list("actor_id", flat=True)[:1])
+            return queryset.filter(actor_id__in=[str(pk) for pk in ids])
         if ids:
-            if queryset.model is RequestReads:  # a plain text column: no foreign key to the user
-                ids = [str(pk) for pk in ids]
             return queryset.filter(**{by_id: ids})
-        # A deleted user: only the snapshot names them (not indexed; the list stops at a page).
+        # A deleted user (the foreign key is now NULL): only the snapshot names them (not indexed).
         return queryset.filter(**{by_snapshot: value})
 
 
