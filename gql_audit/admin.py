@@ -388,6 +388,17 @@ class ResourceTypeFilter(admin.SimpleListFilter):
 # -- The three lists --------------------------------------------------------------------------
 
 
+def context_field(key: str, description: str, show: Any = None) -> Any:
+    """A display method of an admin showing one key of its records' gql_audit context."""
+    shown = show or render_data
+
+    @admin.display(description=description)
+    def display(self: AuditRecordAdmin, obj: Any) -> Any:
+        return shown(self.context_of(obj).get(key))
+
+    return display
+
+
 #: Where from and on which database, shown alike on every record's page.
 CONTEXT_FIELDSETS: list[Any] = [
     ("Where from", {"fields": ["remote_addr", "certificate_display", "client_request_id_display"]}),
@@ -421,33 +432,13 @@ class AuditRecordAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         """The record's ``"gql_audit"`` object, however this kind of record stores it."""
         raise NotImplementedError
 
-    @admin.display(description="operation")
-    def operation_display(self, obj: Any) -> SafeString:
-        return render_data(self.context_of(obj).get("operation"))
-
-    @admin.display(description="operation")
-    def operation_short(self, obj: Any) -> str:
-        return operation_label(self.context_of(obj).get("operation"))
-
-    @admin.display(description="client certificate")
-    def certificate_display(self, obj: Any) -> SafeString:
-        return render_data(self.context_of(obj).get("client_cert"))
-
-    @admin.display(description="database context")
-    def database_display(self, obj: Any) -> SafeString:
-        return render_data(self.context_of(obj).get("db"))
-
-    @admin.display(description="actor snapshot")
-    def actor_snapshot_display(self, obj: Any) -> SafeString:
-        return render_data(self.context_of(obj).get("actor"))
-
-    @admin.display(description="request id sent by the client")
-    def client_request_id_display(self, obj: Any) -> SafeString:
-        return render_data(self.context_of(obj).get("client_request_id"))
-
-    @admin.display(description="request")
-    def trail_display(self, obj: Any) -> SafeString:
-        return trail_link(self.context_of(obj).get("request_id"))
+    operation_display = context_field("operation", "operation")
+    operation_short = context_field("operation", "operation", operation_label)
+    certificate_display = context_field("client_cert", "client certificate")
+    database_display = context_field("db", "database context")
+    actor_snapshot_display = context_field("actor", "actor snapshot")
+    client_request_id_display = context_field("client_request_id", "request id sent by the client")
+    trail_display = context_field("request_id", "request", trail_link)
 
     #: Context keys each record shows in a field of its own; ``other_context_display`` shows the rest.
     shown_keys = frozenset(
