@@ -22,7 +22,6 @@ if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$WANTED" ]; then
     echo "$WANTED" > "$STAMP"
 fi
 ADDR="${EXAMPLE_ADDR:-127.0.0.1:8000}"
-# Both are idempotent: nothing to migrate or create costs a moment.
-.venv/bin/python example_service/manage.py migrate --no-input --verbosity 0
-.venv/bin/python example_service/manage.py seed_demo --url "http://$ADDR"
+# Migrate and seed in one start-up; both idempotent: nothing to apply or create costs a moment.
+.venv/bin/python example_service/manage.py seed_demo --migrate --url "http://$ADDR"
 exec .venv/bin/python example_service/manage.py runserver "$ADDR"

@@ -2,6 +2,7 @@
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
+from django.core.management import call_command
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
@@ -32,9 +33,16 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--quiet", action="store_true", help="Do not print the usage notes.")
         parser.add_argument("--url", default="http://127.0.0.1:8000", help="Base URL in the notes.")
+        parser.add_argument("--migrate", action="store_true", help="Apply migrations first (one start-up for both).")
+
+    def execute(self, *args, **options):
+        # Here, not in handle(): handle() runs in a transaction, and migrations bring their own.
+        if options.get("migrate"):
+            call_command("migrate", interactive=False, verbosity=0)
+        return super().execute(*args, **options)
 
     @transaction.atomic
-    def handle(self, *args, quiet=False, url="", **options):
+    def handle(self, *args, quiet=False, url="", migrate=False, **options):
         User = get_user_model()
         for username, password, full_name, is_superuser in DEMO_USERS:
             user, created = User.objects.get_or_create(
