@@ -63,6 +63,9 @@ COUNT_CAP = 10_000
 PAGE_LIMIT = 200
 #: Characters of a security event's message in the list (the page shows it whole).
 MESSAGE_PREVIEW = 160
+#: Characters of a request id, and of a list of changed fields, in the lists (the pages show them whole).
+SHORT_ID = 13
+SHORT_SUMMARY = 70
 
 # C0 and C1 control characters but tab and newline: shown as \xNN / \uNNNN, never sent raw to a browser.
 _CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x00, 0x09), *range(0x0B, 0x20), 0x7F]}
@@ -130,6 +133,16 @@ def trail_link(request_id: str | None) -> SafeString:
     if not request_id:
         return format_html("{}", "-")
     return format_html('<a href="{}" class="gql-audit-trail">{}</a>', trail_url(request_id), visible(request_id))
+
+
+def short_trail_link(request_id: str | None) -> SafeString:
+    """A list's request id: long ids cut to their start (the whole id in the tooltip and the link)."""
+    if not request_id or len(request_id) <= SHORT_ID:
+        return trail_link(request_id)
+    text = visible(request_id)
+    return format_html(
+        '<a href="{}" class="gql-audit-trail" title="{}">{}…</a>', trail_url(request_id), text, text[:SHORT_ID]
+    )
 
 
 def user_link(snapshot: Any, user: Any = None) -> SafeString:
@@ -222,7 +235,7 @@ def user_ids(username: str) -> list[Any]:
 class ActorFilter(InputFilter):
     """By the actor's username: the user's id (indexed) while the user exists, else the snapshot."""
 
-    title = "actor (username)"
+    title = "by actor (username)"
     parameter_name = "actor"
     placeholder = "username"
     #: ``(id lookup, snapshot username lookup)`` on this list's rows.
@@ -252,7 +265,7 @@ class ActorOfEventFilter(ActorFilter):
 
 
 class RequestFilter(InputFilter):
-    title = "request id"
+    title = "by request id"
     parameter_name = "request_id"
     placeholder = "request id"
 
@@ -276,7 +289,7 @@ def parse_object(value: str) -> tuple[type[Model], str]:
 
 
 class ObjectFilter(InputFilter):
-    title = "object (app_label.Model:pk)"
+    title = "by object (app_label.Model:pk)"
     parameter_name = "object"
     placeholder = "example_service.Profile:1"
 
@@ -294,7 +307,7 @@ class ObjectFilter(InputFilter):
 class FieldReadFilter(InputFilter):
     """Reads of one GraphQL field (not indexed: the list stops at a page, newest first)."""
 
-    title = "field read"
+    title = "by field read"
     parameter_name = "field"
     placeholder = "phone"
 
@@ -319,7 +332,7 @@ def parse_moment(value: str, *, end: bool) -> datetime.datetime:
 
 
 class SinceFilter(InputFilter):
-    title = "from (date or date-time)"
+    title = "from (a date or date-time)"
     parameter_name = "since"
     placeholder = "2026-01-31 08:00"
     time_field = "at"
@@ -329,7 +342,7 @@ class SinceFilter(InputFilter):
 
 
 class UntilFilter(SinceFilter):
-    title = "until (date or date-time)"
+    title = "until (a date or date-time)"
     parameter_name = "until"
     placeholder = "2026-01-31"
 
@@ -416,6 +429,8 @@ class AuditRecordAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     change_list_template = "gql_audit/admin/change_list.html"
     #: The date drill-down reads every distinct date of the table: the time filters replace it.
     date_hierarchy = None
+    #: Facet counts are one COUNT a filter choice over the whole filtered table.
+    show_facets = admin.ShowFacets.NEVER
     #: The name shown for a record without an actor.
     nobody = "anonymous"
 
@@ -439,6 +454,7 @@ class AuditRecordAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     actor_snapshot_display = context_field("actor", "actor snapshot")
     client_request_id_display = context_field("client_request_id", "request id sent by the client")
     trail_display = context_field("request_id", "request", trail_link)
+    trail_short = context_field("request_id", "request", short_trail_link)
 
     #: Context keys each record shows in a field of its own; ``other_context_display`` shows the rest.
     shown_keys = frozenset(
@@ -456,7 +472,7 @@ class AuditRecordAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 class RequestReadsAdmin(AuditRecordAdmin):
     """Reads (``ACCESS_STORE = "gql_audit"``): one row a request, every object it exposed."""
 
-    list_display = ("at_display", "reader", "operation_short", "objects_read", "remote_addr", "trail_display")
+    list_display = ("at_display", "reader", "operation_short", "objects_read", "remote_addr", "trail_short")
     list_filter = (*time_filters("at"), ActorFilter, ObjectFilter, FieldReadFilter, RequestFilter)
     ordering = ("-at",)
     fieldsets = [
@@ -577,10 +593,17 @@ def reads_table(reads: Iterable[Read], *, columns: Iterable[str]) -> SafeString:
     return table([title for title, _ in chosen], ([cell(read) for _, cell in chosen] for read in reads), css="reads")
 
 
+def record_link(record: Model, text: str) -> SafeString:
+    """``text`` linked to the record's admin page."""
+    opts = record._meta
+    url = reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[record.pk])
+    return format_html('<a href="{}">{}</a>', url, text)
+
+
 def changes_table(entries: Iterable[Any]) -> SafeString:
     rows = (
         [
-            at_seconds(entry.timestamp),
+            record_link(entry, at_seconds(entry.timestamp)),
             entry.get_action_display(),
             object_link(entry.content_type.model_class()._meta.label, entry.object_pk)
             if entry.content_type.model_class() is not None
@@ -596,7 +619,7 @@ def changes_table(entries: Iterable[Any]) -> SafeString:
 def events_table(events: Iterable[SecurityEvent]) -> SafeString:
     rows = (
         [
-            at_seconds(event.created_at),
+            record_link(event, at_seconds(event.created_at)),
             event.kind,
             event.severity,
             actor_name(event.details.get("actor"), event.actor, nobody="anonymous"),
@@ -621,7 +644,7 @@ class SecurityEventAdmin(AuditRecordAdmin):
         "operation_short",
         "path_display",
         "message_preview",
-        "trail_display",
+        "trail_short",
     )
     list_filter = ("kind", "severity", *time_filters("created_at"), ActorOfEventFilter, RequestFilter)
     list_select_related = ("actor",)
@@ -690,7 +713,7 @@ class LogEntryAdmin(LogEntryAdminMixin, AuditRecordAdmin):  # type: ignore[misc]
         "summary",
         "actor_display",
         "remote_addr",
-        "trail_display",
+        "trail_short",
     )
     list_filter = (
         "action",
@@ -742,7 +765,10 @@ class LogEntryAdmin(LogEntryAdminMixin, AuditRecordAdmin):  # type: ignore[misc]
 
     @admin.display(description="changes or fields read")
     def summary(self, obj: Any) -> str:
-        return self.summary_of(obj)
+        summary = self.summary_of(obj)
+        if len(summary) <= SHORT_SUMMARY:
+            return summary
+        return summary[: summary.rfind(",", 0, SHORT_SUMMARY)] + ", …"
 
     @admin.display(description="actor")
     def actor_display(self, obj: Any) -> SafeString:
@@ -761,6 +787,8 @@ class LogEntryAdmin(LogEntryAdminMixin, AuditRecordAdmin):  # type: ignore[misc]
 
     @admin.display(description="changes")
     def msg(self, obj: Any) -> SafeString:
+        if obj.action == LogEntry.Action.ACCESS:  # auditlog shows an empty table: say what was read
+            return format_html("{}", self.summary_of(obj))
         # auditlog's rendering, escaped already; control characters in old and new values made visible.
         return mark_safe(visible(super().msg(obj)))  # noqa: S308 - escaped markup, only control characters replaced
 
