@@ -67,9 +67,13 @@ MESSAGE_PREVIEW = 160
 SHORT_ID = 13
 SHORT_SUMMARY = 70
 
-# C0 and C1 control characters but tab and newline: shown as \xNN / \uNNNN, never sent raw to a browser.
+# C0 and C1 control characters but tab and newline, and the marks that reorder text (a username
+# with U+202E reads backwards): shown as \xNN / \uNNNN, never sent raw to a browser.
 _CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x00, 0x09), *range(0x0B, 0x20), 0x7F]}
-_CONTROL.update({c: f"\\u{c:04x}" for c in range(0x80, 0xA0)})
+_CONTROL.update({c: f"\\u{c:04x}" for c in [*range(0x80, 0xA0), 0x200E, 0x200F, *range(0x202A, 0x202F)]})
+_CONTROL.update({c: f"\\u{c:04x}" for c in range(0x2066, 0x206A)})
+#: Nesting shown as definition lists; deeper values are shown as JSON text.
+MAX_DEPTH = 8
 
 
 def visible(value: Any) -> str:
@@ -88,19 +92,21 @@ def at_seconds(value: datetime.datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S.") + f"{value.microsecond // 1000:03d}" + value.strftime(" %Z").rstrip()
 
 
-def render_data(value: Any) -> SafeString:
-    """Any JSON value as escaped HTML: mappings as definition lists, lists one item a line."""
+def render_data(value: Any, depth: int = 0) -> SafeString:
+    """Any JSON value as escaped HTML: mappings as definition lists, lists of plain values
+    comma-separated, lists of mappings or lists as bullets."""
     if value is None or value == "" or value == [] or value == {}:
         return format_html("{}", "-")
+    if isinstance(value, dict | list) and depth >= MAX_DEPTH:
+        return format_html("<code>{}</code>", visible(json.dumps(value, ensure_ascii=False, default=str)))
     if isinstance(value, dict):
-        return format_html(
-            '<dl class="gql-audit-data">{}</dl>',
-            format_html_join("", "<dt>{}</dt><dd>{}</dd>", ((visible(k), render_data(v)) for k, v in value.items())),
-        )
+        items = ((visible(k), render_data(v, depth + 1)) for k, v in value.items())
+        return format_html('<dl class="gql-audit-data">{}</dl>', format_html_join("", "<dt>{}</dt><dd>{}</dd>", items))
     if isinstance(value, list):
         if all(not isinstance(item, dict | list) for item in value):
             return format_html("{}", ", ".join(visible(item) for item in value))
-        return format_html("<ul>{}</ul>", format_html_join("", "<li>{}</li>", ((render_data(i),) for i in value)))
+        bullets = ((render_data(item, depth + 1),) for item in value)
+        return format_html("<ul>{}</ul>", format_html_join("", "<li>{}</li>", bullets))
     return format_html("{}", visible(value))
 
 
