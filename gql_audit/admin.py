@@ -45,6 +45,7 @@ from gql_audit.conf import conf
 from gql_audit.dbcontext import POSTGRES_VENDORS
 from gql_audit.history import Read, _of_request, _reads_in, reads_of, request_trail
 from gql_audit.models import ReadObject, RequestReads, SecurityEvent
+from gql_audit.storage import object_key
 
 __all__ = [
     "AccessHistoryAdminMixin",
@@ -227,6 +228,8 @@ class InputFilter(admin.SimpleListFilter):
         value = self.value()
         if value is None or not value.strip():
             return queryset
+        if "\x00" in value:  # no record holds one, and PostgreSQL refuses it in a query
+            raise IncorrectLookupParameters(f"{self.parameter_name} holds a NUL character")
         return self.filter(queryset, value.strip())
 
     def filter(self, queryset: QuerySet[Any], value: str) -> QuerySet[Any]:
@@ -250,12 +253,6 @@ class ActorFilter(InputFilter):
     def filter(self, queryset: QuerySet[Any], value: str) -> QuerySet[Any]:
         by_id, by_snapshot = self.lookups_for
         ids = user_ids(value)
-        if queryset.model is RequestReads:
-            # A plain text column, kept after the user is deleted: a deleted user's id is found
-            # in the newest row naming them, then their rows by the index.
-            if not ids:
-                ids = list(queryset.filter(actor__username=value).values_list("actor_id", flat=True)[:1])
-            return queryset.filter(actor_id__in=[str(pk) for pk in ids])
         if ids:
             return queryset.filter(**{by_id: ids})
         # A deleted user (the foreign key is now NULL): only the snapshot names them (not indexed).
@@ -268,6 +265,15 @@ class ActorOfEntryFilter(ActorFilter):
 
 class ActorOfEventFilter(ActorFilter):
     lookups_for = ("actor_id__in", "details__actor__username")
+
+
+class ReaderFilter(ActorFilter):
+    """Reads keep the reader's id as text after the user is deleted: a deleted user's id is
+    found in the newest read naming them, then all their reads by the index."""
+
+    def filter(self, queryset: QuerySet[Any], value: str) -> QuerySet[Any]:
+        ids = user_ids(value) or list(queryset.filter(actor__username=value).values_list("actor_id", flat=True)[:1])
+        return queryset.filter(actor_id__in=[str(pk) for pk in ids])
 
 
 class RequestFilter(InputFilter):
@@ -304,7 +310,7 @@ class ObjectFilter(InputFilter):
         if queryset.model is LogEntry:
             content_type = ContentType.objects.get_for_model(model)
             return queryset.filter(content_type=content_type, object_pk=object_pk)
-        key = f"{model._meta.label_lower}:{object_pk}"
+        key = object_key(model, object_pk)
         if connections[queryset.db].vendor in POSTGRES_VENDORS:
             return queryset.filter(keys__contains=[key])  # the GIN index on keys
         return queryset.filter(id__in=ReadObject.objects.using(queryset.db).filter(key=key).values("reads_id"))
@@ -479,7 +485,7 @@ class RequestReadsAdmin(AuditRecordAdmin):
     """Reads (``ACCESS_STORE = "gql_audit"``): one row a request, every object it exposed."""
 
     list_display = ("at_display", "reader", "operation_short", "objects_read", "remote_addr", "trail_short")
-    list_filter = (*time_filters("at"), ActorFilter, ObjectFilter, FieldReadFilter, RequestFilter)
+    list_filter = (*time_filters("at"), ReaderFilter, ObjectFilter, FieldReadFilter, RequestFilter)
     ordering = ("-at",)
     fieldsets = [
         ("Request", {"fields": ["at_display", "trail_display", "operation_display"]}),
@@ -525,7 +531,7 @@ class RequestReadsAdmin(AuditRecordAdmin):
         }
         if not any(may.values()):
             raise PermissionDenied
-        request_id = request.GET.get("request_id", "").strip()
+        request_id = request.GET.get("request_id", "").replace("\x00", "").strip()
         context: dict[str, Any] = {
             **self.admin_site.each_context(request),
             "title": "Request trail",
@@ -813,7 +819,7 @@ class LogEntryAdmin(LogEntryAdminMixin, AuditRecordAdmin):  # type: ignore[misc]
     ) -> tuple[QuerySet[Any], bool]:
         """A word finds the entries that changed a field of that name and the reads of a field of that name,
         besides auditlog's search of the object's text."""
-        term = search_term.strip()
+        term = search_term.replace("\x00", "").strip()
         if not term:
             return queryset, False
         found = (

@@ -271,3 +271,23 @@ def test_object_filter_finds_the_reads_of_one_object(client, root, users, gql, s
     assert "obj-alice" in listing and "obj-bob" not in listing
     assert "obj-alice" in text(client.get(READS + "?field=phone"))
     assert "obj-alice" not in text(client.get(READS + "?field=body"))
+
+
+@pytest.mark.parametrize("value", ["%00", "a%00b", "%ED%A0%80", "%1b%5b31m", "x" * 5000, "%3Cscript%3E"])
+def test_hostile_filter_and_search_values_are_never_a_server_error(client, root, users, gql, store, value):
+    run(gql, "{ me { username } }", "alice", "hv-1")
+    urls = [
+        f"{path}?{name}={value}"
+        for path, names in (
+            (READS, ["actor", "object", "field", "request_id", "since", "until"]),
+            (ENTRIES, ["actor", "object", "request_id", "q", "resource_type"]),
+            (EVENTS, ["actor", "request_id", "until"]),
+        )
+        for name in names
+    ]
+    urls.append(reverse("admin:gql_audit_trail") + f"?request_id={value}")
+    for url in urls:
+        response = client.get(url)
+        assert response.status_code in (200, 302), (url[:80], response.status_code)
+        if response.status_code == 200:
+            assert b"<script>" not in response.content.split(b"</h1>")[-1].split(b'<div id="footer">')[0]
