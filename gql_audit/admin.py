@@ -405,7 +405,7 @@ class ResourceTypeFilter(admin.SimpleListFilter):
         value = self.value()
         if not value:
             return queryset
-        if not value.isdigit():
+        if not (value.isascii() and value.isdigit() and len(value) < 19):  # a key the column can hold
             raise IncorrectLookupParameters("resource_type is a content type id")
         return queryset.filter(content_type_id=int(value))
 
