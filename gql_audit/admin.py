@@ -459,6 +459,10 @@ class AuditRecordAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         """The record's ``"gql_audit"`` object, however this kind of record stores it."""
         raise NotImplementedError
 
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        context = {"trail_url": reverse("admin:gql_audit_trail"), **(extra_context or {})}
+        return super().changelist_view(request, context)
+
     operation_display = context_field("operation", "operation")
     operation_short = context_field("operation", "operation", operation_label)
     certificate_display = context_field("client_cert", "client certificate")

@@ -77,6 +77,7 @@ def test_a_read_shows_its_fields_address_operation_and_database(client, root, us
     run(gql, "query ProfileOfMe { me { username profile { phone fullName } } }", "alice", "read-1")
     row = RequestReads.objects.get(request_id="read-1")
     listing = text(client.get(READS))
+    assert 'href="/admin/gql_audit/requestreads/trail/" class="gql-audit-find-request"' in listing
     assert "alice" in listing and "query ProfileOfMe" in listing and TIME.search(listing.encode())
     assert reverse("admin:gql_audit_trail") + "?request_id=read-1" in listing
     page = text(client.get(f"{READS}{row.pk}/change/"))
@@ -173,7 +174,9 @@ def test_a_deleted_users_entries_name_them_and_system_means_no_actor(client, use
     assert "system" in text(client.get(f"{ENTRIES}{job.pk}/change/"))
 
 
-def test_the_mixin_links_an_object_to_its_reads_and_changes(client, root, users, gql, store):
+@pytest.mark.parametrize("access_store", ["gql_audit", "auditlog"])
+def test_the_mixin_links_an_object_to_its_reads_and_changes(client, root, users, gql, settings, access_store):
+    settings.GQL_AUDIT = {**settings.GQL_AUDIT, "ACCESS_STORE": access_store}
     profile = users["alice"].profile
     run(gql, "{ me { profile { phone } } }", "bob", "mx-read-other")  # bob's own profile
     run(gql, "query Read { me { profile { phone fullName } } }", "alice", "mx-read")
@@ -184,6 +187,9 @@ def test_the_mixin_links_an_object_to_its_reads_and_changes(client, root, users,
     history = text(client.get(url))
     assert "mx-read" in history and "mx-change" in history and "mx-read-other" not in history
     assert "fullName" in history and "query Read" in history
+    reads_url = re.search(r'href="([^"]+)">All reads of this object', history)[1].replace("&amp;", "&")
+    reads_list = text(client.get(reads_url))
+    assert "mx-read" in reads_list and "mx-read-other" not in reads_list
 
 
 def test_the_mixin_needs_the_audit_permissions(client, users, django_user_model):
