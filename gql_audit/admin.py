@@ -835,9 +835,16 @@ class LogEntryAdmin(LogEntryAdminMixin, AuditRecordAdmin):  # type: ignore[misc]
 
 
 
-if admin.site.is_registered(LogEntry):
-    admin.site.unregister(LogEntry)
-admin.site.register(LogEntry, LogEntryAdmin)
+def replace_auditlogs_admin(site: admin.AdminSite) -> None:
+    """Register ours in place of auditlog's own; an admin the service registered first is kept."""
+    if site.is_registered(LogEntry):
+        if type(site.get_model_admin(LogEntry)) is not auditlog.admin.LogEntryAdmin:
+            return
+        site.unregister(LogEntry)
+    site.register(LogEntry, LogEntryAdmin)
+
+
+replace_auditlogs_admin(admin.site)
 
 
 # -- A service's own ModelAdmins --------------------------------------------------------------

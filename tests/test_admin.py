@@ -50,8 +50,22 @@ def text(response) -> str:
     return response.content.decode()
 
 
-def test_auditlog_admin_is_replaced():
-    assert type(django_admin.site._registry[LogEntry]) is audit_admin.LogEntryAdmin
+def test_auditlogs_admin_is_replaced_a_services_own_kept():
+    import auditlog.admin
+
+    assert type(django_admin.site.get_model_admin(LogEntry)) is audit_admin.LogEntryAdmin
+    site = django_admin.AdminSite(name="auditlogs")
+    site.register(LogEntry, auditlog.admin.LogEntryAdmin)
+    audit_admin.replace_auditlogs_admin(site)
+    assert type(site.get_model_admin(LogEntry)) is audit_admin.LogEntryAdmin
+
+    class ServicesOwn(django_admin.ModelAdmin):
+        pass
+
+    site = django_admin.AdminSite(name="services")
+    site.register(LogEntry, ServicesOwn)
+    audit_admin.replace_auditlogs_admin(site)
+    assert type(site.get_model_admin(LogEntry)) is ServicesOwn
 
 
 @pytest.mark.parametrize("path", [READS, ENTRIES, EVENTS])
