@@ -313,3 +313,41 @@ def test_hostile_filter_and_search_values_are_never_a_server_error(client, root,
         assert response.status_code in (200, 302), (url[:80], response.status_code)
         if response.status_code == 200:
             assert b"<script>" not in response.content.split(b"</h1>")[-1].split(b'<div id="footer">')[0]
+
+
+@pytest.mark.parametrize("access_store", ["gql_audit", "auditlog"])
+def test_the_client_certificate_is_shown_on_reads_entries_and_events(client, root, users, settings, access_store):
+    from urllib.parse import quote
+
+    from gql_audit import mtls
+    from tests.certs import make_ca, make_leaf
+    from tests.conftest import post_graphql
+
+    leaf = make_leaf(make_ca())
+    settings.GQL_AUDIT = {
+        **settings.GQL_AUDIT,
+        "ACCESS_STORE": access_store,
+        "CLIENT_CERT_SOURCE": "nginx",
+        "TRUSTED_PROXIES": ["10.0.0.0/8"],
+    }
+    headers = {
+        "X-SSL-Client-Cert": quote(leaf.pem, safe=""),
+        "X-SSL-Client-Verify": "SUCCESS",
+        "X-Request-ID": "cert-1",
+        "Authorization": f"JWT {make_token('alice')}",
+    }
+    query = 'mutation { updateProfile(phone: "3") { profile { phone } } updateDocument(id: "x") { document { id } } }'
+    post_graphql(client, query, headers=headers, REMOTE_ADDR="10.1.2.3")
+    fingerprint = mtls.ClientCertificate.from_pem(leaf.pem, verify="", source="").fingerprint_sha256
+    if access_store == "gql_audit":
+        read_page = f"{READS}{RequestReads.objects.get(request_id='cert-1').pk}/change/"
+    else:
+        read_page = f"{ENTRIES}{LogEntry.objects.get(cid='cert-1', action=LogEntry.Action.ACCESS).pk}/change/"
+    change = LogEntry.objects.get(cid="cert-1", action=LogEntry.Action.UPDATE)
+    pages = [read_page, f"{ENTRIES}{change.pk}/change/"]
+    pages += [f"{EVENTS}{event.pk}/change/" for event in SecurityEvent.objects.filter(request_id="cert-1")]
+    assert len(pages) >= 3
+    for url in pages:
+        page = text(client.get(url))
+        assert fingerprint in page and "SUCCESS" in page and "10.1.2.3" in page, url
+    assert fingerprint in text(client.get(reverse("admin:gql_audit_trail") + "?request_id=cert-1"))
