@@ -483,7 +483,6 @@ class AuditRecordAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         return render_data({k: v for k, v in context.items() if k not in self.shown_keys})
 
 
-
 @admin.register(RequestReads)
 class RequestReadsAdmin(AuditRecordAdmin):
     """Reads (``ACCESS_STORE = "gql_audit"``): one row a request, every object it exposed."""
@@ -526,13 +525,7 @@ class RequestReadsAdmin(AuditRecordAdmin):
 
     def trail_view(self, request: HttpRequest) -> HttpResponse:
         """Every record one request left: its reads, its change entries, its security events."""
-        user: Any = request.user
-        may = {
-            "reads": user.has_perm("gql_audit.view_requestreads")
-            or user.has_perm(f"{LogEntry._meta.app_label}.view_{LogEntry._meta.model_name}"),
-            "changes": user.has_perm(f"{LogEntry._meta.app_label}.view_{LogEntry._meta.model_name}"),
-            "events": user.has_perm("gql_audit.view_securityevent"),
-        }
+        may = may_view(request)
         if not any(may.values()):
             raise PermissionDenied
         request_id = request.GET.get("request_id", "").replace("\x00", "").strip()
@@ -557,6 +550,17 @@ class RequestReadsAdmin(AuditRecordAdmin):
                 summary=render_data(trail_summary(reads, changes, events)),
             )
         return TemplateResponse(request, "gql_audit/admin/trail.html", context)
+
+
+def may_view(request: HttpRequest) -> dict[str, bool]:
+    """Which records the user may see: reads (from either store), change entries, security events."""
+    user: Any = request.user
+    changes = user.has_perm(f"{LogEntry._meta.app_label}.view_{LogEntry._meta.model_name}")
+    return {
+        "reads": changes or user.has_perm("gql_audit.view_requestreads"),
+        "changes": changes,
+        "events": user.has_perm("gql_audit.view_securityevent"),
+    }
 
 
 def trail_summary(reads: list[Read], changes: list[Any], events: list[SecurityEvent]) -> dict[str, Any]:
@@ -880,16 +884,12 @@ class AccessHistoryAdminMixin(_ModelAdmin):
         )
         return [history, *super().get_urls()]
 
-    def access_history_permissions(self, request: HttpRequest) -> dict[str, bool]:
-        user: Any = request.user
-        may_changes = user.has_perm(f"{LogEntry._meta.app_label}.view_{LogEntry._meta.model_name}")
-        return {"reads": may_changes or user.has_perm("gql_audit.view_requestreads"), "changes": may_changes}
-
     def change_view(
         self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict[str, Any] | None = None
     ) -> HttpResponse:
         extra_context = dict(extra_context or {})
-        if any(self.access_history_permissions(request).values()):
+        may = may_view(request)
+        if may["reads"] or may["changes"]:
             opts = self.model._meta
             extra_context["access_history_url"] = reverse(
                 f"admin:{opts.app_label}_{opts.model_name}_access_history", args=[object_id]
@@ -900,8 +900,8 @@ class AccessHistoryAdminMixin(_ModelAdmin):
         obj = self.get_object(request, unquote(object_id))
         if obj is None:
             raise Http404("No such object.")
-        may = self.access_history_permissions(request)
-        if not self.has_view_or_change_permission(request, obj) or not any(may.values()):
+        may = may_view(request)
+        if not self.has_view_or_change_permission(request, obj) or not (may["reads"] or may["changes"]):
             raise PermissionDenied
         limit = self.access_history_limit
         reads = reads_of(obj)[:limit] if may["reads"] else []
