@@ -547,7 +547,7 @@ class RequestReadsAdmin(AuditRecordAdmin):
                 events=events_table(events),
                 counts={"reads": len(reads), "changes": len(changes), "events": len(events)},
                 found=bool(reads or changes or events),
-                summary=render_data(trail_summary(reads, changes, events)),
+                summary=render_data(trail_summary(reads, changes, events, reads_context(request_id, reads))),
             )
         return TemplateResponse(request, "gql_audit/admin/trail.html", context)
 
@@ -563,7 +563,20 @@ def may_view(request: HttpRequest) -> dict[str, bool]:
     }
 
 
-def trail_summary(reads: list[Read], changes: list[Any], events: list[SecurityEvent]) -> dict[str, Any]:
+def reads_context(request_id: str, reads: list[Read]) -> dict[str, Any]:
+    """The context of a request's reads beyond what a :class:`Read` carries (certificate, database)."""
+    if not reads:
+        return {}
+    row = RequestReads.objects.filter(request_id=request_id).only("context").first()
+    if row is not None and isinstance(row.context, dict):
+        return row.context
+    entry = LogEntry.objects.filter(_of_request(request_id), action=LogEntry.Action.ACCESS).first()
+    return LogEntryAdmin.gql_audit_data(entry) if entry is not None else {}
+
+
+def trail_summary(
+    reads: list[Read], changes: list[Any], events: list[SecurityEvent], read_context: dict[str, Any]
+) -> dict[str, Any]:
     """Who and where for a request, from the first of its records that says."""
     summary: dict[str, Any] = {}
     for entry in changes:
@@ -577,6 +590,8 @@ def trail_summary(reads: list[Read], changes: list[Any], events: list[SecurityEv
         summary.setdefault("operation", operation_label(read.operation))
         summary.setdefault("actor", actor_name(read.actor, nobody="anonymous"))
         summary.setdefault("address", read.remote_addr)
+        summary.setdefault("client certificate", read_context.get("client_cert"))
+        summary.setdefault("database", read_context.get("db"))
     for event in events:
         summary.setdefault("operation", operation_label(event.operation))
         summary.setdefault("actor", actor_name(event.details.get("actor"), event.actor, nobody="anonymous"))

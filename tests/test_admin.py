@@ -119,6 +119,15 @@ def test_search_for_a_field_finds_its_changes_and_its_reads(client, root, users,
     assert "s-other" not in listing
 
 
+@pytest.mark.parametrize("access_store", ["gql_audit", "auditlog"])
+def test_the_trail_of_a_request_that_only_read(client, root, users, gql, settings, access_store):
+    settings.GQL_AUDIT = {**settings.GQL_AUDIT, "ACCESS_STORE": access_store}
+    run(gql, "query OnlyReads { me { profile { phone } } }", "alice", "only-reads")
+    page = text(client.get(reverse("admin:gql_audit_trail") + "?request_id=only-reads"))
+    assert "Reads (2)" in page and "Change entries (0)" in page and "Security events (0)" in page
+    assert "query OnlyReads" in page and "127.0.0.1" in page and connection.vendor in page
+
+
 def test_request_id_filter_and_trail_link(client, root, users, gql, store):
     run(gql, "{ me { username } }", "alice", "rid-1")
     run(gql, "{ me { username } }", "bob", "rid-2")
