@@ -25,7 +25,17 @@ from gql_audit.dbcontext import POSTGRES_VENDORS
 from gql_audit.models import ReadObject, RequestReads, SecurityEvent
 from gql_audit.storage import audit_alias, object_key
 
-__all__ = ["Read", "Trail", "changes_of_objects", "reads_of", "reads_of_objects", "request_trail"]
+__all__ = [
+    "Read",
+    "Trail",
+    "changes_of_objects",
+    "entries_of_request",
+    "reads_in_row",
+    "reads_of",
+    "reads_of_entries",
+    "reads_of_objects",
+    "request_trail",
+]
 
 #: Objects looked up per query: keeps each statement under every database's parameter limit.
 CHUNK = 500
@@ -102,8 +112,8 @@ def reads_of_objects(
             found = rows.filter(id__in=index.values("reads_id"))
         by_id.update((row.id, row) for row in found)
     wanted = frozenset(keys)
-    reads = [read for row in by_id.values() for read in _reads_in(row, only=wanted)]
-    reads.extend(_auditlog_reads(_entries_of(objects, alias, since=since, access=True)))
+    reads = [read for row in by_id.values() for read in reads_in_row(row, only=wanted)]
+    reads.extend(reads_of_entries(_entries_of(objects, alias, since=since, access=True)))
     return sorted(reads, key=lambda read: read.at, reverse=True)
 
 
@@ -162,21 +172,26 @@ def request_trail(request_id: str, *, using: str | None = None) -> Trail:
     from auditlog import get_logentry_model
 
     alias = using or audit_alias()
-    reads = [read for row in RequestReads.objects.using(alias).filter(request_id=request_id) for read in _reads_in(row)]
+    reads = [
+        read for row in RequestReads.objects.using(alias).filter(request_id=request_id) for read in reads_in_row(row)
+    ]
     LogEntry = get_logentry_model()
     access = LogEntry.objects.using(alias).filter(action=LogEntry.Action.ACCESS).select_related("content_type")
-    reads.extend(_auditlog_reads(access.filter(_of_request(request_id))))
+    reads.extend(reads_of_entries(access.filter(entries_of_request(request_id))))
     return Trail(
         request_id=request_id,
         reads=sorted(reads, key=lambda read: (read.model, read.object_pk)),
-        changes=LogEntry.objects.using(alias).filter(_of_request(request_id)).exclude(action=LogEntry.Action.ACCESS),
+        changes=LogEntry.objects.using(alias)
+        .filter(entries_of_request(request_id))
+        .exclude(action=LogEntry.Action.ACCESS),
         events=SecurityEvent.objects.using(alias).filter(request_id=request_id),
     )
 
 
-def _of_request(request_id: str) -> Q:
-    """auditlog entries of one request: by ``cid``, and, where ``AUDITLOG_CID_GETTER``
-    gives the cid, by the request id in their ``gql_audit`` object (not indexed)."""
+def entries_of_request(request_id: str) -> Q:
+    """The condition on auditlog ``LogEntry`` rows of one request: by ``cid``, and, where
+    ``AUDITLOG_CID_GETTER`` gives the cid, by the request id in their ``gql_audit`` object
+    (not indexed)."""
     from django.conf import settings
 
     condition = Q(cid=request_id)
@@ -193,7 +208,8 @@ def _label(label_lower: str) -> str:
     return label
 
 
-def _reads_in(row: RequestReads, only: frozenset[str] | None = None) -> list[Read]:
+def reads_in_row(row: RequestReads, only: frozenset[str] | None = None) -> list[Read]:
+    """The reads one ``RequestReads`` row holds (those of the object keys in ``only``, if given)."""
     reads = []
     for key, shape_index in zip(row.keys, row.shape_of, strict=False):
         if only is not None and key not in only:
@@ -217,7 +233,7 @@ def _reads_in(row: RequestReads, only: frozenset[str] | None = None) -> list[Rea
     return reads
 
 
-def _auditlog_reads(entries: Iterable[Any]) -> list[Read]:
+def reads_of_entries(entries: Iterable[Any]) -> list[Read]:
     """ACCESS ``LogEntry`` rows (``ACCESS_STORE = "auditlog"``, or written before a move) as reads."""
     reads = []
     for entry in entries:

@@ -31,7 +31,7 @@ from django.db.models import QuerySet
 from django.db.models.signals import post_save
 
 from gql_audit import storage
-from gql_audit.history import Read, _auditlog_reads, _reads_in
+from gql_audit.history import Read, reads_in_row, reads_of_entries
 from gql_audit.models import RequestReads, SecurityEvent
 
 __all__ = ["Captured", "capture"]
@@ -59,7 +59,7 @@ class Captured:
 
         LogEntry = get_logentry_model()
         rows = {row.pk: row for row in RequestReads.objects.using(self.alias).filter(pk__in=self._reads)}
-        reads = [read for pk in self._reads if pk in rows for read in _reads_in(rows[pk])]
+        reads = [read for pk in self._reads if pk in rows for read in reads_in_row(rows[pk])]
         if self._access or self._access_cids:
             access = (
                 LogEntry.objects.using(self.alias)
@@ -68,7 +68,7 @@ class Captured:
                 .select_related("content_type")
                 .order_by("pk")
             )
-            reads.extend(_auditlog_reads(access))
+            reads.extend(reads_of_entries(access))
         return reads
 
     @property

@@ -1,8 +1,8 @@
 from django.contrib import admin
 from django.urls import path
 from django.views.decorators.csrf import csrf_exempt
-from graphene_django.views import GraphQLView
 
+from example_service.views import ExampleGraphQLView
 from gql_audit.views import health
 
 urlpatterns = [
@@ -10,5 +10,5 @@ urlpatterns = [
     path("health/", health),
     # Tokens travel in the Authorization header, not in cookies, so the API
     # is exempt from CSRF checks (see docs/faq.md before enabling JWT cookies).
-    path("graphql/", csrf_exempt(GraphQLView.as_view(graphiql=True))),
+    path("graphql/", csrf_exempt(ExampleGraphQLView.as_view(graphiql=True))),
 ]
