@@ -4,12 +4,14 @@
     BENCH_DB=sqlite-wal python bench/access.py --objects 20
     BENCH_DB=postgres PGHOST=... python bench/access.py
 
-Four configurations, one process, one run, full Django WSGI stacks called
+Six configurations, one process, one run, full Django WSGI stacks called
 in-process, rounds alternating, median round reported:
 
 - bare graphene-django, no access logging;
 - gql_audit, ``ACCESS_STORE = "gql_audit"`` (the default: one row per request);
 - gql_audit, ``ACCESS_STORE = "auditlog"`` (one ACCESS LogEntry per object);
+- the default store with ``WRITE_AFTER_RESPONSE`` (timed as the client sees it);
+- the default store with ``TAMPER_EVIDENCE`` (every request's records sealed);
 - auditlog alone, one ``accessed.send`` per object (one INSERT each).
 
 auditlog's table is emptied between rounds (untimed) so every round writes
@@ -24,6 +26,9 @@ from typing import Any
 
 from harness import audited_handler, bare_handler, call, environ, measure, report, settings_db  # noqa: I001
 
+#: A key for the sealed configuration (any 32 characters or more).
+SEAL_KEY = "benchmark sealing key, long enough for HMAC-SHA256"
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
@@ -37,8 +42,9 @@ def main() -> None:
 
     from bench.models import Record
     from bench.schema import RECORD_FIELDS
+    from gql_audit import sealing
     from gql_audit.conf import conf
-    from gql_audit.models import ReadObject, RequestReads
+    from gql_audit.models import ReadObject, RequestReads, Seal, SealChain
 
     connection.creation.create_test_db(verbosity=0, autoclobber=True, serialize=False)
     Record.objects.bulk_create(
@@ -56,22 +62,24 @@ def main() -> None:
     LogEntry.objects.all().delete()
     bare, audited = bare_handler(), audited_handler()
 
-    def with_store(store: str, after_response: bool = False) -> Callable[..., Any]:
-        """The audited stack with ``ACCESS_STORE`` (and ``WRITE_AFTER_RESPONSE``) set for
-        its requests (the settings are process-wide)."""
+    def with_store(store: str, after_response: bool = False, sealed: bool = False) -> Callable[..., Any]:
+        """The audited stack with ``ACCESS_STORE`` (and ``WRITE_AFTER_RESPONSE``,
+        ``TAMPER_EVIDENCE``) set for its requests (the settings are process-wide)."""
 
         def app(env: dict[str, Any], start_response: Callable[..., Any]) -> Any:
             conf._cache["ACCESS_STORE"] = store
             conf._cache["WRITE_AFTER_RESPONSE"] = after_response
+            conf._cache["TAMPER_EVIDENCE"] = {"key": SEAL_KEY} if sealed else None
             return audited(env, start_response)
 
         return app
 
     def clear() -> None:
+        sealing._writer.__init__()  # the chain rows go with the tables below
         # TRUNCATE, not DELETE: PostgreSQL would keep the dead rows and their
         # index entries, and every later round would insert into a bigger table.
         with connection.cursor() as cursor:
-            for model in (LogEntry, RequestReads, ReadObject):
+            for model in (LogEntry, RequestReads, ReadObject, Seal, SealChain):
                 table = connection.ops.quote_name(model._meta.db_table)
                 cursor.execute(f"DELETE FROM {table}" if connection.vendor == "sqlite" else f"TRUNCATE {table}")
 
@@ -83,6 +91,10 @@ def main() -> None:
             "gql_audit, ACCESS_STORE gql_audit": (with_store("gql_audit"), environ("/records/audit/", query)),
             "gql_audit, ACCESS_STORE auditlog": (with_store("auditlog"), environ("/records/audit/", query)),
             "gql_audit store, WRITE_AFTER_RESPONSE": (with_store("gql_audit", True), environ("/records/audit/", query)),
+            "gql_audit store, TAMPER_EVIDENCE": (
+                with_store("gql_audit", sealed=True),
+                environ("/records/audit/", query),
+            ),
             "auditlog accessed.send per object": (bare, environ("/records/bare/", signal_query)),
         },
         args.rounds,

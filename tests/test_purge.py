@@ -126,7 +126,7 @@ def test_reads_of_uses_the_object_index_on_postgresql(client, users, settings):
 
     settings.GQL_AUDIT = {**settings.GQL_AUDIT, "ACCESS_STORE": "gql_audit"}
     doc = users["alice"].documents.get(classification="public")
-    queryset = RequestReads.objects.filter(keys__contains=[f"example_service.document:{doc.pk}"])
+    queryset = RequestReads.objects.order_by().filter(keys__contains=[f"example_service.document:{doc.pk}"])
     with connection.cursor() as cursor:
         cursor.execute("SET LOCAL enable_seqscan = off")
         plan = queryset.explain()
