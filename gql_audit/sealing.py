@@ -98,6 +98,27 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _ip(value: Any) -> Any:
+    """An address in one spelling (PostgreSQL's ``inet`` returns its own)."""
+    if not value:
+        return value
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        return value
+
+
+def _converter(field: Any) -> Any:
+    """How a column's value, as the database returns it, becomes canonical JSON data (None: as is)."""
+    from django.db.models import GenericIPAddressField, JSONField
+
+    if isinstance(field, JSONField):
+        return None  # already JSON data; json.dumps(sort_keys=True) gives it one spelling
+    if isinstance(field, GenericIPAddressField):
+        return _ip
+    return _plain
+
+
 @dataclass(frozen=True)
 class RecordKind:
     name: str
@@ -110,21 +131,16 @@ class RecordKind:
     def columns(self) -> list[str]:
         return [f.attname for f in self.model._meta.concrete_fields if f.attname != self.actor]
 
+    def converters(self) -> list[tuple[str, Any]]:
+        return [(f.attname, _converter(f)) for f in self.model._meta.concrete_fields if f.attname != self.actor]
+
     def digest(self, row: dict[str, Any]) -> str:
-        columns = {name: _plain(row[name]) for name in self.columns()}
-        for name in self.ip_columns():
-            if columns.get(name):
-                try:
-                    columns[name] = str(ipaddress.ip_address(columns[name]))
-                except ValueError:
-                    pass
+        columns = {}
+        for name, convert in _converters(self):
+            value = row[name]
+            columns[name] = value if convert is None or value is None else convert(value)
         text = json.dumps(columns, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
         return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
-
-    def ip_columns(self) -> list[str]:
-        from django.db.models import GenericIPAddressField
-
-        return [f.attname for f in self.model._meta.concrete_fields if isinstance(f, GenericIPAddressField)]
 
     def subkind(self, row: dict[str, Any]) -> str:
         if self.name == EVENT:
@@ -138,6 +154,32 @@ class RecordKind:
     def rows(self, alias: str, ids: Iterable[Any]) -> list[dict[str, Any]]:
         fields = [*self.columns(), *([self.actor] if self.actor else [])]
         return list(self.model._default_manager.using(alias).filter(pk__in=list(ids)).values(*fields))
+
+    def row_of(self, instance: Model) -> dict[str, Any]:
+        """What the database will return for ``instance`` just saved by gql_audit itself: its
+        JSON values through one encoding round trip (tuples become lists, keys strings)."""
+        from django.db.models import JSONField
+
+        row = {}
+        for field in self.model._meta.concrete_fields:
+            value = getattr(instance, field.attname)
+            if isinstance(field, JSONField) and value is not None:
+                value = json.loads(json.dumps(value, cls=field.encoder))
+            row[field.attname] = value
+        return row
+
+
+#: Model label -> its columns and how each becomes canonical.
+_converters_cache: dict[str, list[tuple[str, Any]]] = {}
+
+
+def _converters(kind: RecordKind) -> list[tuple[str, Any]]:
+    """A kind's column converters, worked out once (a swapped ``LogEntry`` model is its own key)."""
+    key = kind.model._meta.label
+    found = _converters_cache.get(key)
+    if found is None:
+        found = _converters_cache[key] = kind.converters()
+    return found
 
 
 def record_kinds() -> dict[str, RecordKind]:
@@ -220,15 +262,21 @@ def _chain_for(alias: str, now: datetime.datetime, kid: str, key: bytes) -> tupl
 def seal(alias: str, records: Mapping[str, Iterable[Any]]) -> int:
     """Seal the records ``{kind: primary keys}`` just written on ``alias``; returns how many.
 
-    Runs inside the transaction that wrote them: the seal commits with them, or
-    neither does.
+    A ``RequestReads`` instance gql_audit has just written may stand for its key: it is
+    sealed as saved, with no read back. Runs inside the transaction that wrote them:
+    the seal commits with them, or neither does.
     """
     kinds = record_kinds()
     entries: list[Any] = []
-    for name, ids in records.items():
-        ids = list(ids)
+    for name, items in records.items():
+        kind = kinds[name]
+        ids = []
+        for item in items:
+            if isinstance(item, RequestReads):
+                entries.append(entry_for(kind, kind.row_of(item)))
+            else:
+                ids.append(item)
         if ids:
-            kind = kinds[name]
             entries.extend(entry_for(kind, row) for row in kind.rows(alias, ids))
     if not entries:
         return 0

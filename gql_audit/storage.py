@@ -372,7 +372,9 @@ def object_key(model: type[Model], pk: Any) -> str:
     return f"{model._meta.label_lower}:{safe_text(str(pk))}"
 
 
-def insert_request_reads(ctx: context.RequestContext, records: list[Any], alias: str, reader: context.Reader) -> Any:
+def insert_request_reads(
+    ctx: context.RequestContext, records: list[Any], alias: str, reader: context.Reader
+) -> RequestReads:
     """``ACCESS_STORE = "gql_audit"``: the request's reads as one row (and, where the
     database cannot index an array, one narrow row per object, in one statement)."""
     data = ctx.record_data(alias)
@@ -413,7 +415,7 @@ def insert_request_reads(ctx: context.RequestContext, records: list[Any], alias:
     if observers:
         notify("reads", alias, [row])
     _side_table(row, keys, alias)
-    return row.id
+    return row
 
 
 def _side_table(row: RequestReads, keys: list[str], alias: str) -> None:

@@ -51,6 +51,15 @@ def traffic(client, users, prefix="r"):
         headers={"X-Request-ID": f"{prefix}-2"},
     )
     post_graphql(client, "{ documents { title } }", token="bad", headers={"X-Request-ID": f"{prefix}-3"})
+    # An address in a spelling the database rewrites (PostgreSQL's inet), and a client's text in the reads.
+    post_graphql(
+        client,
+        "query Q($t: String) { documents { title } }",
+        variables={"t": "\x00\ud800 \u202e"},
+        token=make_token("bob"),
+        REMOTE_ADDR="0:0:0:0:0:FFFF:7F00:2",
+        headers={"X-Request-ID": f"{prefix}-4\u202e"},
+    )
     other = users["bob"].documents.first()
     other.title = "changed from a shell"
     other.save()
