@@ -53,8 +53,9 @@ def rules_for(schema: Any) -> SchemaRules:
     return rules
 
 
-def denial(info: Any) -> GraphQLError | None:
-    """The error a private field gets for this request, or None if it may resolve."""
+def denial(info: Any, rule: str = "PUBLIC_FIELDS") -> GraphQLError | None:
+    """The error a private field gets for this request, or None if it may resolve
+    (``rule``: what made the field private, named on the event)."""
     ctx = context.current()
     if ctx is not None and ctx.auth_error is not None:
         error = ctx.auth_error
@@ -72,7 +73,9 @@ def denial(info: Any) -> GraphQLError | None:
     user = getattr(info.context, "user", None)
     if user is None or not user.is_authenticated:
         if ctx is not None:
-            record_event("unauthenticated", message="Authentication required", path=plain_path(info.path))
+            record_event(
+                "unauthenticated", message="Authentication required", path=plain_path(info.path), details={"rule": rule}
+            )
         return denied(UNAUTHENTICATED)
     return None
 
@@ -140,7 +143,11 @@ def failed(exc: Exception, info: Any, args: dict[str, Any] | None = None) -> Gra
         message=str(exc),
         path=path,
         sqlstate=sqlstate,
-        details={"exception": type(original).__name__, "variables": ctx.redacted_variables()},
+        details={
+            "exception": type(original).__name__,
+            "variables": ctx.redacted_variables(),
+            **({"rule": "resolver"} if kind == "forbidden" else {}),
+        },
     )
     return replacement
 
@@ -172,7 +179,7 @@ class AuditMiddleware:
         if self._private_nested:
             names = self._private_nested.get(info.parent_type)
             if names is not None and info.field_name in names:
-                error = denial(info)
+                error = denial(info, "@private")
                 if error is not None:
                     self._unread(root, info)
                     raise error
@@ -219,9 +226,10 @@ class AuditMiddleware:
         elif name in INTROSPECTION_FIELDS:
             mode = conf.INTROSPECTION
             if mode == "disabled":
+                record_event("forbidden", message="introspection is disabled", details={"rule": "INTROSPECTION"})
                 raise denied(INTROSPECTION_DISABLED)
             if mode != "public":
-                error = denial(info)
+                error = denial(info, "INTROSPECTION")
                 if error is not None:
                     raise error
         elif (info.parent_type.name, name) not in rules.public_roots:
