@@ -19,7 +19,10 @@ pytestmark = pytest.mark.django_db
 
 STATUS = "query Status { serviceStatus { ok } }"
 DOCUMENTS = "query Documents { documents { title } }"
-LOGIN = "mutation Login($username: String!, $password: String!) { tokenAuth(username: $username, password: $password) { token } }"
+LOGIN = (
+    "mutation Login($username: String!, $password: String!) "
+    "{ tokenAuth(username: $username, password: $password) { token } }"
+)
 UNLISTED = "{ serviceStatus { name ok } }"
 
 
