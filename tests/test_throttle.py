@@ -166,7 +166,8 @@ def test_failed_logins_count_as_authentication_failures(client, users, password_
         login(client, "bob", address="10.7.7.7")
         login(client, "carol", address="10.7.7.7")
         # 3 failures so far: a request trying 2 more logins would pass 4.
-        two = "mutation { " + " ".join(f'{a}: tokenAuth(username: "{a}", password: "y") {{ token }}' for a in "ab") + " }"
+        fields = " ".join(f'{a}: tokenAuth(username: "{a}", password: "y") {{ token }}' for a in "ab")
+        two = "mutation { " + fields + " }"
         refusal(post_graphql(client, two, REMOTE_ADDR="10.7.7.7"))
         assert login(client, "dave", address="10.7.7.7").status_code == 200
         refusal(login(client, "erin", address="10.7.7.7"))
