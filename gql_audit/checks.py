@@ -19,7 +19,11 @@ from gql_audit.conf import (
     EVENT_SINKS,
     INTROSPECTION_CHOICES,
     MASK_ERRORS_CHOICES,
+    PERSISTED_MODES,
+    QUERY_LIMIT_KEYS,
+    QUERY_LIMIT_MODES,
     SETTINGS_NAME,
+    THROTTLE_RATES,
     conf,
 )
 from gql_audit.net import REQUEST_ID_PATTERN, parse_networks
@@ -146,6 +150,112 @@ def _check_values(raw: dict[str, Any]) -> list[Any]:
     if authenticator is not None and not callable(authenticator):
         errors.append(_invalid("AUTHENTICATOR", "must be a callable, an import path to one, or None."))
     return errors
+
+
+def _protection_error(key: str, problem: str, check_id: str) -> Error:
+    return Error(f"{SETTINGS_NAME}[{key!r}] {problem}", hint="See docs/protections.md.", id=check_id)
+
+
+def _check_query_limits(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, dict):
+        return [_protection_error("QUERY_LIMITS", "must be a dict or None.", "gql_audit.E020")]
+    errors = []
+    for key, limit in value.items():
+        if key == "mode":
+            if limit not in QUERY_LIMIT_MODES:
+                errors.append(
+                    _protection_error("QUERY_LIMITS", f"mode must be one of {QUERY_LIMIT_MODES}.", "gql_audit.E020")
+                )
+        elif key not in QUERY_LIMIT_KEYS:
+            errors.append(_protection_error("QUERY_LIMITS", f"has an unknown key {key!r}.", "gql_audit.E020"))
+        elif limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int) or limit < (0 if key == "max_aliases" else 1)
+        ):
+            least = 0 if key == "max_aliases" else 1
+            errors.append(
+                _protection_error(
+                    "QUERY_LIMITS", f"{key} must be None or an integer of at least {least}.", "gql_audit.E020"
+                )
+            )
+    return errors
+
+
+def _check_persisted(value: Any) -> list[Any]:
+    from gql_audit.persisted import ManifestError, read_manifest
+
+    if value is None:
+        return []
+    if not isinstance(value, dict) or set(value) - {"manifest", "mode"}:
+        return [
+            _protection_error(
+                "PERSISTED_OPERATIONS", "must be None or {'manifest': ..., 'mode': ...}.", "gql_audit.E021"
+            )
+        ]
+    errors = []
+    if value.get("mode", "observe") not in PERSISTED_MODES:
+        errors.append(
+            _protection_error("PERSISTED_OPERATIONS", f"mode must be one of {PERSISTED_MODES}.", "gql_audit.E021")
+        )
+    try:
+        read_manifest(value.get("manifest"))
+    except ManifestError as exc:
+        errors.append(_protection_error("PERSISTED_OPERATIONS", f"manifest {exc}.", "gql_audit.E021"))
+    return errors
+
+
+def _check_throttle(value: Any, cache_alias: Any) -> list[Any]:
+    from gql_audit.throttle import parse_rate
+
+    if value is None:
+        return []
+    if not isinstance(value, dict):
+        return [_protection_error("THROTTLE", "must be a dict of rates or None.", "gql_audit.E022")]
+    errors = []
+    for key, rate in value.items():
+        if key not in THROTTLE_RATES:
+            errors.append(
+                _protection_error(
+                    "THROTTLE", f"has an unknown key {key!r} (known: {THROTTLE_RATES}).", "gql_audit.E022"
+                )
+            )
+            continue
+        try:
+            parse_rate(rate)
+        except ValueError as exc:
+            errors.append(_protection_error("THROTTLE", f"{key}: {exc}.", "gql_audit.E022"))
+    caches = getattr(_settings(), "CACHES", None) or {"default": {}}
+    if cache_alias not in caches:
+        errors.append(
+            _protection_error("THROTTLE_CACHE", f"{cache_alias!r} is not a cache in CACHES.", "gql_audit.E023")
+        )
+        return errors
+    backend = str(caches[cache_alias].get("BACKEND", "django.core.cache.backends.locmem.LocMemCache"))
+    if value and backend.rsplit(".", 1)[-1] in ("LocMemCache", "DummyCache"):
+        errors.append(
+            Warning(
+                f"{SETTINGS_NAME}['THROTTLE'] counts in cache {cache_alias!r} ({backend}), which each process "
+                "keeps to itself (or forgets): every worker counts on its own.",
+                hint="Point THROTTLE_CACHE at a cache every worker and server shares, such as Django's "
+                "RedisCache. See docs/protections.md.",
+                id="gql_audit.W020",
+            )
+        )
+    return errors
+
+
+@register(Tags.compatibility)
+def check_protections(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    """QUERY_LIMITS, PERSISTED_OPERATIONS, THROTTLE and THROTTLE_CACHE."""
+    raw = getattr(_settings(), SETTINGS_NAME, {})
+    if not isinstance(raw, dict):
+        return []  # E001
+    return [
+        *_check_query_limits(raw.get("QUERY_LIMITS")),
+        *_check_persisted(raw.get("PERSISTED_OPERATIONS")),
+        *_check_throttle(raw.get("THROTTLE"), raw.get("THROTTLE_CACHE", DEFAULTS["THROTTLE_CACHE"])),
+    ]
 
 
 @register(Tags.compatibility)
