@@ -51,9 +51,7 @@ def configured(**values):
 
 def login(client, username, password="wrong", *, address="127.0.0.1", request_id=None, query=LOGIN):
     headers = {"X-Request-ID": request_id} if request_id else {}
-    return post_graphql(
-        client, query, variables={"u": username, "p": password}, headers=headers, REMOTE_ADDR=address
-    )
+    return post_graphql(client, query, variables={"u": username, "p": password}, headers=headers, REMOTE_ADDR=address)
 
 
 def refusal(response):
@@ -190,7 +188,7 @@ def test_hostile_usernames_are_counted_and_never_stored_in_keys(client, users, u
 
 
 def test_a_username_of_the_wrong_type_still_counts(client, users, password_checks):
-    query = "mutation { tokenAuth(username: 12345, password: \"x\") { token } }"  # a validation error
+    query = 'mutation { tokenAuth(username: 12345, password: "x") { token } }'  # a validation error
     with configured(THROTTLE={"login": "1/60s"}):
         assert post_graphql(client, query).status_code == 400
         refusal(post_graphql(client, query))
@@ -220,3 +218,22 @@ def test_throttle_off_costs_no_cache_access(client, users):
             login(client, "alice")
     cache.assert_not_called()
     assert json.loads(login(client, "alice").content)["errors"]
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_refusals_under_asgi(async_client, async_connections_closed):
+    with configured(THROTTLE={"auth_failures": "1/60s"}, QUERY_LIMITS={"max_depth": 1}):
+        response = await async_client.post(
+            "/graphql/", {"query": "{ serviceStatus { ok } }"}, content_type="application/json"
+        )
+        # Refused in process_view, before the view ran.
+        assert response.status_code == 400 and response.json()["errors"][0]["extensions"]["code"] == "QUERY_TOO_COMPLEX"
+        await async_client.post(
+            "/graphql/",
+            {"query": "{ __typename }"},
+            content_type="application/json",
+            headers={"Authorization": "JWT x"},
+        )
+        # Refused in the middleware, before authentication.
+        response = await async_client.post("/graphql/", {"query": "{ __typename }"}, content_type="application/json")
+        assert response.status_code == 429 and response.json()["errors"][0]["extensions"]["code"] == "THROTTLED"
