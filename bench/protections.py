@@ -1,0 +1,166 @@
+"""What QUERY_LIMITS, PERSISTED_OPERATIONS and THROTTLE cost per request, against gql_audit without them.
+
+    python bench/protections.py [--rounds 15] [--requests 400] [--objects 1000]
+
+Full Django WSGI stacks called in-process (no network), the same middleware,
+schema and query in each configuration; only the protections differ. Rounds
+alternate between configurations and the median round is reported, with the
+spread (lowest and highest round) beside it. The checks are cached per
+document, so their goal is to be within that spread of no protections at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from harness import audited_handler, environ, send  # noqa: I001
+
+LIMITS = {"max_depth": 10, "max_aliases": 30, "max_fields": 5000, "mode": "enforce"}
+THROTTLE = {"login": "5/300s", "auth_failures": "30/60s"}
+
+
+def with_protections(app: Callable[..., Any], **values: Any) -> Callable[..., Any]:
+    """The audited stack with these protection settings for its requests (settings are process-wide)."""
+    from gql_audit.conf import conf
+
+    def run(env: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        for key in ("QUERY_LIMITS", "PERSISTED_OPERATIONS", "THROTTLE"):
+            conf._cache[key] = values.get(key)
+        return app(env, start_response)
+
+    return run
+
+
+def rounds_of(
+    configs: dict[str, tuple[Callable[..., Any], dict[str, Any]]],
+    rounds: int,
+    requests: int,
+    between: Callable[[], None] | None = None,
+) -> dict[str, list[float]]:
+    """Seconds per request of each round of each configuration, rounds alternating."""
+    for app, env in configs.values():
+        for _ in range(5):
+            send(app, env)[1].close()
+    samples: dict[str, list[float]] = {name: [] for name in configs}
+    for _ in range(rounds):
+        for name, (app, env) in configs.items():
+            if between is not None:
+                between()
+            elapsed = 0.0
+            for _ in range(requests):
+                start = time.perf_counter()
+                _, response = send(app, env)
+                elapsed += time.perf_counter() - start
+                response.close()
+            samples[name].append(elapsed / requests)
+    return samples
+
+
+def show(title: str, samples: dict[str, list[float]], unit: str = "request") -> None:
+    print(f"\n{title}")
+    base = statistics.median(next(iter(samples.values())))
+    for name, values in samples.items():
+        median = statistics.median(values)
+        print(
+            f"  {name:<44} {median * 1e3:8.3f} ms/{unit}  ratio {median / base:5.3f}"
+            f"  rounds {min(values) * 1e3:.3f}-{max(values) * 1e3:.3f}"
+        )
+
+
+def analysis_cost(documents: dict[str, str], repeat: int = 2000) -> None:
+    """Microseconds to measure a document the first time, and each time after (the cache)."""
+    from gql_audit import limits
+
+    print("\nMeasuring a document (gql_audit.limits.analyse)")
+    for name, text in documents.items():
+        start = time.perf_counter()
+        for _ in range(50):
+            limits._analyse(text)
+        first = (time.perf_counter() - start) / 50
+        limits.analyse(text)
+        start = time.perf_counter()
+        for _ in range(repeat):
+            limits.analyse(text)
+        cached = (time.perf_counter() - start) / repeat
+        print(f"  {name:<44} first {first * 1e6:8.1f} us   cached {cached * 1e6:6.2f} us")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--requests", type=int, default=400)
+    parser.add_argument("--list-requests", type=int, default=10)
+    parser.add_argument("--objects", type=int, default=1000)
+    args = parser.parse_args()
+
+    from django.db import connection
+
+    from bench.models import Record
+    from bench.schema import RECORD_FIELDS
+    from gql_audit.limits import document_hash
+    from gql_audit.models import ReadObject, RequestReads
+
+    connection.creation.create_test_db(verbosity=0, autoclobber=True, serialize=False)
+    Record.objects.bulk_create(
+        Record(name=f"name {i}", email=f"u{i}@example.org", phone="", city="", country="", status="", score=i)
+        for i in range(args.objects)
+    )
+    one_field = "{ serviceStatus { ok } }"
+    records = "{ records { %s } }" % RECORD_FIELDS
+    manifest = Path(tempfile.mkdtemp()) / "manifest.json"
+    manifest.write_text(json.dumps({document_hash(d): d for d in (one_field, records)}))
+    persisted = {"manifest": str(manifest), "mode": "enforce"}
+
+    audited = audited_handler()
+    configurations = {
+        "gql_audit, no protections": {},
+        "+ QUERY_LIMITS (enforce)": {"QUERY_LIMITS": LIMITS},
+        "+ QUERY_LIMITS + PERSISTED_OPERATIONS": {"QUERY_LIMITS": LIMITS, "PERSISTED_OPERATIONS": persisted},
+        "+ both + THROTTLE (local-memory cache)": {
+            "QUERY_LIMITS": LIMITS,
+            "PERSISTED_OPERATIONS": persisted,
+            "THROTTLE": THROTTLE,
+        },
+    }
+    apps = {name: with_protections(audited, **values) for name, values in configurations.items()}
+
+    def clear() -> None:
+        RequestReads.objects.all().delete()
+        ReadObject.objects.all().delete()
+
+    print(
+        f"gql_audit protections benchmark ({connection.vendor}): {args.rounds} rounds; "
+        f"{args.requests} one-field requests, {args.list_requests} list requests per round"
+    )
+    one_field_configs = {name: (app, environ("/audit/", one_field)) for name, app in apps.items()}
+    show("One-field public query", rounds_of(one_field_configs, args.rounds, args.requests))
+    show(
+        f"List of {args.objects} objects x 8 fields (reads recorded)",
+        rounds_of(
+            {name: (app, environ("/records/audit/", records)) for name, app in apps.items()},
+            args.rounds,
+            args.list_requests,
+            between=clear,
+        ),
+    )
+    analysis_cost(
+        {
+            "one-field query": one_field,
+            "list query": records,
+            "a 200-alias query through fragments": "query { ...F ...F } fragment F on Query { "
+            + " ".join(f"a{i}: serviceStatus {{ ok name }}" for i in range(100))
+            + " }",
+        }
+    )
+    connection.creation.destroy_test_db(connection.settings_dict["NAME"], verbosity=0)
+
+
+if __name__ == "__main__":
+    main()
