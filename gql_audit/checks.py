@@ -161,7 +161,7 @@ def _check_query_limits(value: Any) -> list[Any]:
         return []
     if not isinstance(value, dict):
         return [_protection_error("QUERY_LIMITS", "must be a dict or None.", "gql_audit.E020")]
-    errors = []
+    errors: list[Any] = []
     for key, limit in value.items():
         if key == "mode":
             if limit not in QUERY_LIMIT_MODES:
@@ -193,7 +193,7 @@ def _check_persisted(value: Any) -> list[Any]:
                 "PERSISTED_OPERATIONS", "must be None or {'manifest': ..., 'mode': ...}.", "gql_audit.E021"
             )
         ]
-    errors = []
+    errors: list[Any] = []
     if value.get("mode", "observe") not in PERSISTED_MODES:
         errors.append(
             _protection_error("PERSISTED_OPERATIONS", f"mode must be one of {PERSISTED_MODES}.", "gql_audit.E021")
@@ -212,7 +212,7 @@ def _check_throttle(value: Any, cache_alias: Any) -> list[Any]:
         return []
     if not isinstance(value, dict):
         return [_protection_error("THROTTLE", "must be a dict of rates or None.", "gql_audit.E022")]
-    errors = []
+    errors: list[Any] = []
     for key, rate in value.items():
         if key not in THROTTLE_RATES:
             errors.append(
