@@ -83,7 +83,8 @@ def requested_hash(data: Any, query_params: Any) -> str | None:
             break
     if value is None:
         return None
-    text = value if isinstance(value, str) else json.dumps(value)[:200]
+    # Anything but a string names no document; its type is what the event can say.
+    text = value if isinstance(value, str) else f"<{type(value).__name__}>"
     return text[len("sha256:") :] if text.startswith("sha256:") else text
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import reprlib
 import time
 import unicodedata
 from dataclasses import dataclass
@@ -67,7 +68,8 @@ def rate(name: str) -> Rate | None:
 
 def normalised(value: Any) -> str:
     """What is counted for ``value``: usernames compared as Django normalises them, and case-folded."""
-    text = value if isinstance(value, str) else repr(value)
+    # reprlib: bounded in depth and length, whatever a client nested in a variable.
+    text = value if isinstance(value, str) else reprlib.repr(value)
     return unicodedata.normalize("NFKC", text[:MAX_VALUE]).casefold()
 
 

@@ -237,3 +237,14 @@ async def test_refusals_under_asgi(async_client, async_connections_closed):
         # Refused in the middleware, before authentication.
         response = await async_client.post("/graphql/", {"query": "{ __typename }"}, content_type="application/json")
         assert response.status_code == 429 and response.json()["errors"][0]["extensions"]["code"] == "THROTTLED"
+
+
+def test_a_deeply_nested_username_variable_is_counted_not_crashed_on(client, users, password_checks):
+    nested = "x"
+    for _ in range(900):
+        nested = [nested]
+    with configured(THROTTLE={"login": "1/60s"}):
+        first = post_graphql(client, LOGIN, variables={"u": nested, "p": "x"})
+        assert first.status_code in (200, 400) and b"Traceback" not in first.content
+        refusal(post_graphql(client, LOGIN, variables={"u": nested, "p": "x"}))
+    assert password_checks == []
