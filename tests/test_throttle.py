@@ -248,3 +248,28 @@ def test_a_deeply_nested_username_variable_is_counted_not_crashed_on(client, use
         assert first.status_code in (200, 400) and b"Traceback" not in first.content
         refusal(post_graphql(client, LOGIN, variables={"u": nested, "p": "x"}))
     assert password_checks == []
+
+
+def test_the_relay_login_mutation_is_found_through_its_input():
+    import graphene
+    import graphql_jwt.relay
+
+    from gql_audit.visibility import login_arguments
+
+    class Query(graphene.ObjectType):
+        ok = graphene.Boolean()
+
+    class Mutation(graphene.ObjectType):
+        token_auth = graphql_jwt.relay.ObtainJSONWebToken.Field()
+        plain_auth = graphql_jwt.ObtainJSONWebToken.Field()
+        verify_token = graphql_jwt.relay.Verify.Field()
+
+    schema = graphene.Schema(query=Query, mutation=Mutation).graphql_schema
+    assert login_arguments(schema) == {"tokenAuth": ("input", "username"), "plainAuth": ("username",)}
+    from gql_audit.guard import _username
+    from gql_audit.limits import analyse
+
+    text = 'mutation($u: String!) { a: tokenAuth(input: {username: $u, password: "p"}) { token } }'
+    (root_field,) = analyse(text).operations[0].root_fields
+    assert _username(root_field, ("input", "username"), {"u": "dora"}) == "dora"
+    assert _username(root_field, ("input", "username"), None) is None
