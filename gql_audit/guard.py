@@ -119,7 +119,7 @@ def count_failures(ctx: context.RequestContext) -> None:
 
 
 def _username(root_field: Any, path: tuple[str, ...], variables: Any) -> Any:
-    from graphql import value_from_ast_untyped
+    from graphql import Undefined, value_from_ast_untyped
 
     arguments = dict(root_field.arguments)
     node = arguments.get(path[0])
@@ -131,7 +131,7 @@ def _username(root_field: Any, path: tuple[str, ...], variables: Any) -> Any:
         return None
     for key in path[1:]:
         value = value.get(key) if isinstance(value, dict) else None
-    return value
+    return None if value is Undefined else value
 
 
 def _check_logins(ctx: context.RequestContext, schema: Any, operation: Operation, variables: Any) -> Refusal | None:
