@@ -49,6 +49,40 @@ def show(title: str, samples: dict[str, list[float]], unit: str = "request") -> 
         )
 
 
+def checks_alone(configurations: dict[str, dict[str, Any]], documents: dict[str, str], repeat: int = 3000) -> None:
+    """Microseconds the middleware's checks add to one request (``process_view``), the
+    fastest of five batches: noise from other processes only ever adds time."""
+    from django.test import RequestFactory
+    from django.urls import resolve
+
+    from gql_audit import context
+    from gql_audit.conf import conf
+    from gql_audit.middleware import AuditContextMiddleware
+
+    middleware = AuditContextMiddleware(lambda request: None)
+    view = resolve("/audit/").func
+    print("\nThe checks alone (AuditContextMiddleware.process_view), per request")
+    for document_name, text in documents.items():
+        request = RequestFactory().post("/audit/", json.dumps({"query": text}), content_type="application/json")
+        for name, values in configurations.items():
+            for key in ("QUERY_LIMITS", "PERSISTED_OPERATIONS", "THROTTLE"):
+                conf._cache[key] = values.get(key)
+            batches = []
+            for _ in range(5):
+                ctx = context.RequestContext(request_id="bench", request=request, remote_addr="127.0.0.1")
+                token = context.bind(ctx)
+                try:
+                    start = time.perf_counter()
+                    for _ in range(repeat):
+                        ctx.operation = None
+                        if middleware.process_view(request, view, (), {}) is not None:
+                            raise SystemExit(f"refused: {name}, {document_name}")
+                    batches.append((time.perf_counter() - start) / repeat)
+                finally:
+                    context.reset(token)
+            print(f"  {document_name + ', ' + name:<64} {min(batches) * 1e6:7.2f} us")
+
+
 def analysis_cost(documents: dict[str, str], repeat: int = 2000) -> None:
     """Microseconds to measure a document the first time, and each time after (the cache)."""
     from gql_audit import limits
@@ -123,6 +157,7 @@ def main() -> None:
             between=clear,
         ),
     )
+    checks_alone(configurations, {"one-field query": one_field, "list query": records})
     analysis_cost(
         {
             "one-field query": one_field,

@@ -174,11 +174,21 @@ def _check_logins(ctx: context.RequestContext, schema: Any, operation: Operation
 # --- limits and the allow-list --------------------------------------------------------
 
 
+def _limits() -> tuple[dict[str, int], bool]:
+    """``(limits set, enforced)`` of ``QUERY_LIMITS``, worked out once per settings generation."""
+
+    def build() -> tuple[dict[str, int], bool]:
+        settings = conf.QUERY_LIMITS or {}
+        limits = {k: v for k, v in settings.items() if k != "mode" and v is not None}
+        return limits, settings.get("mode", "enforce") == "enforce"
+
+    found: tuple[dict[str, int], bool] = conf.derived("query_limits", build)
+    return found
+
+
 def _check_limits(analysis: Analysis, operation: Operation | None) -> Refusal | None:
-    settings = conf.QUERY_LIMITS or {}
-    limits = {k: v for k, v in settings.items() if k != "mode" and v is not None}
+    limits, enforced = _limits()
     cost = operation.cost if operation is not None else analysis.worst()
-    enforced = settings.get("mode", "enforce") == "enforce"
     exceeded = over_limits(cost, limits)
     for name, value, maximum in exceeded:
         record_event(
@@ -261,18 +271,34 @@ def _check_entry(
     return None, substitute
 
 
+_views: dict[int, tuple[Any, tuple[Any, bool] | None]] = {}
+
+
 def graphql_view(view_func: Any) -> tuple[Any, bool] | None:
     """``(GraphQL schema, batch)`` of a graphene-django view, or None for any other view."""
-    from graphene_django.settings import graphene_settings
+    entry = _views.get(id(view_func))
+    if entry is None or entry[0] is not view_func:
+        entry = _views[id(view_func)] = (view_func, _inspect_view(view_func))
+    if entry[1] is None:
+        return None
+    schema, batch = entry[1]
+    if schema is None:  # the view takes GRAPHENE["SCHEMA"], which settings may change
+        from graphene_django.settings import graphene_settings
+
+        schema = graphene_settings.SCHEMA
+    return getattr(schema, "graphql_schema", schema), batch
+
+
+def _inspect_view(view_func: Any) -> tuple[Any, bool] | None:
+    """``(its own schema or None, batch)`` of a graphene-django view (once per view), or None."""
     from graphene_django.views import GraphQLView
 
     view_class = getattr(view_func, "view_class", None)
     if not (isinstance(view_class, type) and issubclass(view_class, GraphQLView)):
         return None
     initkwargs = getattr(view_func, "view_initkwargs", None) or {}
-    schema = initkwargs.get("schema") or getattr(view_class, "schema", None) or graphene_settings.SCHEMA
-    batch = bool(initkwargs.get("batch") or getattr(view_class, "batch", False))
-    return getattr(schema, "graphql_schema", schema), batch
+    schema = initkwargs.get("schema") or getattr(view_class, "schema", None)
+    return schema, bool(initkwargs.get("batch") or getattr(view_class, "batch", False))
 
 
 def check_operation(
