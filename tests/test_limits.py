@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from urllib.parse import urlencode
 
@@ -170,3 +171,11 @@ def test_hostile_documents_get_clear_answers(client, users):
             assert b"Traceback" not in response.content
     codes = {e.details["limit"] for e in SecurityEvent.objects.filter(kind="query_limit")}
     assert codes == {"max_depth", "max_aliases"}
+
+
+def test_every_operation_of_a_batch_is_measured(client, users):
+    batch = [{"query": "{ serviceStatus { ok } }"}, {"query": WIDE}]
+    with configured(QUERY_LIMITS={"max_aliases": 10}):
+        response = client.post("/graphql-batch/", json.dumps(batch), content_type="application/json")
+    assert response.status_code == 400
+    assert [r["errors"][0]["extensions"]["code"] for r in response.json()] == ["QUERY_TOO_COMPLEX"] * 2
