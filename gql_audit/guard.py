@@ -319,7 +319,6 @@ def check_operation(
     for entry in entries:
         refusal, substitute = _check_entry(ctx, request, entry, schema)
         if refusal is not None:
-            ctx.error_codes.add(refusal.code)
             return refusal, (len(entries) if batch and isinstance(data, list) else None)
         substitutes.append(substitute)
     if any(substitutes):

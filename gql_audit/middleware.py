@@ -72,7 +72,9 @@ class Refused(JsonResponse):
     """A request refused before the view ran (a limit, the allow-list, a throttle): already on record."""
 
 
-def refused(refusal: guard.Refusal, entries: int | None = None) -> Refused:
+def refused(ctx: context.RequestContext, refusal: guard.Refusal, entries: int | None = None) -> Refused:
+    """The answer to a refused request (``entries``: the size of a refused batch)."""
+    ctx.error_codes.add(refusal.code)
     response = Refused(refusal.body(entries), status=refusal.status, safe=False)
     if refusal.retry_after is not None:
         response["Retry-After"] = str(refusal.retry_after)
@@ -86,8 +88,7 @@ def prepare(request: HttpRequest, ctx: context.RequestContext) -> HttpResponseBa
     if conf.THROTTLE:
         refusal = guard.check_address(ctx)
         if refusal is not None:
-            ctx.error_codes.add(refusal.code)
-            return refused(refusal)
+            return refused(ctx, refusal)
     reason = refuse_cookie_without_csrf(request)
     if reason is not None:
         record_event(
@@ -311,7 +312,7 @@ class AuditContextMiddleware:
         if ctx is None or not guard.enabled():
             return None
         found = guard.check_operation(request, ctx, view_func)
-        return refused(*found) if found is not None else None
+        return refused(ctx, *found) if found is not None else None
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> JsonResponse | None:
         return bad_body(request, exception)

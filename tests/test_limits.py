@@ -179,3 +179,12 @@ def test_every_operation_of_a_batch_is_measured(client, users):
         response = client.post("/graphql-batch/", json.dumps(batch), content_type="application/json")
     assert response.status_code == 400
     assert [r["errors"][0]["extensions"]["code"] for r in response.json()] == ["QUERY_TOO_COMPLEX"] * 2
+
+
+def test_a_refusal_has_its_request_line(client, users, caplog):
+    caplog.set_level("INFO", logger="gql_audit.request")
+    with configured(QUERY_LIMITS={"max_aliases": 10}):
+        post_graphql(client, WIDE, headers={"X-Request-ID": "limit-log"})
+    (line,) = [json.loads(r.getMessage()) for r in caplog.records if r.name == "gql_audit.request"]
+    assert (line["request_id"], line["status"], line["error_codes"]) == ("limit-log", 400, ["QUERY_TOO_COMPLEX"])
+    assert line["operation"]["hash"] == limits.document_hash(WIDE)
