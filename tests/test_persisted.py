@@ -199,3 +199,11 @@ def test_batches_are_checked_entry_by_entry(client, users, manifest):
     assert response.status_code == 400
     assert [r["errors"][0]["extensions"]["code"] for r in response.json()] == ["OPERATION_NOT_ALLOWED"] * 2
     assert len(events("pq-batch")) == 1
+
+
+def test_an_unreadable_manifest_allows_nothing(client, users, tmp_path):
+    broken = tmp_path / "broken.json"
+    broken.write_text("{ not json")
+    with configured(broken, "enforce"):
+        response = post_graphql(client, STATUS)
+    assert response.status_code == 400 and response.json()["errors"][0]["extensions"]["code"] == "OPERATION_NOT_ALLOWED"
