@@ -8,13 +8,14 @@ from urllib.parse import urlencode
 
 import pytest
 from django.conf import settings
+from django.db import connection
 from django.test import override_settings
 
 from gql_audit import limits
 from gql_audit.history import request_trail
 from gql_audit.limits import analyse
 from gql_audit.models import SecurityEvent
-from tests.conftest import make_token, post_graphql
+from tests.conftest import SQLRecorder, make_token, post_graphql
 
 pytestmark = pytest.mark.django_db
 
@@ -109,8 +110,11 @@ def limit_events(request_id):
 )
 def test_enforce_refuses_before_anything_runs(client, users, query, limit, value):
     token = make_token("alice")
-    with configured(QUERY_LIMITS={**limit, "mode": "enforce"}):
+    statements = SQLRecorder()
+    with configured(QUERY_LIMITS={**limit, "mode": "enforce"}), connection.execute_wrapper(statements):
         response = post_graphql(client, query, token=token, headers={"X-Request-ID": "limit-enforce"})
+    # Nothing ran: no document was selected (the token's user was, before the view).
+    assert not [sql for sql in statements if "example_service_document" in sql]
     assert response.status_code == 400
     (error,) = response.json()["errors"]
     assert error["extensions"] == {"code": "QUERY_TOO_COMPLEX", "rule": "QUERY_LIMITS"}
