@@ -63,7 +63,7 @@ INTROSPECTION_CHOICES = ("public", "authenticated", "disabled")
 EVENT_SINKS = ("database", "logs", "both")
 MASK_ERRORS_CHOICES = ("database", "all", "none")
 ACCESS_STORES = ("gql_audit", "auditlog")
-QUERY_LIMIT_KEYS = ("max_depth", "max_aliases", "max_fields")
+QUERY_LIMIT_KEYS = ("max_depth", "max_aliases", "max_fields", "max_tokens")
 QUERY_LIMIT_MODES = ("enforce", "measure")
 PERSISTED_MODES = ("observe", "enforce")
 #: ``THROTTLE`` keys: what is counted, per what.

@@ -24,7 +24,7 @@ from gql_audit.errors import (
     THROTTLED,
 )
 from gql_audit.events import record_event
-from gql_audit.limits import Analysis, Operation, analyse, over_limits
+from gql_audit.limits import Analysis, Operation, analyse, document_hash, over_limits
 from gql_audit.params import body_data
 from gql_audit.persisted import lookup, manifest, requested_hash
 from gql_audit.throttle import Rate, ThrottleUnavailable, count, hit, normalised, rate
@@ -190,6 +190,9 @@ def _check_limits(analysis: Analysis, operation: Operation | None) -> Refusal | 
     limits, enforced = _limits()
     cost = operation.cost if operation is not None else analysis.worst()
     exceeded = over_limits(cost, limits)
+    if analysis.over_tokens:
+        # The parser stopped counting there: the value says "more than max".
+        exceeded.insert(0, ("max_tokens", limits["max_tokens"] + 1, limits["max_tokens"]))
     for name, value, maximum in exceeded:
         record_event(
             "query_limit",
@@ -201,16 +204,12 @@ def _check_limits(analysis: Analysis, operation: Operation | None) -> Refusal | 
     return None
 
 
-def _check_allowed(analysis: Analysis) -> Refusal | None:
-    if analysis.sha256 in manifest():
-        return None
-    enforced = (conf.PERSISTED_OPERATIONS or {}).get("mode", "observe") == "enforce"
+def _unknown(sha256: str, enforced: bool, message: str = "operation not in the persisted-operation manifest") -> None:
     record_event(
         "operation_unknown",
-        message="operation not in the persisted-operation manifest",
-        details={"rule": RULE_ALLOW_LIST, "sha256": analysis.sha256, "enforced": enforced},
+        message=message,
+        details={"rule": RULE_ALLOW_LIST, "sha256": sha256[:128], "enforced": enforced},
     )
-    return Refusal(OPERATION_NOT_ALLOWED, RULE_ALLOW_LIST, 400) if enforced else None
 
 
 def _set_operation(ctx: context.RequestContext, analysis: Analysis, operation: Operation | None) -> None:
@@ -239,22 +238,25 @@ def _check_entry(
             return None, None
         query = lookup(sha256)
         if query is None:
-            record_event(
-                "operation_unknown",
-                message="persisted operation hash not in the manifest",
-                details={"rule": RULE_ALLOW_LIST, "sha256": sha256[:128], "enforced": True},
-            )
+            _unknown(sha256, True, "persisted operation hash not in the manifest")
             return Refusal(PERSISTED_QUERY_NOT_FOUND, RULE_ALLOW_LIST, 400), None
         substitute = query
     if not isinstance(query, str):
         return None, None  # the view says what is wrong with it
-    analysis = analyse(query)
+    listed = substitute is not None or not persisted
+    if not listed and persisted.get("mode", "observe") == "enforce":
+        # Refused on its hash alone: an unlisted document is never parsed.
+        sha256 = document_hash(query)
+        if sha256 not in manifest():
+            _unknown(sha256, True)
+            return Refusal(OPERATION_NOT_ALLOWED, RULE_ALLOW_LIST, 400), None
+        listed = True
+    limits, enforced = _limits() if conf.QUERY_LIMITS else ({}, False)
+    analysis = analyse(query, limits.get("max_tokens"), stop=enforced)
     operation = analysis.operation(operation_name)
     _set_operation(ctx, analysis, operation)
-    if persisted and substitute is None:
-        refusal = _check_allowed(analysis)
-        if refusal is not None:
-            return refusal, None
+    if not listed and analysis.sha256 not in manifest():
+        _unknown(analysis.sha256, False)
     if conf.QUERY_LIMITS:
         refusal = _check_limits(analysis, operation)
         if refusal is not None:

@@ -79,8 +79,13 @@ class Analysis:
     sha256: str
     #: Operations in document order; empty when the document does not parse.
     operations: tuple[Operation, ...]
-    #: Why the document could not be measured ("syntax", "cycle", "too deep"), or None.
+    #: Why the document could not be measured ("syntax", "cycle", "too deep", "tokens"), or None.
     problem: str | None = None
+    #: The document has more lexical tokens than ``max_tokens`` (what it was parsed with).
+    over_tokens: bool = False
+    max_tokens: int | None = None
+    #: Parsing stopped at ``max_tokens`` (else the document was parsed whole anyway).
+    stopped: bool = True
 
     def operation(self, name: Any) -> Operation | None:
         """The operation that will execute for ``operationName`` = ``name``.
@@ -95,7 +100,8 @@ class Analysis:
     def worst(self) -> Cost:
         """The highest of each count over all operations (for a document that names none)."""
         if self.problem is not None and not self.operations:
-            return UNMEASURABLE if self.problem != "syntax" else Cost(0, 0, 0)
+            # A syntax error, or a parse stopped at max_tokens: the view (or that limit) answers it.
+            return UNMEASURABLE if self.problem in ("cycle", "too deep") else Cost(0, 0, 0)
         ops = self.operations
         return Cost(
             max((op.cost.depth for op in ops), default=0),
@@ -178,15 +184,29 @@ class _Measure:
         return True
 
 
-def _analyse(text: str) -> Analysis:
-    sha256 = document_hash(text)
+def _parse(text: str, max_tokens: int | None, stop: bool) -> tuple[DocumentNode | None, str | None, bool]:
+    """``(document or None, problem, over max_tokens)``: parsing stops at ``max_tokens``
+    lexical tokens (comments not counted) and, unless ``stop``, starts again in full."""
     try:
-        document: DocumentNode = parse(text, no_location=True)
+        return parse(text, no_location=True, max_lexical_tokens=max_tokens), None, False
     except GraphQLError as exc:
+        message = str(exc.message)
+        if max_tokens is not None and f"Document contains more than {max_tokens} tokens" in message:
+            if stop:
+                return None, "tokens", True
+            document, problem, _ = _parse(text, None, stop)
+            return document, problem, True
         # graphql-core refuses documents nested past its parser's limit in its own words.
-        return Analysis(sha256, (), "too deep" if "nested" in str(exc.message) else "syntax")
+        return None, "too deep" if "nested" in message else "syntax", False
     except RecursionError:
-        return Analysis(sha256, (), "too deep")
+        return None, "too deep", False
+
+
+def _analyse(text: str, max_tokens: int | None = None, stop: bool = True) -> Analysis:
+    sha256 = document_hash(text)
+    document, problem, over = _parse(text, max_tokens, stop)
+    if document is None:
+        return Analysis(sha256, (), problem, over, max_tokens, stop)
     fragments = {d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)}
     measure = _Measure(fragments)
     operations = []
@@ -201,10 +221,10 @@ def _analyse(text: str) -> Analysis:
             name = definition.name.value if definition.name is not None else None
             operations.append(Operation(name, kind, cost, tuple(found), not complete))
     except _Cycle:
-        return Analysis(sha256, (), "cycle")
+        return Analysis(sha256, (), "cycle", over, max_tokens, stop)
     except RecursionError:
-        return Analysis(sha256, (), "too deep")
-    return Analysis(sha256, tuple(operations))
+        return Analysis(sha256, (), "too deep", over, max_tokens, stop)
+    return Analysis(sha256, tuple(operations), None, over, max_tokens, stop)
 
 
 def document_hash(text: str) -> str:
@@ -217,24 +237,28 @@ _cached_chars = 0
 _lock = threading.Lock()
 
 
-def analyse(text: str) -> Analysis:
-    """The measured document ``text`` (cached: a repeated document pays once)."""
+def analyse(text: str, max_tokens: int | None = None, *, stop: bool = True) -> Analysis:
+    """The measured document ``text`` (cached: a repeated document pays once).
+
+    With ``max_tokens``, a document of more lexical tokens is marked
+    ``over_tokens``; with ``stop`` it is not parsed past them (and not measured).
+    """
     global _cached_chars
     with _lock:
         hit = _cache.get(text)
-        if hit is not None:
+        if hit is not None and hit.max_tokens == max_tokens and hit.stopped == stop:
             _cache.move_to_end(text)
             return hit
-    result = _analyse(text)
+    result = _analyse(text, max_tokens, stop)
     if len(text) > MAX_CACHED_CHARS // 8:
         return result
     with _lock:
-        if text not in _cache:
-            _cache[text] = result
+        if _cache.pop(text, None) is None:
             _cached_chars += len(text)
-            while len(_cache) > MAX_CACHED or _cached_chars > MAX_CACHED_CHARS:
-                old, _ = _cache.popitem(last=False)
-                _cached_chars -= len(old)
+        _cache[text] = result
+        while len(_cache) > MAX_CACHED or _cached_chars > MAX_CACHED_CHARS:
+            old, _ = _cache.popitem(last=False)
+            _cached_chars -= len(old)
     return result
 
 

@@ -75,6 +75,7 @@ class Refused(JsonResponse):
 def refused(ctx: context.RequestContext, refusal: guard.Refusal, entries: int | None = None) -> Refused:
     """The answer to a refused request (``entries``: the size of a refused batch)."""
     ctx.error_codes.add(refusal.code)
+    ctx.refused = True
     response = Refused(refusal.body(entries), status=refusal.status, safe=False)
     if refusal.retry_after is not None:
         response["Retry-After"] = str(refusal.retry_after)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from unittest import mock
 from urllib.parse import urlencode
 
 import pytest
@@ -192,3 +193,40 @@ def test_a_refusal_has_its_request_line(client, users, caplog):
     (line,) = [json.loads(r.getMessage()) for r in caplog.records if r.name == "gql_audit.request"]
     assert (line["request_id"], line["status"], line["error_codes"]) == ("limit-log", 400, ["QUERY_TOO_COMPLEX"])
     assert line["operation"]["hash"] == limits.document_hash(WIDE)
+
+
+HUGE = "{ " + "x: serviceStatus { ok } " * 100_000 + "}"  # 2.4 MB, 500,000 tokens
+
+
+def test_max_tokens_stops_the_parser_and_refuses(client, users, settings):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 10_000_000
+    with configured(QUERY_LIMITS={"max_tokens": 1000, "max_aliases": 10}):
+        started = time.perf_counter()
+        response = post_graphql(client, HUGE, headers={"X-Request-ID": "tokens-enforce"})
+        elapsed = time.perf_counter() - started
+    assert response.status_code == 400 and response.json()["errors"][0]["extensions"]["code"] == "QUERY_TOO_COMPLEX"
+    (event,) = limit_events("tokens-enforce")
+    assert event.details["limit"] == "max_tokens" and event.details["value"] == 1001 and event.details["max"] == 1000
+    # Parsing the whole document takes seconds; stopping at 1,000 tokens, a fraction of one.
+    assert elapsed < 1, elapsed
+
+
+def test_max_tokens_in_measure_mode_parses_in_full_and_measures_the_rest(client, users):
+    with configured(QUERY_LIMITS={"max_tokens": 20, "max_aliases": 10, "mode": "measure"}):
+        response = post_graphql(client, WIDE, headers={"X-Request-ID": "tokens-measure"})
+    assert response.status_code == 200 and response.json()["data"]["serviceStatus"]["a0"] is True
+    events = {e.details["limit"]: e.details for e in limit_events("tokens-measure")}
+    assert events["max_tokens"] == {**events["max_tokens"], "value": 21, "max": 20, "enforced": False}
+    assert events["max_aliases"]["value"] == 50
+
+
+def test_the_allow_list_refuses_an_unlisted_document_without_parsing_it(client, users, settings, tmp_path):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 10_000_000
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({limits.document_hash(WIDE): WIDE}))
+    with (
+        configured(PERSISTED_OPERATIONS={"manifest": str(manifest), "mode": "enforce"}),
+        mock.patch.object(limits, "_analyse", side_effect=AssertionError("parsed")),
+    ):
+        response = post_graphql(client, HUGE)
+    assert response.status_code == 400 and response.json()["errors"][0]["extensions"]["code"] == "OPERATION_NOT_ALLOWED"

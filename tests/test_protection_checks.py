@@ -35,6 +35,8 @@ def manifests(tmp_path):
         ({"QUERY_LIMITS": {"max_depth": 10, "max_aliases": 0, "max_fields": 500, "mode": "measure"}}, []),
         ({"QUERY_LIMITS": {"max_depth": None, "mode": "enforce"}}, []),
         ({"QUERY_LIMITS": {"max_depth": 0}}, ["gql_audit.E020"]),
+        ({"QUERY_LIMITS": {"max_tokens": 0}}, ["gql_audit.E020"]),
+        ({"QUERY_LIMITS": {"max_tokens": 5000}}, []),
         ({"QUERY_LIMITS": {"max_aliases": -1}}, ["gql_audit.E020"]),
         ({"QUERY_LIMITS": {"max_fields": "100"}}, ["gql_audit.E020"]),
         ({"QUERY_LIMITS": {"max_depth": True}}, ["gql_audit.E020"]),
