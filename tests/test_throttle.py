@@ -273,3 +273,17 @@ def test_the_relay_login_mutation_is_found_through_its_input():
     (root_field,) = analyse(text).operations[0].root_fields
     assert _username(root_field, ("input", "username"), {"u": "dora"}) == "dora"
     assert _username(root_field, ("input", "username"), None) is None
+
+
+def test_a_refused_login_stores_no_password(client, users, caplog):
+    caplog.set_level("DEBUG")
+    secret = "Inline-Secret-Pw-987"
+    inline = 'mutation { tokenAuth(username: "alice", password: "%s") { token } }' % secret
+    with configured(THROTTLE={"login": "1/60s"}):
+        login(client, "alice", "Variable-Secret-Pw-654")
+        refusal(post_graphql(client, inline))
+        refusal(login(client, "alice", "Variable-Secret-Pw-654"))
+    stored = json.dumps(list(SecurityEvent.objects.values()), default=str)
+    assert "throttled" in stored
+    for value in (secret, "Variable-Secret-Pw-654"):
+        assert value not in stored and value not in caplog.text
