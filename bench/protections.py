@@ -22,7 +22,7 @@ from typing import Any
 
 from harness import audited_handler, environ, measure_rounds  # noqa: I001
 
-LIMITS = {"max_depth": 10, "max_aliases": 30, "max_fields": 5000, "mode": "enforce"}
+LIMITS = {"max_depth": 10, "max_aliases": 30, "max_fields": 5000, "max_tokens": 5000, "mode": "enforce"}
 THROTTLE = {"login": "5/300s", "auth_failures": "30/60s"}
 
 
