@@ -56,9 +56,36 @@ class Refusal:
         return one if entries is None else [one] * entries
 
 
-def enabled() -> bool:
-    """Whether any protection is configured (one test per request when none is)."""
-    return bool(conf.QUERY_LIMITS or conf.PERSISTED_OPERATIONS or conf.THROTTLE)
+@dataclass(frozen=True)
+class Protections:
+    """The protection settings, read once per settings generation (not per request)."""
+
+    #: ``QUERY_LIMITS`` set: the limits given (``mode`` aside), and whether they are enforced.
+    limits: dict[str, int] | None
+    limits_enforced: bool
+    #: ``PERSISTED_OPERATIONS`` set, and whether its mode is ``enforce``.
+    persisted: bool
+    persisted_enforced: bool
+    throttle: bool
+
+
+def active() -> Protections | None:
+    """The protections configured, or None when there are none (one lookup per request)."""
+
+    def build() -> Protections | None:
+        limits, persisted = conf.QUERY_LIMITS, conf.PERSISTED_OPERATIONS
+        if not (limits or persisted or conf.THROTTLE):
+            return None
+        return Protections(
+            limits={k: v for k, v in limits.items() if k != "mode" and v is not None} if limits else None,
+            limits_enforced=bool(limits) and limits.get("mode", "enforce") == "enforce",
+            persisted=bool(persisted),
+            persisted_enforced=bool(persisted) and persisted.get("mode", "observe") == "enforce",
+            throttle=bool(conf.THROTTLE),
+        )
+
+    found: Protections | None = conf.derived("protections", build)
+    return found
 
 
 # --- throttling ---------------------------------------------------------------------
@@ -174,20 +201,9 @@ def _check_logins(ctx: context.RequestContext, schema: Any, operation: Operation
 # --- limits and the allow-list --------------------------------------------------------
 
 
-def _limits() -> tuple[dict[str, int], bool]:
-    """``(limits set, enforced)`` of ``QUERY_LIMITS``, worked out once per settings generation."""
-
-    def build() -> tuple[dict[str, int], bool]:
-        settings = conf.QUERY_LIMITS or {}
-        limits = {k: v for k, v in settings.items() if k != "mode" and v is not None}
-        return limits, settings.get("mode", "enforce") == "enforce"
-
-    found: tuple[dict[str, int], bool] = conf.derived("query_limits", build)
-    return found
-
-
-def _check_limits(analysis: Analysis, operation: Operation | None) -> Refusal | None:
-    limits, enforced = _limits()
+def _check_limits(
+    analysis: Analysis, operation: Operation | None, limits: dict[str, int], enforced: bool
+) -> Refusal | None:
     cost = operation.cost if operation is not None else analysis.worst()
     exceeded = over_limits(cost, limits)
     if analysis.over_tokens:
@@ -219,20 +235,22 @@ def _set_operation(ctx: context.RequestContext, analysis: Analysis, operation: O
 
 
 def _check_entry(
-    ctx: context.RequestContext, request: HttpRequest, entry: Any, schema: Any
+    ctx: context.RequestContext, request: HttpRequest, entry: Any, schema: Any, protections: Protections
 ) -> tuple[Refusal | None, str | None]:
     """One GraphQL request (a batch has several): the refusal, and the document to substitute."""
     get = request.GET
     data = entry if hasattr(entry, "get") else {}
     try:
-        query = get.get("query") or data.get("query")
-        operation_name = get.get("operationName") or data.get("operationName")
-        variables = get.get("variables") or data.get("variables")
+        if get:  # graphene-django reads the query string first, whatever the method
+            query = get.get("query") or data.get("query")
+            operation_name = get.get("operationName") or data.get("operationName")
+            variables = get.get("variables") or data.get("variables")
+        else:
+            query, operation_name, variables = data.get("query"), data.get("operationName"), data.get("variables")
     except Exception:  # noqa: BLE001 - a query string Django refuses: the view answers it
         return None, None
     substitute = None
-    persisted = conf.PERSISTED_OPERATIONS
-    if persisted and not query:
+    if protections.persisted and not query:
         sha256 = requested_hash(data, get)
         if sha256 is None:
             return None, None
@@ -243,25 +261,25 @@ def _check_entry(
         substitute = query
     if not isinstance(query, str):
         return None, None  # the view says what is wrong with it
-    listed = substitute is not None or not persisted
-    if not listed and persisted.get("mode", "observe") == "enforce":
+    listed = substitute is not None or not protections.persisted
+    if not listed and protections.persisted_enforced:
         # Refused on its hash alone: an unlisted document is never parsed.
         sha256 = document_hash(query)
         if sha256 not in manifest():
             _unknown(sha256, True)
             return Refusal(OPERATION_NOT_ALLOWED, RULE_ALLOW_LIST, 400), None
         listed = True
-    limits, enforced = _limits() if conf.QUERY_LIMITS else ({}, False)
-    analysis = analyse(query, limits.get("max_tokens"), stop=enforced)
+    limits = protections.limits
+    analysis = analyse(query, limits.get("max_tokens") if limits else None, stop=protections.limits_enforced)
     operation = analysis.operation(operation_name)
     _set_operation(ctx, analysis, operation)
     if not listed and analysis.sha256 not in manifest():
         _unknown(analysis.sha256, False)
-    if conf.QUERY_LIMITS:
-        refusal = _check_limits(analysis, operation)
+    if limits is not None:
+        refusal = _check_limits(analysis, operation, limits, protections.limits_enforced)
         if refusal is not None:
             return refusal, None
-    if conf.THROTTLE and operation is not None and operation.type == "mutation":
+    if protections.throttle and operation is not None and operation.type == "mutation":
         if isinstance(variables, str):
             try:
                 variables = json.loads(variables)
@@ -304,7 +322,7 @@ def _inspect_view(view_func: Any) -> tuple[Any, bool] | None:
 
 
 def check_operation(
-    request: HttpRequest, ctx: context.RequestContext, view_func: Any
+    request: HttpRequest, ctx: context.RequestContext, view_func: Any, protections: Protections
 ) -> tuple[Refusal, int | None] | None:
     """Check what a GraphQL view is about to run: ``(refusal, batch size or None)``, or None to run it.
 
@@ -319,7 +337,7 @@ def check_operation(
     entries = [data] if not (batch and isinstance(data, list)) else data
     substitutes: list[str | None] = []
     for entry in entries:
-        refusal, substitute = _check_entry(ctx, request, entry, schema)
+        refusal, substitute = _check_entry(ctx, request, entry, schema, protections)
         if refusal is not None:
             return refusal, (len(entries) if batch and isinstance(data, list) else None)
         substitutes.append(substitute)

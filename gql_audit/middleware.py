@@ -310,9 +310,10 @@ class AuditContextMiddleware:
     def process_view(self, request: HttpRequest, view_func: Any, args: Any, kwargs: Any) -> Refused | None:
         """Limits, the allow-list and the login throttle, once the view is known to be a GraphQL one."""
         ctx = context.current()
-        if ctx is None or not guard.enabled():
+        protections = guard.active()
+        if ctx is None or protections is None:
             return None
-        found = guard.check_operation(request, ctx, view_func)
+        found = guard.check_operation(request, ctx, view_func, protections)
         return refused(ctx, *found) if found is not None else None
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> JsonResponse | None:
