@@ -10,7 +10,7 @@ limit in ``measure`` or ``observe`` mode, is a security event naming its rule.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from gql_audit import context
@@ -48,10 +48,9 @@ class Refusal:
     rule: str
     status: int
     retry_after: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def body(self, entries: int | None) -> Any:
-        error = {"message": MESSAGES[self.code], "extensions": {"code": self.code, "rule": self.rule, **self.extra}}
+        error = {"message": MESSAGES[self.code], "extensions": {"code": self.code, "rule": self.rule}}
         one = {"errors": [error]}
         return one if entries is None else [one] * entries
 
