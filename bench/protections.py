@@ -26,13 +26,38 @@ LIMITS = {"max_depth": 10, "max_aliases": 30, "max_fields": 5000, "max_tokens": 
 THROTTLE = {"login": "5/300s", "auth_failures": "30/60s"}
 
 
-def with_protections(app: Callable[..., Any], **values: Any) -> Callable[..., Any]:
-    """The audited stack with these protection settings for its requests (settings are process-wide)."""
+#: Values gql_audit works out from these settings once per settings generation.
+DERIVED = ("derived:protections", "derived:throttle_rates")
+
+
+def configurer(values: dict[str, Any]) -> Callable[[], None]:
+    """Puts these protection settings in force (process-wide), their derived values
+    worked out on first use and then reused, as a settings generation would."""
+    from gql_audit import guard, throttle
     from gql_audit.conf import conf
 
-    def run(env: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+    derived: dict[str, Any] = {}
+
+    def apply() -> None:
         for key in ("QUERY_LIMITS", "PERSISTED_OPERATIONS", "THROTTLE"):
             conf._cache[key] = values.get(key)
+        if not derived:
+            for key in DERIVED:
+                conf._cache.pop(key, None)
+            guard.active()
+            throttle.rate("login")
+            derived.update({key: conf._cache[key] for key in DERIVED})
+        conf._cache.update(derived)
+
+    return apply
+
+
+def with_protections(app: Callable[..., Any], values: dict[str, Any]) -> Callable[..., Any]:
+    """The audited stack with these protection settings for its requests."""
+    apply = configurer(values)
+
+    def run(env: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        apply()
         return app(env, start_response)
 
     return run
@@ -56,7 +81,6 @@ def checks_alone(configurations: dict[str, dict[str, Any]], documents: dict[str,
     from django.urls import resolve
 
     from gql_audit import context
-    from gql_audit.conf import conf
     from gql_audit.middleware import AuditContextMiddleware
 
     middleware = AuditContextMiddleware(lambda request: None)
@@ -65,8 +89,7 @@ def checks_alone(configurations: dict[str, dict[str, Any]], documents: dict[str,
     for document_name, text in documents.items():
         request = RequestFactory().post("/audit/", json.dumps({"query": text}), content_type="application/json")
         for name, values in configurations.items():
-            for key in ("QUERY_LIMITS", "PERSISTED_OPERATIONS", "THROTTLE"):
-                conf._cache[key] = values.get(key)
+            configurer(values)()
             batches = []
             for _ in range(5):
                 ctx = context.RequestContext(request_id="bench", request=request, remote_addr="127.0.0.1")
@@ -135,7 +158,7 @@ def main() -> None:
             "THROTTLE": THROTTLE,
         },
     }
-    apps = {name: with_protections(audited, **values) for name, values in configurations.items()}
+    apps = {name: with_protections(audited, values) for name, values in configurations.items()}
 
     def clear() -> None:
         RequestReads.objects.all().delete()
