@@ -101,14 +101,22 @@ def send(app: WSGIHandler, env: dict) -> tuple[bytes, Any]:
 
 
 def measure(
+    configs: dict[str, tuple[WSGIHandler, dict]], rounds: int, requests: int, **options: Any
+) -> dict[str, float]:
+    """Median seconds per request of each configuration, rounds alternating (see :func:`measure_rounds`)."""
+    samples = measure_rounds(configs, rounds, requests, **options)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def measure_rounds(
     configs: dict[str, tuple[WSGIHandler, dict]],
     rounds: int,
     requests: int,
     *,
     warmup: int = 20,
     between: Callable[[], None] | None = None,
-) -> dict[str, float]:
-    """Median seconds per request of each configuration, rounds alternating.
+) -> dict[str, list[float]]:
+    """Seconds per request of each round of each configuration, rounds alternating.
 
     A request is timed up to its response's last byte, as its client sees it;
     the server's ``response.close()`` after that (where ``WRITE_AFTER_RESPONSE``
@@ -129,7 +137,7 @@ def measure(
                 elapsed += time.perf_counter() - start
                 response.close()
             samples[name].append(elapsed / requests)
-    return {name: statistics.median(values) for name, values in samples.items()}
+    return samples
 
 
 def report(title: str, results: dict[str, float], baseline: str, unit: str = "request") -> None:

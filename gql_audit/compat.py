@@ -67,6 +67,20 @@ def set_session_user_cache(request: HttpRequest, user: Any) -> None:
     request._cached_user = user  # type: ignore[attr-defined]
 
 
+def replace_body(request: HttpRequest, body: bytes) -> None:
+    """Make ``request.body`` return ``body`` (a batch whose persisted operations were
+    named by hash gets their documents). ``HttpRequest.body`` returns ``_body``
+    once the stream has been read, which it has been by then."""
+    request.body  # noqa: B018 - read the stream first, so that what follows is what stays
+    request._body = body
+
+
+def replace_query_params(request: HttpRequest, params: Any) -> None:
+    """Make ``request.GET`` return ``params``: ``GET`` is a ``cached_property`` of
+    Django's WSGI and ASGI requests, so an instance attribute takes its place."""
+    request.GET = params
+
+
 def is_unevaluated_lazy(value: Any) -> bool:
     """Whether ``value`` is a ``SimpleLazyObject`` not evaluated yet (reading it would run a query)."""
     from django.utils.functional import SimpleLazyObject, empty

@@ -53,6 +53,10 @@ DEFAULTS: dict[str, Any] = {
     "LOG_VARIABLE_VALUES": False,
     "MASK_ERRORS": "database",
     "SUBJECT_OBJECTS": None,
+    "QUERY_LIMITS": None,
+    "PERSISTED_OPERATIONS": None,
+    "THROTTLE": None,
+    "THROTTLE_CACHE": "default",
 }
 
 #: Settings whose value may be a dotted import path, resolved on first use.
@@ -62,6 +66,11 @@ INTROSPECTION_CHOICES = ("public", "authenticated", "disabled")
 EVENT_SINKS = ("database", "logs", "both")
 MASK_ERRORS_CHOICES = ("database", "all", "none")
 ACCESS_STORES = ("gql_audit", "auditlog")
+QUERY_LIMIT_KEYS = ("max_depth", "max_aliases", "max_fields", "max_tokens")
+QUERY_LIMIT_MODES = ("enforce", "measure")
+PERSISTED_MODES = ("observe", "enforce")
+#: ``THROTTLE`` keys: what is counted, per what.
+THROTTLE_RATES = ("login", "login_address", "auth_failures")
 CLIENT_CERT_SOURCES = (None, "nginx", "envoy", "traefik", "aws-alb", "rfc9440", "environ")
 
 

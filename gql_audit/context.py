@@ -103,6 +103,8 @@ class RequestContext:
     #: Set by ``AuditMiddleware`` when it works through the instrumented fields of
     #: ``view_schema`` instead of wrapping every field of the response.
     instrumented: bool = False
+    #: Refused before the view ran (a limit, the allow-list, a throttle): no message echoes its document.
+    refused: bool = False
     _operation_node: Any = field(default=None, repr=False)
     #: The operation and the named fragments it may spread: where secret arguments are looked for.
     _document_nodes: tuple[Any, ...] = field(default=(), repr=False)
@@ -169,6 +171,8 @@ class RequestContext:
         query, variables = graphql_params(request)
         if self._document_nodes:
             names, literals = self._secrets_in_operation()
+        elif self.refused:  # nothing to find, and a refused document may be huge
+            names, literals = frozenset(), []
         else:  # never executed (a 400): the document as sent, if it parses
             document = _parse_quietly(query) if isinstance(query, str) else None
             names, literals = operation_secrets(document) if document is not None else (frozenset(), [])

@@ -11,6 +11,10 @@ AUTH_UNAVAILABLE = "AUTH_UNAVAILABLE"
 INTERNAL_ERROR = "INTERNAL_ERROR"
 BAD_REQUEST = "BAD_REQUEST"
 AUDIT_UNAVAILABLE = "AUDIT_UNAVAILABLE"
+QUERY_TOO_COMPLEX = "QUERY_TOO_COMPLEX"
+OPERATION_NOT_ALLOWED = "OPERATION_NOT_ALLOWED"
+PERSISTED_QUERY_NOT_FOUND = "PERSISTED_QUERY_NOT_FOUND"
+THROTTLED = "THROTTLED"
 
 MESSAGES = {
     TOKEN_EXPIRED: "The authentication token has expired.",
@@ -22,6 +26,11 @@ MESSAGES = {
     INTERNAL_ERROR: "An internal error occurred.",
     BAD_REQUEST: "The request body is not a GraphQL request.",
     AUDIT_UNAVAILABLE: "The audit trail could not be written; the response was withheld.",
+    QUERY_TOO_COMPLEX: "The query is too complex.",
+    OPERATION_NOT_ALLOWED: "The operation is not allowed.",
+    # Apollo clients resend the full document when told exactly this.
+    PERSISTED_QUERY_NOT_FOUND: "PersistedQueryNotFound",
+    THROTTLED: "Too many attempts; try again later.",
 }
 
 

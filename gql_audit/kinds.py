@@ -19,6 +19,10 @@ KINDS: dict[str, tuple[str, str]] = {
     "cert_header_untrusted": ("certificate header untrusted", "warning"),
     "login_failed": ("login failed", "warning"),
     "task_failed": ("task failed", "error"),
+    "query_limit": ("query over a limit", "warning"),
+    "operation_unknown": ("operation not in the allow-list", "warning"),
+    "throttled": ("throttled", "warning"),
+    "throttle_unavailable": ("throttle cache unavailable", "error"),
 }
 
 SEVERITIES = ("info", "warning", "error")

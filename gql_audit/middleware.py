@@ -19,7 +19,7 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_asy
 from django.contrib.auth.models import AnonymousUser
 from django.http import JsonResponse
 
-from gql_audit import context
+from gql_audit import context, guard
 from gql_audit.access import registered_models
 from gql_audit.auth import authenticate, refuse_cookie_without_csrf
 from gql_audit.compat import mark_jwt_credentials_handled, set_session_user_cache
@@ -70,9 +70,28 @@ def begin(request: HttpRequest) -> context.RequestContext:
     return ctx
 
 
-def prepare(request: HttpRequest, ctx: context.RequestContext) -> None:
-    """Everything before the view that may run user code or query the database."""
+class Refused(JsonResponse):
+    """A request refused before the view ran (a limit, the allow-list, a throttle): already on record."""
+
+
+def refused(ctx: context.RequestContext, refusal: guard.Refusal, entries: int | None = None) -> Refused:
+    """The answer to a refused request (``entries``: the size of a refused batch)."""
+    ctx.error_codes.add(refusal.code)
+    ctx.refused = True
+    response = Refused(refusal.body(entries), status=refusal.status, safe=False)
+    if refusal.retry_after is not None:
+        response["Retry-After"] = str(refusal.retry_after)
+    return response
+
+
+def prepare(request: HttpRequest, ctx: context.RequestContext) -> HttpResponseBase | None:
+    """Everything before the view that may run user code or query the database;
+    a response when the request is refused before it authenticates."""
     read_certificate(request, ctx)
+    if conf.THROTTLE:
+        refusal = guard.check_address(ctx)
+        if refusal is not None:
+            return refused(ctx, refusal)
     reason = refuse_cookie_without_csrf(request)
     if reason is not None:
         record_event(
@@ -81,6 +100,7 @@ def prepare(request: HttpRequest, ctx: context.RequestContext) -> None:
             details={"rule": "csrf", "reason": reason},
         )
     authenticate_request(request, ctx)
+    return None
 
 
 def read_certificate(request: HttpRequest, ctx: context.RequestContext) -> None:
@@ -102,7 +122,7 @@ def authenticate_request(request: HttpRequest, ctx: context.RequestContext) -> N
             error.event_kind,
             message=error.message,
             sqlstate=error.sqlstate,
-            details={"reason": error.reason, "code": error.code},
+            details={"rule": "AUTHENTICATOR", "reason": error.reason, "code": error.code},
             once=True,
         )
         # A bad token must not fall back to a session identity.
@@ -119,8 +139,10 @@ def authenticate_request(request: HttpRequest, ctx: context.RequestContext) -> N
 
 def finish(response: HttpResponseBase, ctx: context.RequestContext) -> HttpResponseBase:
     """Write what the request recorded (outside the view's transaction), echo the id."""
-    if response.status_code == 400:
+    if response.status_code == 400 and not isinstance(response, Refused):
         response = inspect_rejected(ctx, response)
+    if conf.THROTTLE:
+        guard.count_failures(ctx)
     if conf.WRITE_AFTER_RESPONSE:
         response[conf.REQUEST_ID_HEADER] = ctx.request_id
         write_when_closed(response, ctx)
@@ -285,8 +307,10 @@ class AuditContextMiddleware:
         ctx = begin(request)
         token = context.bind(ctx)
         try:
-            prepare(request, ctx)
-            response = finish(self.get_response(request), ctx)  # type: ignore[arg-type]
+            response = prepare(request, ctx)
+            if response is None:
+                response = self.get_response(request)  # type: ignore[assignment]
+            response = finish(response, ctx)  # type: ignore[arg-type]
         except BaseException as exc:
             # SystemExit from a worker timeout (gunicorn's SIGABRT), KeyboardInterrupt:
             # the request dies here, and leaves its trace in the log on the way.
@@ -301,8 +325,9 @@ class AuditContextMiddleware:
         ctx = begin(request)
         token = context.bind(ctx)
         try:
-            await sync_to_async(prepare, thread_sensitive=True)(request, ctx)
-            response = await self.get_response(request)  # type: ignore[misc]
+            response = await sync_to_async(prepare, thread_sensitive=True)(request, ctx)
+            if response is None:
+                response = await self.get_response(request)  # type: ignore[misc]
             response = await sync_to_async(finish, thread_sensitive=True)(response, ctx)
         except BaseException as exc:
             if not isinstance(exc, Exception):  # CancelledError: the client went away, or shutdown
@@ -312,10 +337,20 @@ class AuditContextMiddleware:
             context.reset(token)
         return response
 
-    def process_view(self, request: HttpRequest, view_func: Any, view_args: Any, view_kwargs: Any) -> None:
-        ctx = getattr(request, context.REQUEST_ATTRIBUTE, None)
-        if ctx is not None and conf.INSTRUMENT_SCHEMA:
+    def process_view(self, request: HttpRequest, view_func: Any, args: Any, kwargs: Any) -> Refused | None:
+        """Learn the schema the view will execute (its fields are then instrumented), then
+        check limits, the allow-list and the login throttle, once the view is known to be a
+        GraphQL one."""
+        ctx = context.current()
+        if ctx is None:
+            return None
+        if conf.INSTRUMENT_SCHEMA:
             ctx.view_schema = view_schema(view_func)
+        protections = guard.active()
+        if protections is None:
+            return None
+        found = guard.check_operation(request, ctx, view_func, protections)
+        return refused(ctx, *found) if found is not None else None
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> JsonResponse | None:
         return bad_body(request, exception)

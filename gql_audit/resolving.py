@@ -72,8 +72,9 @@ def rules_for(schema: Any) -> SchemaRules:
     return rules
 
 
-def denial(info: Any) -> GraphQLError | None:
-    """The error a private field gets for this request, or None if it may resolve."""
+def denial(info: Any, rule: str = "PUBLIC_FIELDS") -> GraphQLError | None:
+    """The error a private field gets for this request, or None if it may resolve
+    (``rule``: what made the field private, named on the event)."""
     ctx = context.current()
     if ctx is not None and ctx.auth_error is not None:
         error = ctx.auth_error
@@ -91,7 +92,9 @@ def denial(info: Any) -> GraphQLError | None:
     user = getattr(info.context, "user", None)
     if user is None or not user.is_authenticated:
         if ctx is not None:
-            record_event("unauthenticated", message="Authentication required", path=plain_path(info.path))
+            record_event(
+                "unauthenticated", message="Authentication required", path=plain_path(info.path), details={"rule": rule}
+            )
         return denied(UNAUTHENTICATED)
     return None
 
@@ -159,7 +162,11 @@ def failed(exc: Exception, info: Any, args: dict[str, Any] | None = None) -> Gra
         message=str(exc),
         path=path,
         sqlstate=sqlstate,
-        details={"exception": type(original).__name__, "variables": ctx.redacted_variables()},
+        details={
+            "exception": type(original).__name__,
+            "variables": ctx.redacted_variables(),
+            **({"rule": "resolver"} if kind == "forbidden" else {}),
+        },
     )
     return replacement
 
@@ -202,7 +209,7 @@ def raise_failure(exc: Exception, root: Any, info: Any) -> NoReturn:
 
 def check_private(root: Any, info: Any) -> None:
     """A field marked ``@private``: raise its denial, if this request gets one."""
-    error = denial(info)
+    error = denial(info, "@private")
     if error is not None:
         unread_field(root, info)
         raise error
@@ -252,9 +259,10 @@ def resolve_root(resolve: Callable[..., Any], root: Any, info: Any, args: dict[s
 def check_introspection(info: Any) -> None:
     mode = conf.INTROSPECTION
     if mode == "disabled":
+        record_event("forbidden", message="introspection is disabled", details={"rule": "INTROSPECTION"})
         raise denied(INTROSPECTION_DISABLED)
     if mode != "public":
-        error = denial(info)
+        error = denial(info, "INTROSPECTION")
         if error is not None:
             raise error
 

@@ -144,3 +144,30 @@ def _is_login(field: Any) -> bool:
 
     graphene_type = getattr(get_named_type(field.type), "graphene_type", None)
     return isinstance(graphene_type, type) and issubclass(graphene_type, ObtainJSONWebTokenMixin)
+
+
+@functools.lru_cache(maxsize=16)
+def login_arguments(schema: Any) -> dict[str, tuple[str, ...]]:
+    """Mutation field name -> where its username argument is, for each login field of ``schema``.
+
+    The path is ``(argument,)`` (``tokenAuth(username: ...)``) or
+    ``("input", field)`` for graphql_jwt's relay mutation.
+    """
+    from django.contrib.auth import get_user_model
+
+    wanted = get_user_model().USERNAME_FIELD
+    mutation = schema.mutation_type
+    found: dict[str, tuple[str, ...]] = {}
+    for name, field in (mutation.fields.items() if mutation is not None else ()):
+        if not _is_login(field):
+            continue
+        found[name] = ("input", wanted)
+        for arg_name, arg in field.args.items():
+            if wanted in (arg_name, getattr(arg, "out_name", None)):
+                found[name] = (arg_name,)
+            elif arg_name == "input":
+                inner = get_named_type(arg.type)
+                for inner_name, inner_field in getattr(inner, "fields", {}).items():
+                    if wanted in (inner_name, getattr(inner_field, "out_name", None)):
+                        found[name] = ("input", inner_name)
+    return found

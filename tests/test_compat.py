@@ -85,3 +85,27 @@ def test_csrf_failure_reason_like_djangos_middleware(settings):
     request = factory.post("/", HTTP_HOST="testserver", HTTP_X_CSRFTOKEN=token)
     request.COOKIES[settings.CSRF_COOKIE_NAME] = earlier.META["CSRF_COOKIE"]
     assert compat.csrf_failure_reason(request) is None
+
+
+def test_replaced_body_is_what_the_view_reads():
+    request = RequestFactory().post("/", b'{"query": "{ a }"}', content_type="application/json")
+    compat.replace_body(request, b'{"query": "{ b }"}')
+    assert request.body == b'{"query": "{ b }"}'
+    # A stream not yet read is read first, so the replacement stays.
+    request = RequestFactory().post("/", b"old", content_type="application/json")
+    compat.replace_body(request, b"new")
+    assert request.body == b"new"
+
+
+@pytest.mark.parametrize("asgi", [False, True])
+def test_replaced_query_params_are_what_the_view_reads(asgi):
+    from django.http import QueryDict
+    from django.test import AsyncRequestFactory
+
+    factory = AsyncRequestFactory() if asgi else RequestFactory()
+    request = factory.get("/?query=old")
+    assert request.GET["query"] == "old"
+    params = QueryDict(mutable=True)
+    params["query"] = "new"
+    compat.replace_query_params(request, params)
+    assert request.GET["query"] == "new"

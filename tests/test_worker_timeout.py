@@ -125,12 +125,12 @@ def free_port() -> int:
 class Gunicorn:
     """gunicorn serving the test app; always stopped by ``stop()``."""
 
-    def __init__(self, directory: Path, worker_class: str) -> None:
+    def __init__(self, directory: Path, worker_class: str, settings: str = SETTINGS) -> None:
         self.directory = directory
         self.port = free_port()
         self.log_file = directory / "app.jsonl"
         self.server_log = directory / "gunicorn.log"
-        (directory / "gqa_worker_settings.py").write_text(SETTINGS)
+        (directory / "gqa_worker_settings.py").write_text(settings)
         (directory / "gqa_worker_urls.py").write_text(URLS)
         args = [
             sys.executable,

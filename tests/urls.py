@@ -14,6 +14,8 @@ urlpatterns = [
         "graphql-jwt/",
         csrf_exempt(GraphQLView.as_view(middleware=[AuditMiddleware, JSONWebTokenMiddleware])),
     ),
+    # Batched requests (a JSON list of operations), for the persisted-operation and limit checks.
+    path("graphql-batch/", csrf_exempt(GraphQLView.as_view(batch=True))),
     # The same, on a schema whose private field takes the token as an argument (JWT_ALLOW_ARGUMENT).
     path(
         "graphql-jwt-argument/",

@@ -1,0 +1,272 @@
+"""What a GraphQL document will cost, counted before anything runs.
+
+Depth, aliases and fields are counted on each operation as it will execute:
+named fragments are expanded, every spread and inline fragment counted where it
+is used (a fragment of 50 aliases spread 100 times is 5,000 aliases). Each
+fragment is measured once and its cost reused at every spread, so a document
+whose fragments double at each level costs its length to measure, not its
+expansion; a fragment cycle (which validation rejects) stops the count.
+
+The result is cached per document text (a bounded LRU): a service's few
+documents are parsed and measured once per process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from graphql import (
+    DocumentNode,
+    FieldNode,
+    FragmentDefinitionNode,
+    FragmentSpreadNode,
+    GraphQLError,
+    InlineFragmentNode,
+    OperationDefinitionNode,
+    SelectionSetNode,
+    parse,
+)
+
+#: Counts are saturated here: past it, a document is "more than any limit".
+CAP = 10**9
+#: Documents kept analysed, and the characters they may hold together.
+MAX_CACHED = 512
+MAX_CACHED_CHARS = 8_000_000
+#: Root fields of one mutation kept for the login throttle; past it, only counted.
+MAX_ROOT_FIELDS = 1000
+
+
+@dataclass(frozen=True)
+class Cost:
+    depth: int
+    aliases: int
+    fields: int
+
+    def as_dict(self) -> dict[str, int]:
+        return {"max_depth": self.depth, "max_aliases": self.aliases, "max_fields": self.fields}
+
+
+UNMEASURABLE = Cost(CAP, CAP, CAP)
+
+
+@dataclass(frozen=True)
+class RootField:
+    """A root field of a mutation as it will execute: its name and argument value nodes."""
+
+    name: str
+    arguments: tuple[tuple[str, Any], ...]
+
+
+@dataclass(frozen=True)
+class Operation:
+    name: str | None
+    type: str
+    cost: Cost
+    #: Root fields of a mutation, each occurrence (aliases, spreads); empty for queries.
+    root_fields: tuple[RootField, ...] = ()
+    #: More root fields followed than ``MAX_ROOT_FIELDS``: ``root_fields`` holds the first ones.
+    truncated: bool = False
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """A document, measured: its sha256 and each operation's cost."""
+
+    sha256: str
+    #: Operations in document order; empty when the document does not parse.
+    operations: tuple[Operation, ...]
+    #: Why the document could not be measured ("syntax", "cycle", "too deep", "tokens"), or None.
+    problem: str | None = None
+    #: The document has more lexical tokens than ``max_tokens`` (what it was parsed with).
+    over_tokens: bool = False
+    max_tokens: int | None = None
+    #: Parsing stopped at ``max_tokens`` (else the document was parsed whole anyway).
+    stopped: bool = True
+
+    def operation(self, name: Any) -> Operation | None:
+        """The operation that will execute for ``operationName`` = ``name``.
+
+        None when there is none to run (the view reports why). With several
+        operations and no name, the view refuses too; None as well.
+        """
+        if isinstance(name, str) and name:
+            return next((op for op in self.operations if op.name == name), None)
+        return self.operations[0] if len(self.operations) == 1 else None
+
+    def worst(self) -> Cost:
+        """The highest of each count over all operations (for a document that names none)."""
+        if self.problem is not None and not self.operations:
+            # A syntax error, or a parse stopped at max_tokens: the view (or that limit) answers it.
+            return UNMEASURABLE if self.problem in ("cycle", "too deep") else Cost(0, 0, 0)
+        ops = self.operations
+        return Cost(
+            max((op.cost.depth for op in ops), default=0),
+            max((op.cost.aliases for op in ops), default=0),
+            max((op.cost.fields for op in ops), default=0),
+        )
+
+
+class _Cycle(Exception):
+    pass
+
+
+def _cap(value: int) -> int:
+    return value if value < CAP else CAP
+
+
+class _Measure:
+    """Costs of the fragments of one document, each computed once."""
+
+    def __init__(self, fragments: dict[str, FragmentDefinitionNode]) -> None:
+        self.fragments = fragments
+        self.done: dict[str, Cost] = {}
+        self.visiting: set[str] = set()
+
+    def fragment(self, name: str) -> Cost:
+        cost = self.done.get(name)
+        if cost is not None:
+            return cost
+        definition = self.fragments.get(name)
+        if definition is None:  # validation reports the unknown fragment
+            return Cost(0, 0, 0)
+        if name in self.visiting:
+            raise _Cycle(name)
+        self.visiting.add(name)
+        cost = self.done[name] = self.selections(definition.selection_set)
+        self.visiting.discard(name)
+        return cost
+
+    def selections(self, selection_set: SelectionSetNode | None) -> Cost:
+        depth = aliases = fields = 0
+        if selection_set is None:
+            return Cost(0, 0, 0)
+        for selection in selection_set.selections:
+            if isinstance(selection, FieldNode):
+                below = self.selections(selection.selection_set)
+                depth = max(depth, below.depth + 1)
+                aliases += below.aliases + (selection.alias is not None)
+                fields += below.fields + 1
+                continue
+            if isinstance(selection, InlineFragmentNode):
+                below = self.selections(selection.selection_set)
+            elif isinstance(selection, FragmentSpreadNode):
+                below = self.fragment(selection.name.value)
+            else:  # pragma: no cover - graphql-core has no other selection
+                continue
+            depth = max(depth, below.depth)
+            aliases += below.aliases
+            fields += below.fields
+        return Cost(_cap(depth), _cap(aliases), _cap(fields))
+
+    def root_fields(self, selection_set: SelectionSetNode, found: list[RootField]) -> bool:
+        """Every root field as it will execute, fragments expanded; False past ``MAX_ROOT_FIELDS``."""
+        for selection in selection_set.selections:
+            if len(found) >= MAX_ROOT_FIELDS:
+                return False
+            if isinstance(selection, FieldNode):
+                args = tuple((a.name.value, a.value) for a in selection.arguments or ())
+                found.append(RootField(selection.name.value, args))
+                continue
+            if isinstance(selection, InlineFragmentNode):
+                below: SelectionSetNode | None = selection.selection_set
+            elif isinstance(selection, FragmentSpreadNode):
+                definition = self.fragments.get(selection.name.value)
+                # A cycle was refused by selections() before this runs.
+                below = definition.selection_set if definition is not None else None
+            else:  # pragma: no cover
+                below = None
+            if below is not None and not self.root_fields(below, found):
+                return False
+        return True
+
+
+def _parse(text: str, max_tokens: int | None, stop: bool) -> tuple[DocumentNode | None, str | None, bool]:
+    """``(document or None, problem, over max_tokens)``: parsing stops at ``max_tokens``
+    lexical tokens (comments not counted) and, unless ``stop``, starts again in full."""
+    try:
+        return parse(text, no_location=True, max_lexical_tokens=max_tokens), None, False
+    except GraphQLError as exc:
+        message = str(exc.message)
+        if max_tokens is not None and f"Document contains more than {max_tokens} tokens" in message:
+            if stop:
+                return None, "tokens", True
+            document, problem, _ = _parse(text, None, stop)
+            return document, problem, True
+        # graphql-core refuses documents nested past its parser's limit in its own words.
+        return None, "too deep" if "nested" in message else "syntax", False
+    except RecursionError:
+        return None, "too deep", False
+
+
+def _analyse(text: str, max_tokens: int | None = None, stop: bool = True) -> Analysis:
+    sha256 = document_hash(text)
+    document, problem, over = _parse(text, max_tokens, stop)
+    if document is None:
+        return Analysis(sha256, (), problem, over, max_tokens, stop)
+    fragments = {d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)}
+    measure = _Measure(fragments)
+    operations = []
+    try:
+        for definition in document.definitions:
+            if not isinstance(definition, OperationDefinitionNode):
+                continue
+            cost = measure.selections(definition.selection_set)
+            kind = definition.operation.value
+            found: list[RootField] = []
+            complete = kind != "mutation" or measure.root_fields(definition.selection_set, found)
+            name = definition.name.value if definition.name is not None else None
+            operations.append(Operation(name, kind, cost, tuple(found), not complete))
+    except _Cycle:
+        return Analysis(sha256, (), "cycle", over, max_tokens, stop)
+    except RecursionError:
+        return Analysis(sha256, (), "too deep", over, max_tokens, stop)
+    return Analysis(sha256, tuple(operations), None, over, max_tokens, stop)
+
+
+def document_hash(text: str) -> str:
+    """The sha256 hex of a document's UTF-8 text, as persisted-operation manifests key it."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+_cache: OrderedDict[str, Analysis] = OrderedDict()
+_cached_chars = 0
+_lock = threading.Lock()
+
+
+def analyse(text: str, max_tokens: int | None = None, *, stop: bool = True) -> Analysis:
+    """The measured document ``text`` (cached: a repeated document pays once).
+
+    With ``max_tokens``, a document of more lexical tokens is marked
+    ``over_tokens``; with ``stop`` it is not parsed past them (and not measured).
+    """
+    global _cached_chars
+    with _lock:
+        hit = _cache.get(text)
+        if hit is not None and hit.max_tokens == max_tokens and hit.stopped == stop:
+            _cache.move_to_end(text)
+            return hit
+    result = _analyse(text, max_tokens, stop)
+    if len(text) > MAX_CACHED_CHARS // 8:
+        return result
+    with _lock:
+        if _cache.pop(text, None) is None:
+            _cached_chars += len(text)
+        _cache[text] = result
+        while len(_cache) > MAX_CACHED or _cached_chars > MAX_CACHED_CHARS:
+            old, _ = _cache.popitem(last=False)
+            _cached_chars -= len(old)
+    return result
+
+
+def over_limits(cost: Cost, limits: dict[str, Any]) -> list[tuple[str, int, int]]:
+    """``(limit name, value, maximum)`` of each limit ``cost`` goes over."""
+    counted = cost.as_dict()
+    return [
+        (name, counted[name], maximum)
+        for name, maximum in limits.items()
+        if name in counted and isinstance(maximum, int) and counted[name] > maximum
+    ]

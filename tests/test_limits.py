@@ -1,0 +1,232 @@
+"""QUERY_LIMITS: depth, aliases and fields counted as the operation will execute, before it does."""
+
+from __future__ import annotations
+
+import json
+import time
+from unittest import mock
+from urllib.parse import urlencode
+
+import pytest
+from django.conf import settings
+from django.db import connection
+from django.test import override_settings
+
+from gql_audit import limits
+from gql_audit.history import request_trail
+from gql_audit.limits import analyse
+from gql_audit.models import SecurityEvent
+from tests.conftest import SQLRecorder, make_token, post_graphql
+
+pytestmark = pytest.mark.django_db
+
+
+def configured(**values):
+    """The test settings with ``values`` added to ``GQL_AUDIT``."""
+    return override_settings(GQL_AUDIT={**settings.GQL_AUDIT, **values})
+
+
+def cost(text, name=None):
+    analysis = analyse(text)
+    operation = analysis.operation(name)
+    return operation.cost if operation is not None else analysis.worst()
+
+
+def test_depth_aliases_and_fields_of_plain_selections():
+    assert cost("{ a }") == limits.Cost(1, 0, 1)
+    assert cost("{ a { b { c } } x: a }") == limits.Cost(3, 1, 4)
+
+
+def test_fragments_are_expanded_and_every_spread_counted():
+    text = """
+    query Q { documents { ...F owner { documents { ...F } } } me { ...G ...G } }
+    fragment F on DocumentNode { a1: title a2: title owner { username } }
+    fragment G on UserType { documents { ...F } }
+    """
+    got = cost(text)
+    # documents > owner > documents > F.owner > username
+    assert got.depth == 5
+    # F has 2 aliases: used once directly, once below owner, and twice through G.
+    assert got.aliases == 2 * 4
+    # F = 4 fields; G = documents + F = 5.
+    assert got.fields == (1 + 4 + 1 + 1 + 4) + (1 + 5 + 5)
+
+
+def test_inline_fragments_count_their_selections_without_adding_depth():
+    assert cost("{ a { ... on T { x: b y: b ... { z: b { c } } } } }") == limits.Cost(3, 3, 5)
+
+
+def test_doubling_fragments_are_measured_in_linear_time_and_saturate():
+    # F0 spreads F1 twice, F1 spreads F2 twice...: 2**60 aliases as executed.
+    n = 60
+    fragments = "\n".join(f"fragment F{i} on T {{ ...F{i + 1} ...F{i + 1} }}" for i in range(n))
+    text = f"{{ a {{ ...F0 }} }}\n{fragments}\nfragment F{n} on T {{ x: b }}"
+    started = time.perf_counter()
+    got = cost(text)
+    assert time.perf_counter() - started < 1
+    assert got.aliases == limits.CAP and got.fields == limits.CAP and got.depth == 2
+
+
+def test_fragment_cycles_terminate():
+    analysis = analyse("{ a { ...A } } fragment A on T { ...B } fragment B on T { x ...A }")
+    assert analysis.problem == "cycle" and analysis.operations == ()
+    # Unknown fragments count nothing: validation will refuse them.
+    assert cost("{ a { ...Missing } }") == limits.Cost(1, 0, 1)
+
+
+def test_documents_nested_past_the_parser_are_unmeasurable():
+    analysis = analyse("{ a " * 3000 + "}" * 3000)
+    assert analysis.problem == "too deep" and analysis.worst() == limits.UNMEASURABLE
+    assert analyse("{ a ").problem == "syntax"
+
+
+def test_a_repeated_document_is_analysed_once():
+    text = "query Once { documents { title } }"
+    assert analyse(text) is analyse(text)
+
+
+def test_the_operation_named_is_the_one_measured():
+    text = "query A { a } query B { b { c { d } } }"
+    assert cost(text, "A").depth == 1 and cost(text, "B").depth == 3
+    # No name with two operations: the worst of them (the view will refuse it anyway).
+    assert cost(text).depth == 3
+
+
+DEEP = "{ documents { owner { documents { edges { node { title } } } } } }"
+WIDE = "{ serviceStatus { " + " ".join(f"a{i}: ok" for i in range(50)) + " } }"
+VIA_FRAGMENTS = """
+query Wide { serviceStatus { ...S ...S } publicDocuments { ...D } }
+fragment S on ServiceStatus { a: ok b: ok c: ok }
+fragment D on DocumentNode { ... on DocumentNode { x: title y: title } }
+"""
+
+
+def limit_events(request_id):
+    return list(SecurityEvent.objects.filter(request_id=request_id, kind="query_limit").order_by("message"))
+
+
+@pytest.mark.parametrize(
+    ("query", "limit", "value"),
+    [(DEEP, {"max_depth": 4}, 6), (WIDE, {"max_aliases": 10}, 50), (VIA_FRAGMENTS, {"max_aliases": 7}, 8)],
+)
+def test_enforce_refuses_before_anything_runs(client, users, query, limit, value):
+    token = make_token("alice")
+    statements = SQLRecorder()
+    with configured(QUERY_LIMITS={**limit, "mode": "enforce"}), connection.execute_wrapper(statements):
+        response = post_graphql(client, query, token=token, headers={"X-Request-ID": "limit-enforce"})
+    # Nothing ran: no document was selected (the token's user was, before the view).
+    assert not [sql for sql in statements if "example_service_document" in sql]
+    assert response.status_code == 400
+    (error,) = response.json()["errors"]
+    assert error["extensions"] == {"code": "QUERY_TOO_COMPLEX", "rule": "QUERY_LIMITS"}
+    assert "data" not in response.json()
+    trail = request_trail("limit-enforce")
+    assert trail.reads == []
+    (event,) = limit_events("limit-enforce")
+    (name,) = limit
+    assert event.details["limit"] == name and event.details["value"] == value
+    assert event.details["max"] == limit[name] and event.details["enforced"] is True
+    assert event.details["rule"] == "QUERY_LIMITS" and event.severity == "warning"
+    assert event.actor_id == users["alice"].pk and event.operation["hash"] == limits.document_hash(query)
+    # The refusal is the only event: not also a graphql_error for the 400.
+    assert [e.kind for e in trail.events] == ["query_limit"]
+
+
+def test_measure_executes_records_reads_and_the_event(client, users):
+    token = make_token("alice")
+    with configured(QUERY_LIMITS={"max_depth": 4, "max_fields": 3, "mode": "measure"}):
+        response = post_graphql(client, DEEP, token=token, headers={"X-Request-ID": "limit-measure"})
+    assert response.status_code == 200 and "errors" not in response.json()
+    assert response.json()["data"]["documents"]
+    assert request_trail("limit-measure").reads
+    events = {e.details["limit"]: e.details for e in limit_events("limit-measure")}
+    assert events["max_depth"]["value"] == 6 and events["max_depth"]["enforced"] is False
+    assert events["max_fields"]["value"] == 6 and events["max_fields"]["enforced"] is False
+
+
+def test_within_limits_nothing_is_recorded(client, users):
+    with configured(QUERY_LIMITS={"max_depth": 6, "max_aliases": 0, "max_fields": 6}):
+        response = post_graphql(client, DEEP, token=make_token("alice"), headers={"X-Request-ID": "limit-ok"})
+    assert response.status_code == 200 and response.json()["data"]["documents"]
+    assert not SecurityEvent.objects.filter(request_id="limit-ok").exists()
+
+
+@pytest.mark.parametrize("method", ["get", "post"])
+def test_get_and_query_string_documents_are_measured(client, users, method):
+    # graphene-django reads ?query= before the body, whatever the method.
+    with configured(QUERY_LIMITS={"max_aliases": 10}):
+        url = "/graphql/?" + urlencode({"query": WIDE})
+        response = getattr(client, method)(
+            url, content_type="application/json", data="{}" if method == "post" else None
+        )
+    assert response.status_code == 400 and response.json()["errors"][0]["extensions"]["code"] == "QUERY_TOO_COMPLEX"
+
+
+def test_hostile_documents_get_clear_answers(client, users):
+    hostile = [
+        "{ a " * 3000 + "}" * 3000,  # past the parser
+        "{ a { ...A } } fragment A on T { ...A }",  # a cycle
+        "{ serviceStatus { ok } }" + " " * 100_000 + "# \x00 \ud800",  # long, NUL, lone surrogate
+        "{ " + "x: __typename " * 20_000 + "}",
+    ]
+    with configured(QUERY_LIMITS={"max_depth": 10, "max_aliases": 100}):
+        for text in hostile:
+            response = client.post("/graphql/", {"query": text}, content_type="application/json")
+            assert response.status_code in (200, 400), response.content[:200]
+            assert b"Traceback" not in response.content
+    codes = {e.details["limit"] for e in SecurityEvent.objects.filter(kind="query_limit")}
+    assert codes == {"max_depth", "max_aliases"}
+
+
+def test_every_operation_of_a_batch_is_measured(client, users):
+    batch = [{"query": "{ serviceStatus { ok } }"}, {"query": WIDE}]
+    with configured(QUERY_LIMITS={"max_aliases": 10}):
+        response = client.post("/graphql-batch/", json.dumps(batch), content_type="application/json")
+    assert response.status_code == 400
+    assert [r["errors"][0]["extensions"]["code"] for r in response.json()] == ["QUERY_TOO_COMPLEX"] * 2
+
+
+def test_a_refusal_has_its_request_line(client, users, caplog):
+    caplog.set_level("INFO", logger="gql_audit.request")
+    with configured(QUERY_LIMITS={"max_aliases": 10}):
+        post_graphql(client, WIDE, headers={"X-Request-ID": "limit-log"})
+    (line,) = [json.loads(r.getMessage()) for r in caplog.records if r.name == "gql_audit.request"]
+    assert (line["request_id"], line["status"], line["error_codes"]) == ("limit-log", 400, ["QUERY_TOO_COMPLEX"])
+    assert line["operation"]["hash"] == limits.document_hash(WIDE)
+
+
+HUGE = "{ " + "x: serviceStatus { ok } " * 100_000 + "}"  # 2.4 MB, 500,000 tokens
+
+
+def test_max_tokens_stops_the_parser_and_refuses(client, users, settings):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 10_000_000
+    with configured(QUERY_LIMITS={"max_tokens": 1000, "max_aliases": 10}):
+        started = time.perf_counter()
+        response = post_graphql(client, HUGE, headers={"X-Request-ID": "tokens-enforce"})
+        elapsed = time.perf_counter() - started
+    assert response.status_code == 400 and response.json()["errors"][0]["extensions"]["code"] == "QUERY_TOO_COMPLEX"
+    (event,) = limit_events("tokens-enforce")
+    assert event.details["limit"] == "max_tokens" and event.details["value"] == 1001 and event.details["max"] == 1000
+    # Parsing the whole document takes seconds; stopping at 1,000 tokens, a fraction of one.
+    assert elapsed < 1, elapsed
+
+
+def test_max_tokens_in_measure_mode_parses_in_full_and_measures_the_rest(client, users):
+    with configured(QUERY_LIMITS={"max_tokens": 20, "max_aliases": 10, "mode": "measure"}):
+        response = post_graphql(client, WIDE, headers={"X-Request-ID": "tokens-measure"})
+    assert response.status_code == 200 and response.json()["data"]["serviceStatus"]["a0"] is True
+    events = {e.details["limit"]: e.details for e in limit_events("tokens-measure")}
+    assert events["max_tokens"] == {**events["max_tokens"], "value": 21, "max": 20, "enforced": False}
+    assert events["max_aliases"]["value"] == 50
+
+
+def test_the_allow_list_refuses_an_unlisted_document_without_parsing_it(client, users, settings, tmp_path):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 10_000_000
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({limits.document_hash(WIDE): WIDE}))
+    with (
+        configured(PERSISTED_OPERATIONS={"manifest": str(manifest), "mode": "enforce"}),
+        mock.patch.object(limits, "_analyse", side_effect=AssertionError("parsed")),
+    ):
+        response = post_graphql(client, HUGE)
+    assert response.status_code == 400 and response.json()["errors"][0]["extensions"]["code"] == "OPERATION_NOT_ALLOWED"

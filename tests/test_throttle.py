@@ -1,0 +1,289 @@
+"""THROTTLE: login attempts per username and per address, authentication failures per address.
+
+These run on Django's local-memory cache; tests/test_throttle_redis.py runs the
+same limit across two real servers sharing a real Redis.
+"""
+
+from __future__ import annotations
+
+import json
+from unittest import mock
+
+import pytest
+from django.conf import settings
+from django.contrib.auth.backends import ModelBackend
+from django.core.cache import caches
+from django.test import override_settings
+
+from gql_audit import throttle
+from gql_audit.models import SecurityEvent
+from tests.conftest import make_token, post_graphql
+
+pytestmark = pytest.mark.django_db
+
+LOGIN = "mutation Login($u: String!, $p: String!) { tokenAuth(username: $u, password: $p) { token } }"
+
+
+@pytest.fixture(autouse=True)
+def _empty_cache():
+    caches["default"].clear()
+    yield
+    caches["default"].clear()
+
+
+@pytest.fixture
+def password_checks():
+    """How many times Django's ModelBackend was asked to check a password."""
+    calls = []
+    original = ModelBackend.authenticate
+
+    def counting(self, request, username=None, password=None, **kwargs):
+        calls.append(username)
+        return original(self, request, username=username, password=password, **kwargs)
+
+    with mock.patch.object(ModelBackend, "authenticate", counting):
+        yield calls
+
+
+def configured(**values):
+    return override_settings(GQL_AUDIT={**settings.GQL_AUDIT, **values})
+
+
+def login(client, username, password="wrong", *, address="127.0.0.1", request_id=None, query=LOGIN):
+    headers = {"X-Request-ID": request_id} if request_id else {}
+    return post_graphql(client, query, variables={"u": username, "p": password}, headers=headers, REMOTE_ADDR=address)
+
+
+def refusal(response):
+    assert response.status_code == 429, response.content
+    assert response.json() == {
+        "errors": [
+            {"message": "Too many attempts; try again later.", "extensions": {"code": "THROTTLED", "rule": "THROTTLE"}}
+        ]
+    }
+    assert 1 <= int(response["Retry-After"]) <= 300
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("5/300s", (5, 300)), ("30/60", (30, 60)), ("10/m", (10, 60)), ("100/h", (100, 3600)), ("1/d", (1, 86400))],
+)
+def test_rates(text, expected):
+    parsed = throttle.parse_rate(text)
+    assert (parsed.limit, parsed.period) == expected
+
+
+@pytest.mark.parametrize("text", ["", "5", "0/60s", "5/0s", "-1/60s", "5/60y", "five/60s", 5, None, "5/60s/2"])
+def test_nonsense_rates_are_refused(text):
+    with pytest.raises(ValueError):
+        throttle.parse_rate(text)
+
+
+def test_logins_per_username_stop_before_the_password_is_checked(client, users, password_checks):
+    with configured(THROTTLE={"login": "3/300s"}):
+        for n in range(3):
+            body = login(client, "alice", request_id=f"login-{n}").json()
+            assert body["errors"][0]["message"] == "Please enter valid credentials"
+        assert len(password_checks) == 3
+        refusal(login(client, "alice", request_id="login-over"))
+        # The right password too: the account is throttled, not the password.
+        refusal(login(client, "alice", "alice-password"))
+        assert len(password_checks) == 3
+        # Another account is not.
+        assert login(client, "bob", "bob-password").json()["data"]["tokenAuth"]["token"]
+    (event,) = SecurityEvent.objects.filter(request_id="login-over")
+    assert event.kind == "throttled" and event.severity == "warning"
+    assert event.details["rule"] == "THROTTLE" and event.details["limit"] == "login"
+    assert event.details["scope"] == "username" and event.details["username"] == "alice"
+    assert event.details["rate"] == "3/300s" and event.details["attempts"] == 4
+    assert event.operation["name"] == "Login"
+
+
+def test_aliased_logins_in_one_request_all_count(client, users, password_checks):
+    aliases = " ".join(f'a{i}: tokenAuth(username: "alice", password: "guess{i}") {{ token }}' for i in range(10))
+    with configured(THROTTLE={"login": "5/300s"}):
+        response = post_graphql(client, "mutation { " + aliases + " }", headers={"X-Request-ID": "aliases"})
+    refusal(response)
+    assert password_checks == []
+    event = SecurityEvent.objects.get(request_id="aliases")
+    assert event.details["attempts"] == 10 and event.details["username"] == "alice"
+
+
+def test_logins_through_fragments_count(client, users, password_checks):
+    query = (
+        "mutation { ...L ...L ... on Mutation { ...L } } "
+        'fragment L on Mutation { tokenAuth(username: "alice", password: "x") { token } }'
+    )
+    with configured(THROTTLE={"login": "2/300s"}):
+        refusal(post_graphql(client, query))
+    assert password_checks == []
+
+
+def test_usernames_compare_as_django_normalises_them(client, users, password_checks):
+    with configured(THROTTLE={"login": "2/300s"}):
+        login(client, "alice")
+        login(client, "ALICE")
+        refusal(login(client, "\uff41lice"))  # fullwidth a: NFKC makes it "alice"
+
+
+def test_logins_per_address(client, users, password_checks):
+    with configured(THROTTLE={"login_address": "2/60s"}):
+        login(client, "alice", address="10.0.0.1")
+        login(client, "bob", address="10.0.0.1")
+        refusal(login(client, "carol", address="10.0.0.1"))
+        # Another address is counted on its own.
+        assert login(client, "bob", "bob-password", address="10.0.0.2").json()["data"]["tokenAuth"]["token"]
+    assert len(password_checks) == 3
+    # An untrusted peer's X-Request-ID is not the request id: found by kind and address.
+    event = SecurityEvent.objects.get(kind="throttled")
+    assert (event.details["limit"], event.details["scope"]) == ("login_address", "address")
+    assert event.remote_addr == "10.0.0.1"
+
+
+def test_authentication_failures_throttle_the_address(client, users):
+    query = "{ serviceStatus { ok } me { username } }"
+    with configured(THROTTLE={"auth_failures": "3/60s"}):
+        for n in range(3):
+            response = post_graphql(client, query, token=f"garbage-{n}", REMOTE_ADDR="10.9.9.9")
+            assert response.status_code == 200
+        # Now every request from that address, even a public one without a token, is refused
+        # before it authenticates: no token_invalid event for it.
+        refusal(post_graphql(client, query, token=make_token("alice"), REMOTE_ADDR="10.9.9.9"))
+        refusal(post_graphql(client, "{ serviceStatus { ok } }", REMOTE_ADDR="10.9.9.9"))
+        # Another address is served.
+        assert post_graphql(client, query, REMOTE_ADDR="10.9.9.8").json()["data"]["serviceStatus"]["ok"]
+    events = SecurityEvent.objects.filter(remote_addr="10.9.9.9")
+    assert sorted(e.kind for e in events) == ["throttled"] * 2 + ["token_invalid"] * 3
+    event = events.filter(kind="throttled").order_by("created_at").first()
+    assert (event.details["limit"], event.details["attempts"]) == ("auth_failures", 3)
+
+
+def test_failed_logins_count_as_authentication_failures(client, users, password_checks):
+    with configured(THROTTLE={"auth_failures": "4/60s"}):
+        login(client, "alice", address="10.7.7.7")
+        login(client, "bob", address="10.7.7.7")
+        login(client, "carol", address="10.7.7.7")
+        # 3 failures so far: a request trying 2 more logins would pass 4.
+        fields = " ".join(f'{a}: tokenAuth(username: "{a}", password: "y") {{ token }}' for a in "ab")
+        two = "mutation { " + fields + " }"
+        refusal(post_graphql(client, two, REMOTE_ADDR="10.7.7.7"))
+        assert login(client, "dave", address="10.7.7.7").status_code == 200
+        refusal(login(client, "erin", address="10.7.7.7"))
+    assert len(password_checks) == 4
+
+
+@pytest.mark.parametrize(
+    "username",
+    ["al\x00ice", "\ud800", "x" * 100_000, "'; DROP TABLE users; --", "a:b:c*?[]", "\n\r\t", ""],
+)
+def test_hostile_usernames_are_counted_and_never_stored_in_keys(client, users, username):
+    with configured(THROTTLE={"login": "1/60s"}):
+        first = login(client, username)
+        assert first.status_code == 200 and b"Traceback" not in first.content
+        refusal(login(client, username))
+    cache = caches["default"]
+    keys = list(cache._cache)  # LocMemCache's own dict, read only by this test
+    assert keys and all(username not in key for key in keys if username)
+    assert all(key.split(":")[-1].isalnum() for key in keys)
+
+
+def test_a_username_of_the_wrong_type_still_counts(client, users, password_checks):
+    query = 'mutation { tokenAuth(username: 12345, password: "x") { token } }'  # a validation error
+    with configured(THROTTLE={"login": "1/60s"}):
+        assert post_graphql(client, query).status_code == 400
+        refusal(post_graphql(client, query))
+    assert password_checks == []
+
+
+@override_settings(
+    CACHES={
+        "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+        # Nothing listens on port 9: every command fails to connect.
+        "down": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": "redis://127.0.0.1:9"},
+    }
+)
+def test_a_cache_that_is_down_lets_requests_through_and_says_so(client, users):
+    with configured(THROTTLE={"login": "1/60s", "auth_failures": "1/60s"}, THROTTLE_CACHE="down"):
+        for n in range(3):
+            response = login(client, "alice", "alice-password", request_id=f"down-{n}")
+            assert response.status_code == 200 and response.json()["data"]["tokenAuth"]["token"]
+    event = SecurityEvent.objects.get(request_id="down-2", kind="throttle_unavailable")
+    assert event.severity == "error" and event.details["rule"] == "THROTTLE" and event.details["cache"] == "down"
+    assert "ConnectionError" in event.message
+
+
+def test_throttle_off_costs_no_cache_access(client, users):
+    with mock.patch.object(throttle, "_cache") as cache:
+        for _ in range(3):
+            login(client, "alice")
+    cache.assert_not_called()
+    assert json.loads(login(client, "alice").content)["errors"]
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_refusals_under_asgi(async_client, async_connections_closed):
+    with configured(THROTTLE={"auth_failures": "1/60s"}, QUERY_LIMITS={"max_depth": 1}):
+        response = await async_client.post(
+            "/graphql/", {"query": "{ serviceStatus { ok } }"}, content_type="application/json"
+        )
+        # Refused in process_view, before the view ran.
+        assert response.status_code == 400 and response.json()["errors"][0]["extensions"]["code"] == "QUERY_TOO_COMPLEX"
+        await async_client.post(
+            "/graphql/",
+            {"query": "{ __typename }"},
+            content_type="application/json",
+            headers={"Authorization": "JWT x"},
+        )
+        # Refused in the middleware, before authentication.
+        response = await async_client.post("/graphql/", {"query": "{ __typename }"}, content_type="application/json")
+        assert response.status_code == 429 and response.json()["errors"][0]["extensions"]["code"] == "THROTTLED"
+
+
+def test_a_deeply_nested_username_variable_is_counted_not_crashed_on(client, users, password_checks):
+    nested = "x"
+    for _ in range(900):
+        nested = [nested]
+    with configured(THROTTLE={"login": "1/60s"}):
+        first = post_graphql(client, LOGIN, variables={"u": nested, "p": "x"})
+        assert first.status_code in (200, 400) and b"Traceback" not in first.content
+        refusal(post_graphql(client, LOGIN, variables={"u": nested, "p": "x"}))
+    assert password_checks == []
+
+
+def test_the_relay_login_mutation_is_found_through_its_input():
+    import graphene
+    import graphql_jwt.relay
+
+    from gql_audit.visibility import login_arguments
+
+    class Query(graphene.ObjectType):
+        ok = graphene.Boolean()
+
+    class Mutation(graphene.ObjectType):
+        token_auth = graphql_jwt.relay.ObtainJSONWebToken.Field()
+        plain_auth = graphql_jwt.ObtainJSONWebToken.Field()
+        verify_token = graphql_jwt.relay.Verify.Field()
+
+    schema = graphene.Schema(query=Query, mutation=Mutation).graphql_schema
+    assert login_arguments(schema) == {"tokenAuth": ("input", "username"), "plainAuth": ("username",)}
+    from gql_audit.guard import _username
+    from gql_audit.limits import analyse
+
+    text = 'mutation($u: String!) { a: tokenAuth(input: {username: $u, password: "p"}) { token } }'
+    (root_field,) = analyse(text).operations[0].root_fields
+    assert _username(root_field, ("input", "username"), {"u": "dora"}) == "dora"
+    assert _username(root_field, ("input", "username"), None) is None
+
+
+def test_a_refused_login_stores_no_password(client, users, caplog):
+    caplog.set_level("DEBUG")
+    secret = "Inline-Secret-Pw-987"
+    inline = 'mutation { tokenAuth(username: "alice", password: "%s") { token } }' % secret
+    with configured(THROTTLE={"login": "1/60s"}):
+        login(client, "alice", "Variable-Secret-Pw-654")
+        refusal(post_graphql(client, inline))
+        refusal(login(client, "alice", "Variable-Secret-Pw-654"))
+    stored = json.dumps(list(SecurityEvent.objects.values()), default=str)
+    assert "throttled" in stored
+    for value in (secret, "Variable-Secret-Pw-654"):
+        assert value not in stored and value not in caplog.text

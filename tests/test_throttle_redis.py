@@ -1,0 +1,103 @@
+"""THROTTLE across two real servers sharing a real Redis: one limit, whichever server is asked.
+
+Two gunicorn processes serve the example service on the test database, their
+``THROTTLE_CACHE`` Django's own ``RedisCache`` on the Redis at
+``GQL_AUDIT_TEST_REDIS`` (``redis://127.0.0.1:6379`` when unset), under a key
+prefix of this run's own, deleted afterwards. Under ``CI=true`` the test runs
+or fails; elsewhere it is skipped, saying why, when no Redis answers.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import httpx
+import pytest
+
+from gql_audit.models import SecurityEvent
+from tests.test_worker_timeout import SETTINGS, Gunicorn
+
+pytestmark = [pytest.mark.server, pytest.mark.django_db(transaction=True)]
+
+REDIS_URL = os.environ.get("GQL_AUDIT_TEST_REDIS", "redis://127.0.0.1:6379")
+LIMIT = 4
+LOGIN = "mutation Login($u: String!, $p: String!) { tokenAuth(username: $u, password: $p) { token } }"
+
+REDIS_SETTINGS = """
+CACHES = {{
+    "default": {{"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}},
+    "throttle": {{
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": {url!r},
+        "KEY_PREFIX": {prefix!r},
+    }},
+}}
+GQL_AUDIT = {{**GQL_AUDIT, "THROTTLE": {{"login": "{limit}/300s"}}, "THROTTLE_CACHE": "throttle"}}  # noqa: F405
+"""
+
+
+@pytest.fixture
+def redis_prefix():
+    """A key prefix of this run's own in a Redis that answers; its keys deleted afterwards."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true and no Redis at {REDIS_URL} ({exc}): .ci/run starts one")
+        pytest.skip(f"no Redis at {REDIS_URL} ({exc}); set GQL_AUDIT_TEST_REDIS or run .ci/run")
+    prefix = f"gqa-test-{uuid.uuid4().hex}"
+    yield prefix
+    for key in client.scan_iter(match=f"{prefix}:*"):
+        client.delete(key)
+    client.close()
+
+
+@pytest.fixture
+def two_servers(tmp_path, redis_prefix):
+    settings = SETTINGS + REDIS_SETTINGS.format(url=REDIS_URL, prefix=redis_prefix, limit=LIMIT)
+    servers = []
+    try:
+        for name in ("a", "b"):
+            directory = tmp_path / name
+            directory.mkdir()
+            servers.append(Gunicorn(directory, "sync", settings=settings))
+        for server in servers:
+            server.wait_ready()
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def login(server, password="wrong"):
+    url = server.url.replace("/hang/", "/graphql/")
+    return httpx.post(url, json={"query": LOGIN, "variables": {"u": "alice", "p": password}}, timeout=10)
+
+
+def test_the_login_limit_holds_across_two_servers(two_servers, users, redis_prefix):
+    import redis
+
+    a, b = two_servers
+    assert a.process.pid != b.process.pid and a.port != b.port
+    # Alternately: neither server alone sees more than half the attempts.
+    for n in range(LIMIT):
+        response = login(two_servers[n % 2])
+        assert response.status_code == 200
+        assert response.json()["errors"][0]["message"] == "Please enter valid credentials"
+    for server in (a, b, a):
+        response = login(server, "alice-password")  # even the right password
+        assert response.status_code == 429, response.text
+        assert response.json()["errors"][0]["extensions"] == {"code": "THROTTLED", "rule": "THROTTLE"}
+        assert 1 <= int(response.headers["Retry-After"]) <= 300
+    # Each attempt that got through checked a password; none after.
+    assert SecurityEvent.objects.filter(kind="login_failed").count() == LIMIT
+    throttled = SecurityEvent.objects.filter(kind="throttled")
+    assert throttled.count() == 3
+    assert sorted(e.details["attempts"] for e in throttled) == [LIMIT + 1, LIMIT + 2, LIMIT + 3]
+    # The count is in Redis, under this run's prefix, and names no user.
+    keys = [k.decode() for k in redis.Redis.from_url(REDIS_URL).scan_iter(match=f"{redis_prefix}:*")]
+    assert len(keys) == 1 and "alice" not in keys[0] and ":gql_audit:throttle:login:300:" in keys[0]
