@@ -41,6 +41,7 @@ from django.utils import timezone
 
 from gql_audit.compat import pending_on_commit
 from gql_audit.conf import conf
+from gql_audit.dbcontext import POSTGRES_VENDORS
 from gql_audit.models import RequestReads, Seal, SealChain, SecurityEvent
 
 #: Record kinds a seal names.
@@ -288,16 +289,22 @@ def append(alias: str, entries: list[Any]) -> None:
     """Add one seal listing ``entries`` to this thread's chain."""
     kid, key = current_key()
     now = timezone.now()
-    with transaction.atomic(using=alias):
+    # No savepoint of its own: inside the caller's transaction (the records' own) it adds
+    # no statement; alone (a purge's checkpoint) it is its own transaction.
+    with transaction.atomic(using=alias, savepoint=False):
         chain, seq, previous, new = _chain_for(alias, now, kid, key)
         seq += 1
         seal_mac = mac(key, *seal_text(chain.chain, seq, previous, _plain(now), kid, entries))
-        Seal.objects.using(alias).create(chain=chain.chain, seq=seq, at=now, key_id=kid, entries=entries, mac=seal_mac)
+        seal = Seal(chain=chain.chain, seq=seq, at=now, key_id=kid, entries=entries, mac=seal_mac)
         chain.head_seq, chain.head_mac, chain.key_id = seq, seal_mac, kid
         chain.mac = mac(key, *chain_text(chain))
         if new:
             chain.save(using=alias, force_insert=True)
+            seal.save(using=alias, force_insert=True)
+        elif connections[alias].vendor in POSTGRES_VENDORS:
+            _insert_and_advance(alias, seal, chain)
         else:
+            seal.save(using=alias, force_insert=True)
             SealChain.objects.using(alias).filter(chain=chain.chain).update(
                 head_seq=seq, head_mac=seal_mac, key_id=kid, mac=chain.mac
             )
@@ -310,3 +317,25 @@ def append(alias: str, entries: list[Any]) -> None:
 
         _writer.pending = (seq, seal_mac, committed)
         transaction.on_commit(committed, using=alias)
+
+
+def _insert_and_advance(alias: str, seal: Seal, chain: SealChain) -> None:
+    """The seal's INSERT and the chain's UPDATE in one statement (PostgreSQL and CockroachDB
+    run a data-modifying ``WITH``): one round trip a request."""
+    connection = connections[alias]
+    quote = connection.ops.quote_name
+    seal_fields = list(Seal._meta.concrete_fields)
+    values = [f.get_db_prep_save(getattr(seal, f.attname), connection) for f in seal_fields]
+    updated = ["head_seq", "head_mac", "key_id", "mac"]
+    # The model's own names: these columns are named as their fields.
+    sql = (
+        f"WITH new_seal AS (INSERT INTO {quote(Seal._meta.db_table)} "
+        f"({', '.join(quote(str(f.column)) for f in seal_fields)}) VALUES ({', '.join(['%s'] * len(seal_fields))}) "
+        f"RETURNING 1) UPDATE {quote(SealChain._meta.db_table)} SET "
+        + ", ".join(f"{quote(name)} = %s" for name in updated)
+        + f" WHERE {quote('chain')} = %s"
+    )
+    params = [*values, *(getattr(chain, name) for name in updated), chain.chain]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+
