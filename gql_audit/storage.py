@@ -488,8 +488,17 @@ def log_unwritten(
         log_payload(audit_logger, logging.ERROR, {"event": "security_event", **event})
 
 
-def _store(ctx: context.RequestContext | None, records: list[Any], events: list[dict[str, Any]], alias: str) -> None:
-    sealed = sealing.enabled()
+def _store(
+    ctx: context.RequestContext | None,
+    records: list[Any],
+    events: list[dict[str, Any]],
+    alias: str,
+    seal: bool = True,
+) -> None:
+    """Write the records, and seal them in the same transaction (``TAMPER_EVIDENCE``):
+    no savepoint, so a seal that fails takes the records with it, and ``write`` tries
+    again without the seal."""
+    sealed = seal and sealing.enabled()
     written: dict[str, list[Any]] = {sealing.READS: [], sealing.ENTRY: [], sealing.EVENT: []}
     with transaction.atomic(using=alias):
         if records and ctx is not None:
@@ -504,9 +513,14 @@ def _store(ctx: context.RequestContext | None, records: list[Any], events: list[
         if sealed:
             changes = ctx.changes_to_seal if ctx is not None else []
             written[sealing.ENTRY].extend(changes)
-            seal_quietly(alias, written)
+            sealing.seal(alias, written)
     if sealed and ctx is not None:
         ctx.changes_to_seal = []
+
+
+def _error_text(exc: BaseException, ctx: context.RequestContext | None) -> str:
+    text = f"{type(exc).__name__}: {exc}"[:1000]
+    return ctx.scrubber().text(text) if ctx is not None else text
 
 
 def seal_quietly(alias: str, written: dict[str, list[Any]]) -> None:
@@ -516,11 +530,7 @@ def seal_quietly(alias: str, written: dict[str, list[Any]]) -> None:
         with transaction.atomic(using=alias):
             sealing.seal(alias, written)
     except Exception as exc:  # noqa: BLE001 - the records matter more than their seal
-        log_payload(
-            audit_logger,
-            logging.ERROR,
-            {"event": "seal_failed", "error": f"{type(exc).__name__}: {exc}"[:1000], **written},
-        )
+        log_payload(audit_logger, logging.ERROR, {"event": "seal_failed", "error": _error_text(exc, None), **written})
 
 
 #: SQLite result codes of a statement the database refused for its content or
@@ -617,7 +627,7 @@ def write(ctx: context.RequestContext | None, records: list[Any], events: list[d
             try:
                 _store(ctx, [], [], alias)
             except Exception as exc:  # noqa: BLE001 - sealing must not fail the request
-                log_payload(audit_logger, logging.ERROR, {"event": "seal_failed", "error": f"{type(exc).__name__}"})
+                log_payload(audit_logger, logging.ERROR, {"event": "seal_failed", "error": _error_text(exc, ctx)})
         return True
     sink = conf.EVENT_SINK
     if sink != "database":
@@ -629,6 +639,15 @@ def write(ctx: context.RequestContext | None, records: list[Any], events: list[d
         return True
     except Exception as exc:  # noqa: BLE001 - the request must not fail because auditing did
         error: BaseException = exc
+    if sealing.enabled() and not _unreachable(error):
+        # Maybe the seal failed, not the records: they matter more than their seal.
+        try:
+            _store(ctx, records, events, alias, seal=False)
+        except Exception as exc:  # noqa: BLE001 - the records themselves were refused
+            error = exc
+        else:
+            log_payload(audit_logger, logging.ERROR, {"event": "seal_failed", "error": _error_text(error, ctx)})
+            return True
     if not _unreachable(error):
         records, events, last = _store_apart(ctx, records, events, alias)
         if not records and not events:

@@ -223,3 +223,19 @@ def test_no_key_no_verification(settings):
     settings.GQL_AUDIT = {**settings.GQL_AUDIT, "TAMPER_EVIDENCE": None}
     with pytest.raises(CommandError, match="no key"):
         call_command("gql_audit_verify")
+
+
+def test_a_seal_that_cannot_be_written_loses_no_record(client, users, sealed, caplog):
+    from tests.conftest import table_away
+
+    post_graphql(client, "{ documents { title } }", token=make_token("alice"), headers={"X-Request-ID": "warm"})
+    with table_away(Seal._meta.db_table):
+        post_graphql(client, "{ documents { title } }", token=make_token("alice"), headers={"X-Request-ID": "lost"})
+        post_graphql(client, "{ documents { title } }", token="bad", headers={"X-Request-ID": "lost-2"})
+    from gql_audit.history import request_trail
+
+    assert request_trail("lost").reads and request_trail("lost-2").events.exists()
+    failures = [r for r in caplog.records if r.name == "gql_audit.audit" and "seal_failed" in r.getMessage()]
+    assert failures and KEY not in caplog.text
+    # The unsealed records are what verification reports: inserted.
+    assert {p.what for p in verify().problems} == {"inserted"}
