@@ -260,12 +260,13 @@ def _chain_for(alias: str, now: datetime.datetime, kid: str, key: bytes) -> tupl
     return chain, seq, previous, False
 
 
-def seal(alias: str, records: Mapping[str, Iterable[Any]]) -> int:
+def seal(alias: str, records: Mapping[str, Iterable[Any]], insert: list[Model] | None = None) -> int:
     """Seal the records ``{kind: primary keys}`` just written on ``alias``; returns how many.
 
     A ``RequestReads`` instance gql_audit has just written may stand for its key: it is
-    sealed as saved, with no read back. Runs inside the transaction that wrote them:
-    the seal commits with them, or neither does.
+    sealed as saved, with no read back. ``insert``: such rows not yet saved, which the
+    seal's statement inserts. Runs inside the transaction that wrote them: the seal
+    commits with them, or neither does.
     """
     kinds = record_kinds()
     entries: list[Any] = []
@@ -281,12 +282,13 @@ def seal(alias: str, records: Mapping[str, Iterable[Any]]) -> int:
             entries.extend(entry_for(kind, row) for row in kind.rows(alias, ids))
     if not entries:
         return 0
-    append(alias, sorted(entries, key=lambda entry: (entry[0], entry[1])))
+    append(alias, sorted(entries, key=lambda entry: (entry[0], entry[1])), insert or [])
     return len(entries)
 
 
-def append(alias: str, entries: list[Any]) -> None:
-    """Add one seal listing ``entries`` to this thread's chain."""
+def append(alias: str, entries: list[Any], insert: list[Model] | None = None) -> None:
+    """Add one seal listing ``entries`` to this thread's chain (and INSERT the rows
+    ``insert``, in the same statement where the database allows)."""
     kid, key = current_key()
     now = timezone.now()
     # No savepoint of its own: inside the caller's transaction (the records' own) it adds
@@ -298,11 +300,14 @@ def append(alias: str, entries: list[Any]) -> None:
         seal = Seal(chain=chain.chain, seq=seq, at=now, key_id=kid, entries=entries, mac=seal_mac)
         chain.head_seq, chain.head_mac, chain.key_id = seq, seal_mac, kid
         chain.mac = mac(key, *chain_text(chain))
+        if new or connections[alias].vendor not in POSTGRES_VENDORS:
+            for row in insert or ():
+                row.save(using=alias, force_insert=True)
         if new:
             chain.save(using=alias, force_insert=True)
             seal.save(using=alias, force_insert=True)
         elif connections[alias].vendor in POSTGRES_VENDORS:
-            _insert_and_advance(alias, seal, chain)
+            _insert_and_advance(alias, seal, chain, insert or [])
         else:
             seal.save(using=alias, force_insert=True)
             SealChain.objects.using(alias).filter(chain=chain.chain).update(
@@ -319,23 +324,28 @@ def append(alias: str, entries: list[Any]) -> None:
         transaction.on_commit(committed, using=alias)
 
 
-def _insert_and_advance(alias: str, seal: Seal, chain: SealChain) -> None:
-    """The seal's INSERT and the chain's UPDATE in one statement (PostgreSQL and CockroachDB
-    run a data-modifying ``WITH``): one round trip a request."""
+def _insert_and_advance(alias: str, seal: Seal, chain: SealChain, rows: list[Model]) -> None:
+    """The seal's INSERT (and the ``rows``' INSERT) and the chain's UPDATE in one statement
+    (PostgreSQL and CockroachDB run data-modifying ``WITH`` clauses): one round trip."""
     connection = connections[alias]
     quote = connection.ops.quote_name
-    seal_fields = list(Seal._meta.concrete_fields)
-    values = [f.get_db_prep_save(getattr(seal, f.attname), connection) for f in seal_fields]
+    clauses: list[str] = []
+    params: list[Any] = []
+    for n, instance in enumerate([*rows, seal]):
+        fields = list(type(instance)._meta.concrete_fields)
+        clauses.append(
+            f"ins_{n} AS (INSERT INTO {quote(type(instance)._meta.db_table)} "
+            f"({', '.join(quote(str(f.column)) for f in fields)}) VALUES ({', '.join(['%s'] * len(fields))}) "
+            "RETURNING 1)"
+        )
+        params.extend(f.get_db_prep_save(getattr(instance, f.attname), connection) for f in fields)
     updated = ["head_seq", "head_mac", "key_id", "mac"]
     # The model's own names: these columns are named as their fields.
     sql = (
-        f"WITH new_seal AS (INSERT INTO {quote(Seal._meta.db_table)} "
-        f"({', '.join(quote(str(f.column)) for f in seal_fields)}) VALUES ({', '.join(['%s'] * len(seal_fields))}) "
-        f"RETURNING 1) UPDATE {quote(SealChain._meta.db_table)} SET "
+        f"WITH {', '.join(clauses)} UPDATE {quote(SealChain._meta.db_table)} SET "
         + ", ".join(f"{quote(name)} = %s" for name in updated)
         + f" WHERE {quote('chain')} = %s"
     )
-    params = [*values, *(getattr(chain, name) for name in updated), chain.chain]
+    params.extend([*(getattr(chain, name) for name in updated), chain.chain])
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-

@@ -373,10 +373,25 @@ def object_key(model: type[Model], pk: Any) -> str:
 
 
 def insert_request_reads(
-    ctx: context.RequestContext, records: list[Any], alias: str, reader: context.Reader
+    ctx: context.RequestContext, records: list[Any], alias: str, reader: context.Reader, deferred: bool = False
 ) -> RequestReads:
     """``ACCESS_STORE = "gql_audit"``: the request's reads as one row (and, where the
-    database cannot index an array, one narrow row per object, in one statement)."""
+    database cannot index an array, one narrow row per object, in one statement).
+    ``deferred``: the row is built, and left for the seal's statement to INSERT
+    (PostgreSQL and CockroachDB, ``TAMPER_EVIDENCE``)."""
+    row = request_reads_row(ctx, records, alias, reader)
+    if not deferred:
+        RequestReads.objects.using(alias).bulk_create([row])
+    if observers:
+        notify("reads", alias, [row])
+    _side_table(row, row.keys, alias)
+    return row
+
+
+def request_reads_row(
+    ctx: context.RequestContext, records: list[Any], alias: str, reader: context.Reader
+) -> RequestReads:
+    """The ``RequestReads`` row of ``records`` read by ``reader``, not yet saved."""
     data = ctx.record_data(alias)
     actor = reader.actor
     for key in ("request_id", "operation", "remote_addr", "path", "actor"):
@@ -411,10 +426,6 @@ def insert_request_reads(
         shape_of=shape_of,
         shapes=shapes,
     )
-    RequestReads.objects.using(alias).bulk_create([row])
-    if observers:
-        notify("reads", alias, [row])
-    _side_table(row, keys, alias)
     return row
 
 
@@ -501,11 +512,13 @@ def _store(
     sealed = seal and sealing.enabled()
     written: dict[str, list[Any]] = {sealing.READS: [], sealing.ENTRY: [], sealing.EVENT: []}
     with transaction.atomic(using=alias):
+        # Sealed on PostgreSQL, the reads row is inserted by the seal's own statement: one round trip.
+        deferred = sealed and connections[alias].vendor in POSTGRES_VENDORS
         if records and ctx is not None:
             gql_audit_store = conf.ACCESS_STORE == "gql_audit"
             for reader, group in by_reader(ctx, records):
                 if gql_audit_store:
-                    written[sealing.READS].append(insert_request_reads(ctx, group, alias, reader))
+                    written[sealing.READS].append(insert_request_reads(ctx, group, alias, reader, deferred))
                 else:
                     written[sealing.ENTRY].extend(insert_access_entries(ctx, group, alias, reader, ids=sealed))
         if events:
@@ -513,7 +526,8 @@ def _store(
         if sealed:
             changes = ctx.changes_to_seal if ctx is not None else []
             written[sealing.ENTRY].extend(changes)
-            sealing.seal(alias, written)
+            rows = written[sealing.READS] if deferred else []
+            sealing.seal(alias, written, insert=rows)
     if sealed and ctx is not None:
         ctx.changes_to_seal = []
 
