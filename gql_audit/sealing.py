@@ -130,7 +130,7 @@ class RecordKind:
     at: str
 
     def columns(self) -> list[str]:
-        return [f.attname for f in self.model._meta.concrete_fields if f.attname != self.actor]
+        return [name for name, _ in _converters(self)]
 
     def converters(self) -> list[tuple[str, Any]]:
         return [(f.attname, _converter(f)) for f in self.model._meta.concrete_fields if f.attname != self.actor]

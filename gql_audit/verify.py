@@ -134,11 +134,10 @@ def _walk(
                 continue
             sealed[(str(name), str(pk))] = _Sealed(str(digest), str(subkind), actor, str(at), chain.chain, seal.seq)
         previous, expected, last = seal.mac, seal.seq + 1, seal.seq
-    if since is None or last >= chain.base_seq:
-        for missing in range(last + 1, chain.head_seq + 1):
-            report.problems.append(Problem("seal missing", "seal", str(missing), chain.chain, missing))
-        if chain_ok and last == chain.head_seq and previous and previous != chain.head_mac:
-            report.problems.append(Problem("seal forged", "seal", str(last), chain.chain, last, "not the sealed head"))
+    for missing in range(last + 1, chain.head_seq + 1):
+        report.problems.append(Problem("seal missing", "seal", str(missing), chain.chain, missing))
+    if chain_ok and last == chain.head_seq and previous and previous != chain.head_mac:
+        report.problems.append(Problem("seal forged", "seal", str(last), chain.chain, last, "not the sealed head"))
 
 
 def _chunks(items: list[Any]) -> Iterator[list[Any]]:

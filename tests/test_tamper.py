@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 
-import httpx
 import pytest
 from auditlog.models import LogEntry
 from django.core.management import call_command
@@ -194,7 +192,7 @@ def test_500_interleaved_requests_from_10_users_verify_clean(live_server, sealed
     from django.contrib.auth import get_user_model
 
     from example_service.models import Profile
-    from tests.test_concurrency import REQUESTS, plan
+    from tests.test_concurrency import REQUESTS, plan, send_from_threads
     from tests.test_concurrency import verify as verify_requests
 
     team = []
@@ -203,16 +201,7 @@ def test_500_interleaved_requests_from_10_users_verify_clean(live_server, sealed
         Profile.objects.create(user=user, full_name=f"Sealer {i}")
         team.append(user)
     work = plan(team, "sealed")
-    url = f"{live_server.url}/graphql/"
-
-    def send(item):
-        request_id, _, body, headers = item
-        response = httpx.post(url, json=body, headers=headers, timeout=60)
-        return request_id, response.status_code, response.headers.get("X-Request-ID"), response.json()
-
-    with ThreadPoolExecutor(max_workers=10) as pool:
-        responses = list(pool.map(send, work))
-    verify_requests(work, "sealed", responses, sealed)
+    verify_requests(work, "sealed", send_from_threads(f"{live_server.url}/graphql/", work), sealed)
     report = verify()
     assert report.problems == []
     assert report.seals >= REQUESTS
