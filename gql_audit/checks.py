@@ -141,6 +141,12 @@ def _check_values(raw: dict[str, Any]) -> list[Any]:
                 errors.append(_invalid(key, f"cannot be imported: {exc}."))
         elif value is not None and not callable(value):
             errors.append(_invalid(key, "must be a callable, an import path to one, or None."))
+    audit_database = raw.get("AUDIT_DATABASE")
+    if audit_database is not None:
+        from django.db import connections
+
+        if not isinstance(audit_database, str) or audit_database not in connections:
+            errors.append(_invalid("AUDIT_DATABASE", "must be None or an alias in DATABASES."))
     if "INSTRUMENT_SCHEMA" in raw and not isinstance(raw["INSTRUMENT_SCHEMA"], bool):
         errors.append(_invalid("INSTRUMENT_SCHEMA", "must be True or False."))
     errors.extend(_check_tamper_evidence(raw.get("TAMPER_EVIDENCE")))
@@ -277,6 +283,37 @@ def check_protections(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     throttle = raw.get("THROTTLE")
     errors.extend(_check_throttle_cache(throttle, raw.get("THROTTLE_CACHE", DEFAULTS["THROTTLE_CACHE"])))
     return errors
+
+
+@register(Tags.compatibility)
+def check_sealing_database(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    """TAMPER_EVIDENCE seals change entries where it writes the other records: both on one database."""
+    raw = getattr(_settings(), SETTINGS_NAME, {})
+    if not isinstance(raw, dict) or not isinstance(raw.get("TAMPER_EVIDENCE"), dict):
+        return []
+    from auditlog import get_logentry_model
+    from django.db import connections, router
+
+    ours = raw.get("AUDIT_DATABASE") or "default"
+    theirs = router.db_for_write(get_logentry_model()) or "default"
+    if ours not in connections or theirs not in connections:
+        return []  # E002 names an unknown AUDIT_DATABASE; Django itself an unknown routed alias
+
+    def where(alias: str) -> tuple[Any, ...]:
+        found = connections.settings[alias]
+        return tuple(found.get(key) for key in ("ENGINE", "NAME", "HOST", "PORT"))
+
+    if ours == theirs or where(ours) == where(theirs):
+        return []
+    return [
+        Error(
+            f"TAMPER_EVIDENCE seals records on AUDIT_DATABASE {ours!r}, but django-auditlog writes its "
+            f"LogEntry rows to {theirs!r}: change entries could not be sealed, and gql_audit_verify "
+            "would report them.",
+            hint="Route auditlog's LogEntry to the database AUDIT_DATABASE names (see docs/evidence.md).",
+            id="gql_audit.E030",
+        )
+    ]
 
 
 @register(Tags.compatibility)

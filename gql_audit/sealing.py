@@ -32,6 +32,7 @@ import json
 import threading
 import uuid
 from collections.abc import Iterable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,12 +70,18 @@ def keys() -> dict[str, bytes]:
 
 
 def current_key() -> tuple[str, bytes]:
-    key = (conf.TAMPER_EVIDENCE or {})["key"]
-    return key_id(key), key.encode()
+    """``(key_id, key)`` of the key new seals use (worked out once per settings)."""
+
+    def build() -> tuple[str, bytes]:
+        key = (conf.TAMPER_EVIDENCE or {})["key"]
+        return key_id(key), key.encode()
+
+    found: tuple[str, bytes] = conf.derived("seal_key", build)
+    return found
 
 
 def mac(key: bytes, *parts: str) -> str:
-    return hmac.new(key, "\x1f".join(parts).encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
+    return hmac.digest(key, "\x1f".join(parts).encode("utf-8", "surrogatepass"), "sha256").hex()
 
 
 # --- what a record is, canonically ---------------------------------------------------------
@@ -161,12 +168,18 @@ class RecordKind:
         JSON values through one encoding round trip (tuples become lists, keys strings)."""
         from django.db.models import JSONField
 
-        row = {}
+        row: dict[str, Any] = {}
+        json_values: dict[str, Any] = {}
+        encoder = None
         for field in self.model._meta.concrete_fields:
             value = getattr(instance, field.attname)
-            if isinstance(field, JSONField) and value is not None:
+            if isinstance(field, JSONField) and value is not None and field.encoder is encoder:
+                json_values[field.attname] = value  # one round trip for all of them, below
+            elif isinstance(field, JSONField) and value is not None:
                 value = json.loads(json.dumps(value, cls=field.encoder))
             row[field.attname] = value
+        if json_values:
+            row.update(json.loads(json.dumps(json_values)))
         return row
 
 
@@ -183,14 +196,22 @@ def _converters(kind: RecordKind) -> list[tuple[str, Any]]:
     return found
 
 
+#: LogEntry model -> the record kinds (auditlog's model is a setting).
+_kinds_cache: dict[type[Model], dict[str, RecordKind]] = {}
+
+
 def record_kinds() -> dict[str, RecordKind]:
     from auditlog import get_logentry_model
 
-    return {
-        EVENT: RecordKind(EVENT, SecurityEvent, "actor_id", "created_at"),
-        READS: RecordKind(READS, RequestReads, None, "at"),
-        ENTRY: RecordKind(ENTRY, get_logentry_model(), "actor_id", "timestamp"),
-    }
+    entry_model = get_logentry_model()
+    kinds = _kinds_cache.get(entry_model)
+    if kinds is None:
+        kinds = _kinds_cache[entry_model] = {
+            EVENT: RecordKind(EVENT, SecurityEvent, "actor_id", "created_at"),
+            READS: RecordKind(READS, RequestReads, None, "at"),
+            ENTRY: RecordKind(ENTRY, entry_model, "actor_id", "timestamp"),
+        }
+    return kinds
 
 
 def entry_for(kind: RecordKind, row: dict[str, Any]) -> list[Any]:
@@ -229,6 +250,8 @@ def chain_text(chain: SealChain) -> list[str]:
 class _Writer(threading.local):
     def __init__(self) -> None:
         self.chain: SealChain | None = None
+        #: The UTC day (``YYYYMMDD``) ``chain`` belongs to.
+        self.day = ""
         #: ``(seq, mac)`` of the newest seal of ``chain`` the database has committed.
         self.committed: tuple[int, str] | None = None
         #: ``(seq, mac, on_commit callback)`` of a seal written in a transaction still open.
@@ -250,11 +273,12 @@ def _chain_for(alias: str, now: datetime.datetime, kid: str, key: bytes) -> tupl
         return chain, writer.pending[0], writer.pending[1], False
     chain = writer.chain
     day = now.strftime("%Y%m%d")
-    if chain is None or writer.committed is None or not chain.chain.startswith(day) or chain._state.db != alias:
-        chain = SealChain(chain=f"{day}-{uuid.uuid4().hex[:20]}", started_at=now, base_seq=0, head_seq=0, key_id=kid)
+    if chain is None or writer.committed is None or writer.day != day or chain._state.db != alias:
+        # Random part first: concurrent writers' seals, keyed (chain, seq), spread over the key space.
+        chain = SealChain(chain=f"{uuid.uuid4().hex[:20]}-{day}", started_at=now, base_seq=0, head_seq=0, key_id=kid)
         chain.base_mac = chain.head_mac = anchor(key, chain)
         chain._state.db = alias
-        writer.chain, writer.committed = chain, None
+        writer.chain, writer.committed, writer.day = chain, None, day
         return chain, 0, chain.base_mac, True
     seq, previous = writer.committed
     return chain, seq, previous, False
@@ -291,28 +315,29 @@ def append(alias: str, entries: list[Any], insert: list[Model] | None = None) ->
     ``insert``, in the same statement where the database allows)."""
     kid, key = current_key()
     now = timezone.now()
-    # No savepoint of its own: inside the caller's transaction (the records' own) it adds
-    # no statement; alone (a purge's checkpoint) it is its own transaction.
-    with transaction.atomic(using=alias, savepoint=False):
-        chain, seq, previous, new = _chain_for(alias, now, kid, key)
-        seq += 1
-        seal_mac = mac(key, *seal_text(chain.chain, seq, previous, _plain(now), kid, entries))
-        seal = Seal(chain=chain.chain, seq=seq, at=now, key_id=kid, entries=entries, mac=seal_mac)
-        chain.head_seq, chain.head_mac, chain.key_id = seq, seal_mac, kid
-        chain.mac = mac(key, *chain_text(chain))
-        if new or connections[alias].vendor not in POSTGRES_VENDORS:
-            for row in insert or ():
-                row.save(using=alias, force_insert=True)
-        if new:
-            chain.save(using=alias, force_insert=True)
-            seal.save(using=alias, force_insert=True)
-        elif connections[alias].vendor in POSTGRES_VENDORS:
+    connection = connections[alias]
+    chain, seq, previous, new = _chain_for(alias, now, kid, key)
+    seq += 1
+    seal_mac = mac(key, *seal_text(chain.chain, seq, previous, _plain(now), kid, entries))
+    seal = Seal(chain=chain.chain, seq=seq, at=now, key_id=kid, entries=entries, mac=seal_mac)
+    chain.head_seq, chain.head_mac, chain.key_id = seq, seal_mac, kid
+    chain.mac = mac(key, *chain_text(chain))
+    one_statement = not new and connection.vendor in POSTGRES_VENDORS
+    # No savepoint: inside the caller's transaction (the records' own) it adds no
+    # statement. One statement outside any transaction is its own: no BEGIN, no COMMIT.
+    with nullcontext() if one_statement else transaction.atomic(using=alias, savepoint=False):
+        if one_statement:
             _insert_and_advance(alias, seal, chain, insert or [])
         else:
+            for row in insert or ():
+                row.save(using=alias, force_insert=True)
+            if new:
+                chain.save(using=alias, force_insert=True)
             seal.save(using=alias, force_insert=True)
-            SealChain.objects.using(alias).filter(chain=chain.chain).update(
-                head_seq=seq, head_mac=seal_mac, key_id=kid, mac=chain.mac
-            )
+            if not new:
+                SealChain.objects.using(alias).filter(chain=chain.chain).update(
+                    head_seq=seq, head_mac=seal_mac, key_id=kid, mac=chain.mac
+                )
 
         def committed() -> None:
             if _writer.chain is chain:
@@ -320,8 +345,31 @@ def append(alias: str, entries: list[Any], insert: list[Model] | None = None) ->
                 if _writer.pending is not None and _writer.pending[0] == seq:
                     _writer.pending = None
 
-        _writer.pending = (seq, seal_mac, committed)
-        transaction.on_commit(committed, using=alias)
+        if connection.in_atomic_block:
+            _writer.pending = (seq, seal_mac, committed)
+            transaction.on_commit(committed, using=alias)
+        else:
+            committed()  # one statement in autocommit: committed already
+
+
+def insert_clause(connection: Any, instance: Model) -> tuple[str, list[Any]]:
+    """``INSERT INTO table (columns) VALUES (...)`` of one unsaved row, and its parameters."""
+    quote = connection.ops.quote_name
+    fields = list(type(instance)._meta.concrete_fields)
+    sql = (
+        f"INSERT INTO {quote(type(instance)._meta.db_table)} ({', '.join(quote(str(f.column)) for f in fields)}) "
+        f"VALUES ({', '.join(['%s'] * len(fields))})"
+    )
+    return sql, [f.get_db_prep_save(getattr(instance, f.attname), connection) for f in fields]
+
+
+def insert(alias: str, row: Model) -> None:
+    """One row in one statement, with no signal and, in autocommit, no transaction of its own
+    (``QuerySet.bulk_create`` opens one)."""
+    connection = connections[alias]
+    sql, params = insert_clause(connection, row)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
 
 
 def _insert_and_advance(alias: str, seal: Seal, chain: SealChain, rows: list[Model]) -> None:
@@ -332,13 +380,9 @@ def _insert_and_advance(alias: str, seal: Seal, chain: SealChain, rows: list[Mod
     clauses: list[str] = []
     params: list[Any] = []
     for n, instance in enumerate([*rows, seal]):
-        fields = list(type(instance)._meta.concrete_fields)
-        clauses.append(
-            f"ins_{n} AS (INSERT INTO {quote(type(instance)._meta.db_table)} "
-            f"({', '.join(quote(str(f.column)) for f in fields)}) VALUES ({', '.join(['%s'] * len(fields))}) "
-            "RETURNING 1)"
-        )
-        params.extend(f.get_db_prep_save(getattr(instance, f.attname), connection) for f in fields)
+        sql, values = insert_clause(connection, instance)
+        clauses.append(f"ins_{n} AS ({sql} RETURNING 1)")
+        params.extend(values)
     updated = ["head_seq", "head_mac", "key_id", "mac"]
     # The model's own names: these columns are named as their fields.
     sql = (

@@ -510,13 +510,26 @@ def _store(
     no savepoint, so a seal that fails takes the records with it, and ``write`` tries
     again without the seal."""
     sealed = seal and sealing.enabled()
+    gql_audit_store = conf.ACCESS_STORE == "gql_audit"
+    postgres = connections[alias].vendor in POSTGRES_VENDORS
+    groups = by_reader(ctx, records) if records and ctx is not None else []
+    if ctx is not None and len(groups) == 1 and gql_audit_store and postgres and not events:
+        if not (sealed and ctx.changes_to_seal) and _autocommit(alias):
+            # One statement, its own transaction: the reads row's INSERT (sealed: with its
+            # seal's INSERT and the chain's UPDATE).
+            [(reader, group)] = groups
+            row = insert_request_reads(ctx, group, alias, reader, deferred=True)
+            if sealed:
+                sealing.seal(alias, {sealing.READS: [row]}, insert=[row])
+            else:
+                sealing.insert(alias, row)
+            return
     written: dict[str, list[Any]] = {sealing.READS: [], sealing.ENTRY: [], sealing.EVENT: []}
     with transaction.atomic(using=alias):
         # Sealed on PostgreSQL, the reads row is inserted by the seal's own statement: one round trip.
-        deferred = sealed and connections[alias].vendor in POSTGRES_VENDORS
-        if records and ctx is not None:
-            gql_audit_store = conf.ACCESS_STORE == "gql_audit"
-            for reader, group in by_reader(ctx, records):
+        deferred = sealed and postgres
+        if ctx is not None:
+            for reader, group in groups:
                 if gql_audit_store:
                     written[sealing.READS].append(insert_request_reads(ctx, group, alias, reader, deferred))
                 else:
@@ -532,9 +545,23 @@ def _store(
         ctx.changes_to_seal = []
 
 
+def _autocommit(alias: str) -> bool:
+    """Whether a statement on ``alias`` now is its own transaction (no ``atomic`` block open):
+    then a write that is one statement needs neither BEGIN nor COMMIT, and CockroachDB
+    retries such an implicit transaction itself."""
+    connection = connections[alias]
+    return not connection.in_atomic_block and connection.get_autocommit()
+
+
 def _error_text(exc: BaseException, ctx: context.RequestContext | None) -> str:
     text = f"{type(exc).__name__}: {exc}"[:1000]
     return ctx.scrubber().text(text) if ctx is not None else text
+
+
+def _seal_failed(exc: BaseException, ctx: context.RequestContext | None, written: dict[str, Any] | None = None) -> None:
+    """The fallback log's line for records written without their seal."""
+    payload = {"event": "seal_failed", "error": _error_text(exc, ctx), **(written or {})}
+    log_payload(audit_logger, logging.ERROR, payload)
 
 
 def seal_quietly(alias: str, written: dict[str, list[Any]]) -> None:
@@ -544,7 +571,7 @@ def seal_quietly(alias: str, written: dict[str, list[Any]]) -> None:
         with transaction.atomic(using=alias):
             sealing.seal(alias, written)
     except Exception as exc:  # noqa: BLE001 - the records matter more than their seal
-        log_payload(audit_logger, logging.ERROR, {"event": "seal_failed", "error": _error_text(exc, None), **written})
+        _seal_failed(exc, None, written)
 
 
 #: SQLite result codes of a statement the database refused for its content or
@@ -641,7 +668,7 @@ def write(ctx: context.RequestContext | None, records: list[Any], events: list[d
             try:
                 _store(ctx, [], [], alias)
             except Exception as exc:  # noqa: BLE001 - sealing must not fail the request
-                log_payload(audit_logger, logging.ERROR, {"event": "seal_failed", "error": _error_text(exc, ctx)})
+                _seal_failed(exc, ctx)
         return True
     sink = conf.EVENT_SINK
     if sink != "database":
@@ -660,7 +687,7 @@ def write(ctx: context.RequestContext | None, records: list[Any], events: list[d
         except Exception as exc:  # noqa: BLE001 - the records themselves were refused
             error = exc
         else:
-            log_payload(audit_logger, logging.ERROR, {"event": "seal_failed", "error": _error_text(error, ctx)})
+            _seal_failed(error, ctx)
             return True
     if not _unreachable(error):
         records, events, last = _store_apart(ctx, records, events, alias)

@@ -118,13 +118,13 @@ def _walk(
             previous = ""  # the link to a missing seal cannot be checked
         seal_key = keys.get(seal.key_id)
         if seal_key is None:
-            report.problems.append(Problem("unknown key", "seal", str(seal.pk), chain.chain, seal.seq, seal.key_id))
+            report.problems.append(Problem("unknown key", "seal", str(seal.seq), chain.chain, seal.seq, seal.key_id))
         elif previous:
             text = sealing.seal_text(
                 chain.chain, seal.seq, previous, sealing._plain(seal.at), seal.key_id, seal.entries
             )
             if not hmac.compare_digest(seal.mac, sealing.mac(seal_key, *text)):
-                report.problems.append(Problem("seal forged", "seal", str(seal.pk), chain.chain, seal.seq))
+                report.problems.append(Problem("seal forged", "seal", str(seal.seq), chain.chain, seal.seq))
         for entry in seal.entries if isinstance(seal.entries, list) else []:
             if not isinstance(entry, list) or len(entry) != 6:
                 continue

@@ -36,6 +36,9 @@ def test_example_configuration_is_clean():
         ({"TAMPER_EVIDENCE": {"key": "k" * 32, "rotate": True}}, ["gql_audit.E002"]),
         ({"TAMPER_EVIDENCE": {"key": "k" * 32, "previous_keys": ["o" * 32]}}, []),
         ({"INSTRUMENT_SCHEMA": "yes"}, ["gql_audit.E002"]),
+        ({"AUDIT_DATABASE": "nowhere"}, ["gql_audit.E002"]),
+        ({"AUDIT_DATABASE": 5}, ["gql_audit.E002"]),
+        ({"AUDIT_DATABASE": "default"}, []),
         ({"CLIENT_CERT_SOURCE": "apache"}, ["gql_audit.E002"]),
         ({"REQUEST_ID_HEADER": "X Request"}, ["gql_audit.E002"]),
         ({"REQUEST_ID_HEADER": 5}, ["gql_audit.E002"]),
@@ -163,3 +166,28 @@ def test_every_setting_is_documented_with_its_default():
         assert heading is not None, f"docs/settings.md has no heading for {key}"
         section = text.split(heading, 1)[1].split("\n## ", 1)[0]
         assert "Default:" in section, f"docs/settings.md gives no default for {key}"
+
+
+class LogEntriesElsewhere:
+    """A router sending auditlog's rows to another database than gql_audit's."""
+
+    def db_for_write(self, model, **hints):
+        return "elsewhere" if model._meta.app_label == "auditlog" else None
+
+
+@pytest.mark.parametrize("routed", [False, True])
+def test_sealing_needs_log_entries_on_the_audit_database(settings, monkeypatch, routed):
+    from django.db import connections
+
+    elsewhere = {**connections.settings["default"], "NAME": "another-database"}
+    monkeypatch.setitem(connections.settings, "elsewhere", elsewhere)
+    settings.GQL_AUDIT = {"TAMPER_EVIDENCE": {"key": "k" * 32}}
+    if routed:
+        settings.DATABASE_ROUTERS = [f"{__name__}.LogEntriesElsewhere"]
+    assert ids() == (["gql_audit.E030"] if routed else [])
+    # Sealing off, or the same database under another alias: nothing to report.
+    settings.GQL_AUDIT = {"TAMPER_EVIDENCE": None}
+    assert ids() == []
+    monkeypatch.setitem(connections.settings, "elsewhere", {**elsewhere, "NAME": connections.settings["default"]["NAME"]})
+    settings.GQL_AUDIT = {"TAMPER_EVIDENCE": {"key": "k" * 32}}
+    assert ids() == []

@@ -188,6 +188,34 @@ def test_sealing_costs_a_constant_number_of_statements(client, users, sealed, se
     assert counts[0] == counts[1]
 
 
+@pytest.mark.postgres
+@pytest.mark.parametrize("sealing_on", [False, True])
+def test_a_request_s_reads_are_written_by_one_statement_in_autocommit(client, users, settings, sealing_on):
+    """On PostgreSQL a request's reads row (with its seal and the chain's UPDATE) is one
+    statement, its own transaction: no BEGIN and COMMIT round trips of its own."""
+    store = {"ACCESS_STORE": "gql_audit", "TAMPER_EVIDENCE": {"key": KEY} if sealing_on else None}
+    settings.GQL_AUDIT = {**settings.GQL_AUDIT, **store}
+    sealing._writer.__init__()
+    token = make_token("alice")
+    post_graphql(client, "{ documents { title } }", token=token)  # a chain starts: its own transaction
+    seen = []
+
+    def spy(execute, sql, params, many, context):
+        seen.append((sql, connection.in_atomic_block, connection.get_autocommit()))
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(spy):
+        post_graphql(client, "{ documents { title } }", token=token, headers={"X-Request-ID": "one-statement"})
+    writes = [entry for entry in seen if not entry[0].lstrip().upper().startswith("SELECT")]
+    assert len(writes) == 1
+    sql_text, in_atomic, autocommit = writes[0]
+    assert RequestReads._meta.db_table in sql_text and (Seal._meta.db_table in sql_text) is sealing_on
+    assert not in_atomic and autocommit
+    assert RequestReads.objects.filter(request_id="one-statement").count() == 1
+    if sealing_on:
+        assert verify().problems == []
+
+
 def test_500_interleaved_requests_from_10_users_verify_clean(live_server, sealed, settings):
     from django.contrib.auth import get_user_model
 
