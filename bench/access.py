@@ -5,10 +5,9 @@
     BENCH_DB=postgres PGHOST=... python bench/access.py
 
 Seven configurations, one process, one run, full Django WSGI stacks called
-in-process, rounds alternating, median round reported. Then sealed and unsealed
-requests alternate one by one (``--pairs`` of them a block, ``--rounds`` blocks),
-since the cost of sealing is smaller than what a commit's flush varies by from
-one round to the next:
+in-process, taking turns request by request (a commit's flush varies in cost
+from one second to the next by more than what is measured), median round
+reported:
 
 - bare graphene-django, no access logging;
 - gql_audit, ``ACCESS_STORE = "gql_audit"`` (the default: one row per request);
@@ -18,19 +17,18 @@ one round to the next:
   and with ``WRITE_AFTER_RESPONSE`` too;
 - auditlog alone, one ``accessed.send`` per object (one INSERT each).
 
-auditlog's table is emptied between rounds (untimed) so every round writes
-into a table of the same size.
+The tables written are emptied between rounds (untimed) so every round writes
+into tables of the same size.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
-from harness import audited_handler, bare_handler, call, environ, measure_rounds, report, send, settings_db  # noqa: I001
+from harness import audited_handler, bare_handler, call, environ, measure_rounds, report, settings_db  # noqa: I001
 
 #: A key for the sealed configuration (any 32 characters or more).
 SEAL_KEY = "benchmark sealing key, long enough for HMAC-SHA256"
@@ -41,12 +39,6 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--requests", type=int, default=10)
     parser.add_argument("--objects", type=int, default=1000)
-    parser.add_argument(
-        "--pairs",
-        type=int,
-        default=100,
-        help="sealed and unsealed request pairs per block of the alternating comparison",
-    )
     parser.add_argument(
         "--without-signal",
         action="store_true",
@@ -126,6 +118,7 @@ def main() -> None:
         args.requests,
         warmup=3,
         between=clear,
+        interleave=True,
     )
     results = {name: statistics.median(values) for name, values in samples.items()}
     clear()
@@ -139,7 +132,7 @@ def main() -> None:
         f"{LogEntry.objects.filter(action=LogEntry.Action.ACCESS).count()} entries (auditlog store)"
     )
     report(f"List of {args.objects} objects", results, "bare graphene-django")
-    # Sealing against the same store unsealed, round by round (both ran in every round).
+    # Sealing against the same store unsealed, round by round.
     paired = [
         sealed / plain
         for sealed, plain in zip(
@@ -147,32 +140,7 @@ def main() -> None:
         )
     ]
     print(f"  TAMPER_EVIDENCE over the same store unsealed: {statistics.median(paired):5.3f} (median of rounds)")
-    # A few percent is less than what a commit's flush varies by from one round to the
-    # next: sealed and unsealed requests alternate one by one, so both meet the same disk.
-    blocks = [
-        _alternating(
-            with_store("gql_audit"), with_store("gql_audit", sealed=True), environ("/records/audit/", query), args.pairs
-        )
-        for _ in range(args.rounds)
-    ]
-    print(
-        f"  TAMPER_EVIDENCE over the same store unsealed, requests alternating one by one: "
-        f"{statistics.median(blocks):5.3f} (median of {args.rounds} blocks of {args.pairs} pairs; "
-        f"blocks ranged {min(blocks):.3f} - {max(blocks):.3f})"
-    )
     connection.creation.destroy_test_db(connection.settings_dict["NAME"], verbosity=0)
-
-
-def _alternating(plain: Callable[..., Any], sealed: Callable[..., Any], env: dict[str, Any], pairs: int) -> float:
-    """Seconds sealed over seconds unsealed, requests alternating (which goes first alternates too)."""
-    spent = {id(plain): 0.0, id(sealed): 0.0}
-    for n in range(pairs):
-        for app in (plain, sealed) if n % 2 else (sealed, plain):
-            start = time.perf_counter()
-            _, response = send(app, env)
-            spent[id(app)] += time.perf_counter() - start
-            response.close()
-    return spent[id(sealed)] / spent[id(plain)]
 
 
 if __name__ == "__main__":

@@ -118,8 +118,15 @@ def measure_rounds(
     *,
     warmup: int = 20,
     between: Callable[[], None] | None = None,
+    interleave: bool = False,
 ) -> dict[str, list[float]]:
-    """Seconds per request of each round of each configuration, rounds alternating.
+    """Seconds per request of each round of each configuration.
+
+    Rounds alternate configurations (``between`` runs before each); with
+    ``interleave`` the configurations take turns request by request instead
+    (``between`` runs once a round, and which goes first rotates), so that every
+    configuration meets the same machine, disk and database: what a commit's flush
+    costs varies from one second to the next by more than a few percent.
 
     A request is timed up to its response's last byte, as its client sees it;
     the server's ``response.close()`` after that (where ``WRITE_AFTER_RESPONSE``
@@ -129,18 +136,32 @@ def measure_rounds(
         for _ in range(warmup):
             call(app, env)
     samples: dict[str, list[float]] = {name: [] for name in configs}
+    names = list(configs)
     for _ in range(rounds):
+        if interleave:
+            if between is not None:
+                between()
+            elapsed = dict.fromkeys(names, 0.0)
+            for n in range(requests):
+                for name in names[n % len(names) :] + names[: n % len(names)]:
+                    elapsed[name] += _timed(*configs[name])
+            for name in names:
+                samples[name].append(elapsed[name] / requests)
+            continue
         for name, (app, env) in configs.items():
             if between is not None:
                 between()
-            elapsed = 0.0
-            for _ in range(requests):
-                start = time.perf_counter()
-                _, response = send(app, env)
-                elapsed += time.perf_counter() - start
-                response.close()
-            samples[name].append(elapsed / requests)
+            samples[name].append(sum(_timed(app, env) for _ in range(requests)) / requests)
     return samples
+
+
+def _timed(app: WSGIHandler, env: dict) -> float:
+    """Seconds of one request up to its last byte (its ``close()`` not counted)."""
+    start = time.perf_counter()
+    _, response = send(app, env)
+    elapsed = time.perf_counter() - start
+    response.close()
+    return elapsed
 
 
 def report(title: str, results: dict[str, float], baseline: str, unit: str = "request") -> None:

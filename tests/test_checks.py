@@ -188,6 +188,7 @@ def test_sealing_needs_log_entries_on_the_audit_database(settings, monkeypatch, 
     # Sealing off, or the same database under another alias: nothing to report.
     settings.GQL_AUDIT = {"TAMPER_EVIDENCE": None}
     assert ids() == []
-    monkeypatch.setitem(connections.settings, "elsewhere", {**elsewhere, "NAME": connections.settings["default"]["NAME"]})
+    same = {**elsewhere, "NAME": connections.settings["default"]["NAME"]}
+    monkeypatch.setitem(connections.settings, "elsewhere", same)
     settings.GQL_AUDIT = {"TAMPER_EVIDENCE": {"key": "k" * 32}}
     assert ids() == []
