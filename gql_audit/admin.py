@@ -919,7 +919,7 @@ class AccessHistoryAdminMixin(_ModelAdmin):
         if not self.has_view_or_change_permission(request, obj) or not (may["reads"] or may["changes"]):
             raise PermissionDenied
         limit = self.access_history_limit
-        reads = reads_of(obj)[:limit] if may["reads"] else []
+        reads = reads_of(obj, limit=limit) if may["reads"] else []
         changes = (
             list(
                 LogEntry.objects.get_for_object(obj)

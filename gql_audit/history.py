@@ -77,22 +77,33 @@ class Trail:
     events: QuerySet[SecurityEvent]
 
 
-def reads_of(target: Model | type[Model], pk: Any = None, *, using: str | None = None) -> list[Read]:
-    """The reads of one object, newest first: ``reads_of(instance)`` or ``reads_of(Model, pk)``."""
+def reads_of(
+    target: Model | type[Model], pk: Any = None, *, using: str | None = None, limit: int | None = None
+) -> list[Read]:
+    """The reads of one object, newest first: ``reads_of(instance)`` or ``reads_of(Model, pk)``;
+    the newest ``limit`` of them when given."""
     model, pk = (type(target), target.pk) if isinstance(target, Model) else (target, pk)
     if pk is None:
         raise ValueError("reads_of() needs an instance, or a model and a primary key")
-    return reads_of_objects([(model, pk)], using=using)
+    return reads_of_objects([(model, pk)], using=using, limit=limit)
 
 
 def reads_of_objects(
-    targets: Iterable[Target], *, since: datetime.datetime | None = None, using: str | None = None
+    targets: Iterable[Target],
+    *,
+    since: datetime.datetime | None = None,
+    using: str | None = None,
+    limit: int | None = None,
 ) -> list[Read]:
     """The reads of many objects, newest first, in a few queries whatever their number.
 
     ``targets`` holds instances or ``(Model, pk)`` pairs; an instance without a
-    primary key is skipped. ``since`` keeps the reads written at or after it.
+    primary key is skipped. ``since`` keeps the reads written at or after it;
+    ``limit`` the newest that many: then only their rows are loaded whole, however
+    many times the objects were read.
     """
+    if limit is not None and limit < 0:
+        raise ValueError("limit must be None or at least 0")
     objects = _objects(targets)
     alias = using or audit_alias()
     keys = {object_key(model, pk): (model, pk) for model, pk in objects}
@@ -100,7 +111,7 @@ def reads_of_objects(
     rows = RequestReads.objects.using(alias).order_by()
     if since is not None:
         rows = rows.filter(at__gte=since)
-    by_id: dict[Any, RequestReads] = {}
+    matching: list[Any] = []
     postgres = connections[alias].vendor in POSTGRES_VENDORS
     for chunk in _chunks(sorted(keys)):
         if postgres:
@@ -111,11 +122,20 @@ def reads_of_objects(
             if since is not None:
                 index = index.filter(at__gte=since)
             found = rows.filter(id__in=index.values("reads_id"))
-        by_id.update((row.id, row) for row in found)
+        matching.append(found)
+    if limit is None:
+        by_id = {row.id: row for found in matching for row in found}
+    else:
+        # The rows' ids and times first (narrow), then only the newest ``limit`` rows whole:
+        # each row holds at least one read of the objects, all at the row's time.
+        stamps = {row_id: at for found in matching for row_id, at in found.values_list("id", "at")}
+        newest = sorted(stamps, key=stamps.__getitem__, reverse=True)[:limit]
+        by_id = {row.id: row for chunk in _chunks(newest) for row in rows.filter(id__in=chunk)}
     wanted = frozenset(keys)
     reads = [read for row in by_id.values() for read in reads_in_row(row, only=wanted)]
-    reads.extend(reads_of_entries(_entries_of(objects, alias, since=since, access=True)))
-    return sorted(reads, key=lambda read: read.at, reverse=True)
+    reads.extend(reads_of_entries(_entries_of(objects, alias, since=since, access=True, limit=limit)))
+    reads.sort(key=lambda read: read.at, reverse=True)
+    return reads if limit is None else reads[:limit]
 
 
 def changes_of_objects(
@@ -145,9 +165,15 @@ def _chunks(items: list[Any]) -> Iterable[list[Any]]:
 
 
 def _entries_of(
-    objects: list[tuple[type[Model], Any]], alias: str, *, since: datetime.datetime | None, access: bool
+    objects: list[tuple[type[Model], Any]],
+    alias: str,
+    *,
+    since: datetime.datetime | None,
+    access: bool,
+    limit: int | None = None,
 ) -> list[Any]:
-    """auditlog entries of these objects: only ACCESS ones, or all but those."""
+    """auditlog entries of these objects: only ACCESS ones, or all but those (the newest
+    ``limit`` of each chunk of objects when given: enough for the newest ``limit`` overall)."""
     from auditlog import get_logentry_model
     from django.contrib.contenttypes.models import ContentType
 
@@ -164,7 +190,8 @@ def _entries_of(
     found: list[Any] = []
     for content_type, pks in pks_by_type.items():
         for chunk in _chunks(pks):
-            found.extend(entries.filter(content_type=content_type, object_pk__in=chunk))
+            chunk_entries = entries.filter(content_type=content_type, object_pk__in=chunk)
+            found.extend(chunk_entries if limit is None else chunk_entries.order_by("-timestamp")[:limit])
     return found
 
 

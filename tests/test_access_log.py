@@ -209,6 +209,26 @@ def test_reads_of_an_object_newest_first(gql, users):
         reads_of(Document)
 
 
+def test_reads_of_with_a_limit_loads_only_the_newest(gql, users, settings, monkeypatch):
+    from gql_audit import history
+
+    doc = users["alice"].documents.get(classification="public")
+    for n, store in enumerate(["gql_audit", "auditlog", "gql_audit", "auditlog", "gql_audit"]):
+        settings.GQL_AUDIT = {**settings.GQL_AUDIT, "ACCESS_STORE": store}
+        gql("{ publicDocuments { title } }", headers={"X-Request-ID": f"read-{n}"})
+    everything = reads_of(doc)
+    assert [r.request_id for r in everything] == [f"read-{n}" for n in range(4, -1, -1)]
+    rows_loaded = []
+    whole_rows = history.reads_in_row
+    monkeypatch.setattr(history, "reads_in_row", lambda row, **kw: rows_loaded.append(row) or whole_rows(row, **kw))
+    for limit in (0, 1, 2, 3, 10):
+        rows_loaded.clear()
+        assert reads_of(doc, limit=limit) == everything[:limit]
+        assert len(rows_loaded) <= limit  # the other stored rows were never loaded whole
+    with pytest.raises(ValueError):
+        reads_of(doc, limit=-1)
+
+
 @pytest.mark.django_db(transaction=True)
 def test_reads_survive_the_rollback_of_the_request(client, users, monkeypatch):
     from tests.conftest import post_graphql
