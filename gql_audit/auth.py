@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from gql_audit.errors import AUTH_UNAVAILABLE, MESSAGES, TOKEN_EXPIRED, TOKEN_INVALID, sqlstate_of
+from gql_audit.errors import AUTH_UNAVAILABLE, MESSAGES, TOKEN_EXPIRED, TOKEN_INVALID, describe_database_error
 
 if TYPE_CHECKING:
     from django.http import HttpRequest
@@ -83,26 +83,11 @@ def dependency_failure(exc: BaseException) -> BaseException | None:
 
 
 def describe_dependency_failure(exc: BaseException) -> tuple[str, str]:
-    """``(reason, sqlstate)`` for an operator, without hosts, ports or credentials.
-
-    A driver's text for a connection failure names the host, port and user
-    (``connection to server at "10.0.0.5", port 5432 failed``): only the
-    exception class and SQLSTATE are kept, with the server's own primary
-    message where the server answered and the failure is not about connecting
-    or logging in (SQLSTATE classes 08 and 28).
-    """
-    sqlstate = sqlstate_of(exc)
-    reason = type(exc).__name__
+    """``(reason, sqlstate)`` for an operator, without hosts, ports or credentials
+    (see :func:`gql_audit.errors.describe_database_error`)."""
     if isinstance(exc, AuthUnavailable):
-        return f"{reason}: {exc}"[:500], ""
-    # Django wraps the driver's error: the server's diagnostics are on its cause.
-    diag = getattr(exc, "diag", None) or getattr(exc.__cause__, "diag", None)
-    primary = getattr(diag, "message_primary", None)
-    if sqlstate:
-        reason += f" (SQLSTATE {sqlstate})"
-        if isinstance(primary, str) and primary and sqlstate[:2] not in ("08", "28"):
-            reason += f": {primary}"
-    return reason[:500], sqlstate
+        return f"{type(exc).__name__}: {exc}"[:500], ""
+    return describe_database_error(exc)
 
 
 def classify(exc: BaseException) -> AuthError:

@@ -45,3 +45,32 @@ def sqlstate_of(exc: BaseException) -> str:
         current = current.__cause__ or current.__context__
         seen += 1
     return ""
+
+
+def describe_database_error(exc: BaseException) -> tuple[str, str]:
+    """``(text, sqlstate)`` of a database error for an event, without hosts, ports,
+    credentials or the values of rows.
+
+    A driver's text names the host, port and user of a connection that failed
+    (``connection to server at "10.0.0.5", port 5432 failed``), and PostgreSQL's
+    DETAIL the values of the row refused (``Key (email)=(ann@example.org) already
+    exists``). Kept: the exception class and SQLSTATE, with the server's primary
+    message where the server answered and the failure is not about connecting or
+    logging in (SQLSTATE classes 08 and 28). SQLite's own texts, which name tables
+    and constraints but no values, are kept whole; any other error without a
+    SQLSTATE keeps its class only.
+    """
+    import sqlite3
+
+    sqlstate = sqlstate_of(exc)
+    reason = type(exc).__name__
+    # Django wraps the driver's error: the server's diagnostics are on its cause.
+    diag = getattr(exc, "diag", None) or getattr(exc.__cause__, "diag", None)
+    primary = getattr(diag, "message_primary", None)
+    if sqlstate:
+        reason += f" (SQLSTATE {sqlstate})"
+        if isinstance(primary, str) and primary and sqlstate[:2] not in ("08", "28"):
+            reason += f": {primary}"
+    elif isinstance(exc, sqlite3.Error) or isinstance(exc.__cause__, sqlite3.Error):
+        reason += f": {exc}"
+    return reason[:500], sqlstate

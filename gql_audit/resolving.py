@@ -37,7 +37,14 @@ from gql_audit import context
 from gql_audit.access import SCALARS, plain_path, record_value, unread
 from gql_audit.compat import introspection_field_defs
 from gql_audit.conf import conf
-from gql_audit.errors import CLIENT_CERT_REQUIRED, INTERNAL_ERROR, INTROSPECTION_DISABLED, MESSAGES, UNAUTHENTICATED
+from gql_audit.errors import (
+    CLIENT_CERT_REQUIRED,
+    INTERNAL_ERROR,
+    INTROSPECTION_DISABLED,
+    MESSAGES,
+    UNAUTHENTICATED,
+    describe_database_error,
+)
 from gql_audit.events import classify_resolver_error, record_event
 from gql_audit.visibility import INTROSPECTION_FIELDS, PRIVATE, SchemaRules, build_rules, marking, root_types
 
@@ -159,7 +166,8 @@ def failed(exc: Exception, info: Any, args: dict[str, Any] | None = None) -> Gra
     ctx.error_codes.add(INTERNAL_ERROR if replacement is not None else str(code) if code else kind.upper())
     record_event(
         kind,
-        message=str(exc),
+        # A database's own text can name hosts and hold the values of rows: not stored.
+        message=describe_database_error(original)[0] if kind == "db_error" else str(exc),
         path=path,
         sqlstate=sqlstate,
         details={

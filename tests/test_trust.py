@@ -284,7 +284,35 @@ def test_interface_errors_are_database_errors_too(client, users, monkeypatch):
     replace_resolver(monkeypatch, "me", closed)
     response = post_graphql(client, "{ me { username } }", token=make_token("alice"), headers={"X-Request-ID": "ie"})
     assert codes(response.json()) == {("me",): "INTERNAL_ERROR"} and "10.1.2.3" not in response.content.decode()
-    assert [e.kind for e in events("ie")] == ["db_error"]
+    (event,) = events("ie")
+    assert event.kind == "db_error" and event.message == "InterfaceError" and "10.1.2.3" not in str(event.details)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_database_error_event_keeps_no_value_of_the_row(client, users, monkeypatch):
+    """PostgreSQL's DETAIL quotes the values of the row it refused: the event keeps the
+    class, SQLSTATE and primary message (which names the constraint), not the values."""
+    from django.db import connection
+
+    def duplicate(root, info):
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "INSERT INTO auth_user (password, is_superuser, username, first_name, last_name, email, is_staff,"
+                " is_active, date_joined) SELECT password, false, username, '', '', 'secret-row@example.org',"
+                " false, true, date_joined FROM auth_user WHERE username = 'alice'"
+            )
+
+    replace_resolver(monkeypatch, "me", duplicate)
+    response = post_graphql(client, "{ me { username } }", token=make_token("alice"), headers={"X-Request-ID": "dup"})
+    assert codes(response.json()) == {("me",): "INTERNAL_ERROR"}
+    (event,) = events("dup")
+    assert event.kind == "db_error" and "IntegrityError" in event.message
+    if connection.vendor == "postgresql":
+        assert event.sqlstate == "23505" and "unique constraint" in event.message
+        assert "alice" not in event.message and "(username)" not in event.message
+    else:
+        assert "UNIQUE constraint failed: auth_user.username" in event.message
+    assert "secret-row" not in event.message + str(event.details)
 
 
 def test_mask_all_and_none(client, users, settings, monkeypatch):
