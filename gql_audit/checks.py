@@ -173,10 +173,21 @@ def _check_tamper_evidence(value: Any) -> list[Any]:
     if not isinstance(value, dict):
         return [_invalid(name, "must be None or a dict with 'key' (and 'previous_keys').")]
     errors = [_invalid(name, f"has an unknown key {k!r}.") for k in sorted(set(value) - {"key", "previous_keys"})]
-    keys = [value.get("key"), *(value.get("previous_keys") or [])]
-    if not isinstance(value.get("previous_keys", []), (list, tuple)):
+    from gql_audit.sealing import retirement
+
+    previous = value.get("previous_keys") or []
+    if not isinstance(previous, (list, tuple)):
         errors.append(_invalid(name, "['previous_keys'] must be a list of the keys used before."))
-        keys = keys[:1]
+        previous = []
+    keys = [value.get("key")]
+    for entry in previous:
+        if isinstance(entry, dict):
+            if set(entry) - {"key", "until"} or retirement(entry.get("until")) is None:
+                errors.append(
+                    _invalid(name, "a previous key given as a dict takes 'key' and 'until' (a time with its offset).")
+                )
+            entry = entry.get("key")
+        keys.append(entry)
     for key in keys:
         if not isinstance(key, str) or len(key) < MIN_KEY_LENGTH:
             errors.append(_invalid(name, f"keys must be strings of at least {MIN_KEY_LENGTH} characters."))

@@ -95,8 +95,8 @@ class Seal(models.Model):
     """``TAMPER_EVIDENCE``: the records one request (or one write) left, sealed in a chain.
 
     ``entries`` lists ``[kind, pk, sha256 of the stored record, subkind, actor pk, time]``;
-    ``mac`` is the HMAC of the chain, position, previous seal's ``mac``, time, key
-    and entries. ``python manage.py gql_audit_verify`` walks the chains.
+    ``mac`` is the HMAC of the chain, position, ``previous`` (the previous seal's
+    ``mac``), time, key and entries. ``python manage.py gql_audit_verify`` walks the chains.
     """
 
     #: Keyed by its place, nothing else: one index to maintain per request. The chain
@@ -108,6 +108,9 @@ class Seal(models.Model):
     at = models.DateTimeField()
     key_id = models.CharField(max_length=16)
     entries = models.JSONField(default=list)
+    #: The ``mac`` of the seal before it (the chain's anchor for the first): covered by
+    #: ``mac``, so each seal can be checked on its own, even next to a missing one.
+    previous = models.CharField(max_length=64)
     mac = models.CharField(max_length=64)
 
     class Meta:

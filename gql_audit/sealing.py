@@ -29,6 +29,7 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import os
 import threading
 import uuid
 from collections.abc import Iterable, Mapping
@@ -64,9 +65,37 @@ def key_id(key: str) -> str:
 
 def keys() -> dict[str, bytes]:
     """``key_id -> key`` of the current key and every previous one."""
+    return {kid: key for kid, (key, _) in _known_keys().items()}
+
+
+def retired() -> dict[str, datetime.datetime]:
+    """``key_id -> until`` of the previous keys given with the time they were retired:
+    nothing sealed with one of them may be dated later."""
+    return {kid: until for kid, (_, until) in _known_keys().items() if until is not None}
+
+
+def retirement(value: Any) -> datetime.datetime | None:
+    """A previous key's ``until``: an aware datetime, or ISO 8601 text with its offset;
+    None when it is neither (system check ``gql_audit.E002`` says so)."""
+    from django.utils.dateparse import parse_datetime
+
+    when = value if isinstance(value, datetime.datetime) else None
+    if isinstance(value, str):
+        try:
+            when = parse_datetime(value)
+        except ValueError:
+            when = None
+    return when if when is not None and timezone.is_aware(when) else None
+
+
+def _known_keys() -> dict[str, tuple[bytes, datetime.datetime | None]]:
     settings = conf.TAMPER_EVIDENCE or {}
-    found = [settings.get("key"), *(settings.get("previous_keys") or ())]
-    return {key_id(k): k.encode() for k in found if isinstance(k, str) and k}
+    found: dict[str, tuple[bytes, datetime.datetime | None]] = {}
+    for entry in [settings.get("key"), *(settings.get("previous_keys") or ())]:
+        key, until = (entry.get("key"), retirement(entry.get("until"))) if isinstance(entry, dict) else (entry, None)
+        if isinstance(key, str) and key:
+            found[key_id(key)] = (key.encode(), until)
+    return found
 
 
 def current_key() -> tuple[str, bytes]:
@@ -116,12 +145,35 @@ def _ip(value: Any) -> Any:
         return value
 
 
+def _json(value: Any) -> Any:
+    """JSON data with its numbers as PostgreSQL's ``jsonb`` (a ``numeric``) gives them back:
+    a float written with an exponent and no fraction (``1e+16``) comes back an integer
+    (``10000000000000000``), ``-0.0`` comes back ``0.0``. ``json.dumps(sort_keys=True)``
+    then gives the data one spelling on every database."""
+    if isinstance(value, float):
+        if value == 0:
+            return 0.0
+        if "e+" in repr(value):
+            return int(decimal.Decimal(repr(value)))
+        return value
+    # Text, whole numbers, booleans and null are left as they are without a call each:
+    # a request's list of object keys is most of what is digested.
+    if isinstance(value, dict):
+        return {key: item if type(item) in _AS_IS else _json(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [item if type(item) in _AS_IS else _json(item) for item in value]
+    return value
+
+
+_AS_IS = frozenset({str, int, bool, type(None)})
+
+
 def _converter(field: Any) -> Any:
     """How a column's value, as the database returns it, becomes canonical JSON data (None: as is)."""
     from django.db.models import GenericIPAddressField, JSONField
 
     if isinstance(field, JSONField):
-        return None  # already JSON data; json.dumps(sort_keys=True) gives it one spelling
+        return _json
     if isinstance(field, GenericIPAddressField):
         return _ip
     return _plain
@@ -216,9 +268,14 @@ def record_kinds() -> dict[str, RecordKind]:
 
 def entry_for(kind: RecordKind, row: dict[str, Any]) -> list[Any]:
     """``[kind, pk, digest, subkind, actor pk, time]``: what a seal says of one record."""
-    actor = row.get(kind.actor) if kind.actor else None
     pk = str(row[kind.model._meta.pk.attname])
-    return [kind.name, pk, kind.digest(row), kind.subkind(row), actor, _plain(row[kind.at])]
+    return [kind.name, pk, kind.digest(row), kind.subkind(row), actor_text(kind, row), _plain(row[kind.at])]
+
+
+def actor_text(kind: RecordKind, row: dict[str, Any]) -> str | None:
+    """The record's actor key as a seal names it: text, whatever the user model's key."""
+    actor = row.get(kind.actor) if kind.actor else None
+    return None if actor is None else str(actor)
 
 
 def seal_text(seal_chain: str, seq: int, previous: str, at: str, kid: str, entries: list[Any]) -> list[str]:
@@ -261,12 +318,24 @@ class _Writer(threading.local):
 _writer = _Writer()
 
 
+def forget() -> None:
+    """Start a new chain at this thread's next seal (after a seal failed: whether its
+    position was taken cannot be known)."""
+    _writer.__init__()  # type: ignore[misc]
+
+
+# A child process must not go on with its parent's chain: both would write its next position.
+os.register_at_fork(after_in_child=forget)
+
+
 def _chain_for(alias: str, now: datetime.datetime, kid: str, key: bytes) -> tuple[SealChain, int, str, bool]:
     """This thread's chain for today and its head: ``(chain, seq, mac, new)``."""
     writer = _writer
     if writer.pending is not None and not pending_on_commit(connections[alias], writer.pending[2]):
-        # The transaction (or savepoint) that wrote the pending seal was rolled back.
-        writer.pending = None
+        # Neither run nor waiting: rolled back with its transaction (or savepoint), or
+        # committed with a callback registered before ours raising, which stops Django
+        # running the rest. Which one cannot be known: the thread starts a new chain.
+        writer.pending = writer.committed = None
     if writer.pending is not None:
         chain = writer.chain
         assert chain is not None
@@ -319,7 +388,7 @@ def append(alias: str, entries: list[Any], insert: list[Model] | None = None) ->
     chain, seq, previous, new = _chain_for(alias, now, kid, key)
     seq += 1
     seal_mac = mac(key, *seal_text(chain.chain, seq, previous, _plain(now), kid, entries))
-    seal = Seal(chain=chain.chain, seq=seq, at=now, key_id=kid, entries=entries, mac=seal_mac)
+    seal = Seal(chain=chain.chain, seq=seq, at=now, key_id=kid, entries=entries, previous=previous, mac=seal_mac)
     chain.head_seq, chain.head_mac, chain.key_id = seq, seal_mac, kid
     chain.mac = mac(key, *chain_text(chain))
     one_statement = not new and connection.vendor in POSTGRES_VENDORS

@@ -559,7 +559,9 @@ def _error_text(exc: BaseException, ctx: context.RequestContext | None) -> str:
 
 
 def _seal_failed(exc: BaseException, ctx: context.RequestContext | None, written: dict[str, Any] | None = None) -> None:
-    """The fallback log's line for records written without their seal."""
+    """The fallback log's line for records written without their seal (the thread's next
+    seal starts a new chain: whether this one's position was taken cannot be known)."""
+    sealing.forget()
     payload = {"event": "seal_failed", "error": _error_text(exc, ctx), **(written or {})}
     log_payload(audit_logger, logging.ERROR, payload)
 

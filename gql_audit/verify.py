@@ -1,24 +1,39 @@
 """Verify the sealed trail (``TAMPER_EVIDENCE``): what ``gql_audit_verify`` runs.
 
-Every chain is walked from its anchor (or the point a ``--since`` starts at):
-each seal's HMAC must follow from the one before, its positions must have no gap
-up to the chain's sealed head, and each record a seal lists must still be
-stored as it was. Records the seals do not list, stored since sealing began,
-were inserted. Records a purge checkpoint covers may be gone.
+Every chain is walked from its anchor (or the point a ``--since`` starts at).
+Each seal is checked on its own: its HMAC covers its chain, position, time, key,
+entries and the HMAC of the seal before it, which it stores, so a seal next to a
+missing one is still checked, and only the entries of a seal that checks are
+believed. Each seal must follow the one before it, positions must have no gap
+up to the chain's sealed head (checked whatever ``--since`` says), and each
+record a seal lists must still be stored as it was. Records the seals do not
+list, stored since sealing began (or at any time, with ``all_sealed``), were
+inserted. Records a purge checkpoint covers may be gone.
+
+Whatever the tables hold, verification reports and does not crash: a seal whose
+entries cannot even be read is forged, a record whose key or time is not one was
+inserted.
 """
 
 from __future__ import annotations
 
 import datetime
 import hmac
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
+from django.db import connections
+from django.db.models import JSONField, TextField
+from django.db.models.functions import Cast
+from django.utils.dateparse import parse_datetime
 
 from gql_audit import sealing
-from gql_audit.models import Seal, SealChain
+from gql_audit.dbcontext import POSTGRES_VENDORS
+from gql_audit.models import ReadObject, Seal, SealChain
 
 CHUNK = 1000
 
@@ -26,10 +41,11 @@ CHUNK = 1000
 @dataclass(frozen=True)
 class Problem:
     #: ``edited``, ``deleted``, ``inserted`` (records); ``seal missing``, ``seal forged``,
-    #: ``chain edited``, ``unknown key`` (the seals themselves).
+    #: ``chain edited``, ``unknown key``, ``retired key`` (the seals themselves).
     what: str
     #: ``event``, ``reads``, ``entry`` (a record), or ``seal`` / ``chain``.
     kind: str
+    #: The record's key; a seal's position (``first-last`` for a run of missing seals).
     id: str
     chain: str = ""
     position: int | None = None
@@ -60,84 +76,177 @@ class Report:
 class _Sealed:
     digest: str
     subkind: str
-    actor: Any
+    actor: str | None
     at: str
     chain: str
     position: int
 
 
-def verify(since: datetime.datetime | None = None, using: str = "default") -> Report:
-    """Check every seal and every record written since ``since`` (all when None)."""
-    keys = sealing.keys()
-    report = Report()
-    sealed: dict[tuple[str, str], _Sealed] = {}
-    checkpoints: list[tuple[str, str]] = []
-    chains = SealChain.objects.using(using).order_by("started_at")
+@dataclass
+class _Walk:
+    """What the walk of the chains collects for the check of the records."""
+
+    report: Report
+    keys: dict[str, bytes]
+    using: str
+    since: datetime.datetime | None
+    all_sealed: bool
+    #: ``key_id -> until`` of retired keys: nothing they seal may be dated later.
+    retired: dict[str, datetime.datetime] = field(default_factory=dict)
+    #: When the first chain started (None: no chain).
     first_start: datetime.datetime | None = None
-    for chain in chains:
-        report.chains += 1
-        first_start = chain.started_at if first_start is None else min(first_start, chain.started_at)
-        _walk(chain, keys, since, using, report, sealed, checkpoints)
+    sealed: dict[tuple[str, str], _Sealed] = field(default_factory=dict)
+    checkpoints: list[tuple[str, str]] = field(default_factory=list)
+    #: ``(kind, pk)`` listed by seals whose key is not known: not checked, and not
+    #: reported as inserted either (the ``unknown key`` problem says why).
+    unverifiable: set[tuple[str, str]] = field(default_factory=set)
+
+    def cannot_check(self, entries: list[Any] | None) -> None:
+        for entry in entries or ():
+            if isinstance(entry, list) and len(entry) == 6:
+                self.unverifiable.add((str(entry[0]), str(entry[1])))
+
+
+def verify(
+    since: datetime.datetime | None = None, using: str = "default", *, all_sealed: bool = False
+) -> Report:
+    """Check every seal and every record written since ``since`` (all when None).
+
+    ``all_sealed``: sealing was on before the first record was written, so a record
+    no seal lists is reported as inserted however old it claims to be (otherwise a
+    record dated before the first chain is only counted as not covered).
+    """
+    walk = _Walk(Report(), sealing.keys(), using, since, all_sealed, sealing.retired())
+    for chain in SealChain.objects.using(using).order_by("started_at"):
+        walk.report.chains += 1
+        if walk.first_start is None or chain.started_at < walk.first_start:
+            walk.first_start = chain.started_at
+        _walk(chain, walk)
     for name, kind in sealing.record_kinds().items():
-        _check_records(name, kind, since, first_start, using, report, sealed, checkpoints)
-    return report
+        _check_records(name, kind, walk)
+    return walk.report
 
 
-def _walk(
-    chain: SealChain,
-    keys: dict[str, bytes],
-    since: datetime.datetime | None,
-    using: str,
-    report: Report,
-    sealed: dict[tuple[str, str], _Sealed],
-    checkpoints: list[tuple[str, str]],
-) -> None:
-    key = keys.get(chain.key_id)
+def _missing(walk: _Walk, chain: SealChain, first: int, last: int) -> None:
+    """One problem for the seals ``first`` to ``last`` (none when ``first > last``)."""
+    if first > last:
+        return
+    ident, detail = (str(first), "") if first == last else (f"{first}-{last}", f"{last - first + 1} seals")
+    walk.report.problems.append(Problem("seal missing", "seal", ident, chain.chain, first, detail))
+
+
+def _entries(text: str | None) -> list[Any] | None:
+    """A seal's entries from their stored text, or None when they cannot be read."""
+    try:
+        entries = json.loads(text) if isinstance(text, str) else None
+    except (ValueError, RecursionError):
+        return None
+    return entries if isinstance(entries, list) else None
+
+
+def _walk(chain: SealChain, walk: _Walk) -> None:
+    seals = Seal.objects.using(walk.using).filter(chain=chain.chain, seq__gt=chain.base_seq)
+    key = walk.keys.get(chain.key_id)
     if key is None:
-        report.problems.append(Problem("unknown key", "chain", chain.chain, chain.chain, None, chain.key_id))
+        walk.report.problems.append(Problem("unknown key", "chain", chain.chain, chain.chain, None, chain.key_id))
+        for text in seals.annotate(entries_text=Cast("entries", TextField())).values_list("entries_text", flat=True):
+            walk.cannot_check(_entries(text))
         return
     chain_ok = hmac.compare_digest(chain.mac, sealing.mac(key, *sealing.chain_text(chain)))
     if not chain_ok:
-        report.problems.append(Problem("chain edited", "chain", chain.chain, chain.chain))
-    seals = Seal.objects.using(using).filter(chain=chain.chain, seq__gt=chain.base_seq).order_by("seq")
-    expected, previous = chain.base_seq + 1, chain.base_mac
-    if since is not None:
-        first = seals.filter(at__gte=since).first()
+        walk.report.problems.append(Problem("chain edited", "chain", chain.chain, chain.chain))
+    elif _after_retirement(chain.key_id, chain.started_at, walk):
+        walk.report.problems.append(Problem("retired key", "chain", chain.chain, chain.chain, None, chain.key_id))
+    start: int | None = chain.base_seq + 1
+    #: The HMAC the next seal must name as its previous one (None: cannot be known).
+    follows: str | None = chain.base_mac
+    if walk.since is not None:
+        first = seals.filter(at__gte=walk.since).order_by("seq").values_list("seq", flat=True).first()
         if first is None:
-            return
-        before = Seal.objects.using(using).filter(chain=chain.chain, seq=first.seq - 1).first()
-        if first.seq - 1 > chain.base_seq:
-            expected, previous = first.seq, before.mac if before is not None else ""
-        seals = seals.filter(seq__gte=first.seq)
-    last = chain.base_seq
-    for seal in seals.iterator(chunk_size=CHUNK):
-        report.seals += 1
-        for missing in range(expected, seal.seq):
-            report.problems.append(Problem("seal missing", "seal", str(missing), chain.chain, missing))
-        if seal.seq != expected:
-            previous = ""  # the link to a missing seal cannot be checked
-        seal_key = keys.get(seal.key_id)
-        if seal_key is None:
-            report.problems.append(Problem("unknown key", "seal", str(seal.seq), chain.chain, seal.seq, seal.key_id))
-        elif previous:
-            text = sealing.seal_text(
-                chain.chain, seal.seq, previous, sealing._plain(seal.at), seal.key_id, seal.entries
-            )
-            if not hmac.compare_digest(seal.mac, sealing.mac(seal_key, *text)):
-                report.problems.append(Problem("seal forged", "seal", str(seal.seq), chain.chain, seal.seq))
-        for entry in seal.entries if isinstance(seal.entries, list) else []:
-            if not isinstance(entry, list) or len(entry) != 6:
-                continue
-            name, pk, digest, subkind, actor, at = entry
-            if name == sealing.PURGE:
-                checkpoints.append((str(pk), str(digest)))
-                continue
-            sealed[(str(name), str(pk))] = _Sealed(str(digest), str(subkind), actor, str(at), chain.chain, seal.seq)
-        previous, expected, last = seal.mac, seal.seq + 1, seal.seq
-    for missing in range(last + 1, chain.head_seq + 1):
-        report.problems.append(Problem("seal missing", "seal", str(missing), chain.chain, missing))
-    if chain_ok and last == chain.head_seq and previous and previous != chain.head_mac:
-        report.problems.append(Problem("seal forged", "seal", str(last), chain.chain, last, "not the sealed head"))
+            start = None  # nothing in the window: only the chain's head is checked
+        elif first > chain.base_seq + 1:
+            follows = seals.filter(seq=first - 1).values_list("mac", flat=True).first()
+            if follows is None:
+                _missing(walk, chain, first - 1, first - 1)
+            start = first
+    last_seq, last_mac = chain.base_seq, chain.base_mac
+    if start is None:
+        newest = seals.order_by("-seq").values_list("seq", "mac").first()
+        if newest is not None:
+            last_seq, last_mac = newest
+    else:
+        rows = (
+            seals.filter(seq__gte=start)
+            .order_by("seq")
+            .annotate(entries_text=Cast("entries", TextField()))
+            .values_list("seq", "at", "key_id", "previous", "mac", "entries_text")
+        )
+        expected = start
+        for seq, at, kid, previous, seal_mac, text in rows.iterator(chunk_size=CHUNK):
+            walk.report.seals += 1
+            _missing(walk, chain, expected, seq - 1)
+            if seq != expected:
+                follows = None
+            genuine = _check_seal(chain, seq, at, kid, previous, seal_mac, _entries(text), follows, walk)
+            # After a forged seal the next one's link cannot be checked: its stored HMAC may be the forger's.
+            follows, expected = (seal_mac if genuine else None), seq + 1
+            last_seq, last_mac = seq, seal_mac
+    _missing(walk, chain, last_seq + 1, chain.head_seq)
+    if chain_ok and last_seq == chain.head_seq and last_mac != chain.head_mac:
+        walk.report.problems.append(
+            Problem("seal forged", "seal", str(last_seq), chain.chain, last_seq, "not the sealed head")
+        )
+
+
+def _check_seal(
+    chain: SealChain,
+    seq: int,
+    at: datetime.datetime,
+    kid: str,
+    previous: str,
+    seal_mac: str,
+    entries: list[Any] | None,
+    follows: str | None,
+    walk: _Walk,
+) -> bool:
+    """Check one seal on its own and its link to the one before; believe its entries
+    only when its HMAC checks. True when it does."""
+    seal_key = walk.keys.get(kid)
+    if seal_key is None:
+        walk.report.problems.append(Problem("unknown key", "seal", str(seq), chain.chain, seq, kid))
+        walk.cannot_check(entries)
+        return False
+    stamp = sealing._plain(at)
+    if entries is None or not hmac.compare_digest(
+        seal_mac, sealing.mac(seal_key, *sealing.seal_text(chain.chain, seq, previous, stamp, kid, entries))
+    ):
+        walk.report.problems.append(Problem("seal forged", "seal", str(seq), chain.chain, seq))
+        return False
+    if _after_retirement(kid, at, walk):
+        walk.report.problems.append(Problem("retired key", "seal", str(seq), chain.chain, seq, kid))
+        return False
+    for entry in entries:
+        if not isinstance(entry, list) or len(entry) != 6:
+            continue  # never written so: the HMAC checked
+        name, pk, digest, subkind, actor, stamp = entry
+        if name == sealing.PURGE:
+            walk.checkpoints.append((str(pk), str(digest)))
+            continue
+        actor_text = None if actor is None else str(actor)
+        walk.sealed[(str(name), str(pk))] = _Sealed(str(digest), str(subkind), actor_text, str(stamp), chain.chain, seq)
+    if follows is not None and previous != follows:
+        # Genuine, but not after the seal stored before it: that one was replaced.
+        walk.report.problems.append(
+            Problem("seal forged", "seal", str(seq - 1), chain.chain, seq - 1, "not the seal its successor follows")
+        )
+    return True
+
+
+def _after_retirement(kid: str, at: datetime.datetime, walk: _Walk) -> bool:
+    """Whether something sealed with key ``kid`` is dated after that key was retired:
+    only someone who kept the retired key can have made it."""
+    until = walk.retired.get(kid)
+    return until is not None and at > until
 
 
 def _chunks(items: list[Any]) -> Iterator[list[Any]]:
@@ -145,51 +254,128 @@ def _chunks(items: list[Any]) -> Iterator[list[Any]]:
         yield items[start : start + CHUNK]
 
 
-def _check_records(
-    name: str,
-    kind: sealing.RecordKind,
-    since: datetime.datetime | None,
-    first_start: datetime.datetime | None,
-    using: str,
-    report: Report,
-    sealed: dict[tuple[str, str], _Sealed],
-    checkpoints: list[tuple[str, str]],
-) -> None:
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        raise _DuplicateKey
+    return found
+
+
+def _respelled(text: Any) -> bool:
+    """Whether a JSON column's stored text says more than its value: a key twice (Python
+    keeps the last value, SQLite's JSON functions the first), or no JSON at all."""
+    if not isinstance(text, str):
+        return False
+    try:
+        json.loads(text, object_pairs_hook=_no_duplicates)
+    except (ValueError, RecursionError):
+        return True
+    return False
+
+
+def _pk_text(pk_field: Any, raw: Any) -> str:
+    """A primary key as a seal names it, from what the database returned (text if it is none)."""
+    try:
+        return str(pk_field.to_python(raw))
+    except (ValidationError, ValueError, TypeError):
+        return str(raw)
+
+
+def _when(raw: Any, reference: datetime.datetime | None) -> datetime.datetime | None:
+    """A stored time, comparable with ``reference``; None when it is not a time."""
+    at = raw if isinstance(raw, datetime.datetime) else parse_datetime(raw) if isinstance(raw, str) else None
+    if at is not None and reference is not None and (at.tzinfo is None) != (reference.tzinfo is None):
+        at = at.replace(tzinfo=reference.tzinfo)  # stored naive, in UTC (USE_TZ)
+    return at
+
+
+def _check_records(name: str, kind: sealing.RecordKind, walk: _Walk) -> None:
+    report, using = walk.report, walk.using
+    vendor = connections[using].vendor
     fields = [*kind.columns(), *([kind.actor] if kind.actor else [])]
+    # SQLite keeps JSON as text: its spelling is checked too, not only its value.
+    raw_json = [f.attname for f in kind.model._meta.concrete_fields if isinstance(f, JSONField)]
+    raw_json = raw_json if vendor == "sqlite" else []
     manager = kind.model._default_manager.using(using)
-    pk_name = kind.model._meta.pk.attname
-    mine = [pk for (kind_name, pk) in sealed if kind_name == name]
+    pk_field = kind.model._meta.pk
+    mine = [pk for (kind_name, pk) in walk.sealed if kind_name == name]
     seen: set[str] = set()
-    users = get_user_model()._default_manager
+    indexed: dict[str, tuple[Any, Any]] = {}
+    users = get_user_model()._default_manager.db_manager(using)
     for chunk in _chunks(mine):
-        for row in manager.filter(pk__in=chunk).values(*fields):
-            pk = str(row[pk_name])
+        rows = manager.filter(pk__in=chunk)
+        if raw_json:
+            rows = rows.annotate(**{f"raw_{n}": Cast(n, TextField()) for n in raw_json})
+        for row in rows.values(*fields, *(f"raw_{n}" for n in raw_json)):
+            pk = str(row[pk_field.attname])
             seen.add(pk)
             report.records += 1
-            info = sealed[(name, pk)]
-            if kind.digest(row) != info.digest:
+            info = walk.sealed[(name, pk)]
+            if kind.digest(row) != info.digest or any(_respelled(row[f"raw_{n}"]) for n in raw_json):
                 report.problems.append(Problem("edited", name, pk, info.chain, info.position))
-            elif kind.actor and row[kind.actor] != info.actor:
-                gone = row[kind.actor] is None and not users.filter(pk=info.actor).exists()
-                if not gone:
-                    report.problems.append(Problem("edited", name, pk, info.chain, info.position, "actor"))
+                continue
+            actor = sealing.actor_text(kind, row)
+            gone = actor is None and info.actor is not None and not users.filter(pk=info.actor).exists()
+            if actor != info.actor and not gone:
+                report.problems.append(Problem("edited", name, pk, info.chain, info.position, "actor"))
+            elif name == sealing.READS and vendor not in POSTGRES_VENDORS:
+                indexed[pk] = (row["keys"], row["at"])
     for pk in mine:
         if pk in seen:
             continue
-        info = sealed[(name, pk)]
-        if not any(_purged(info, scope, cutoff) for scope, cutoff in checkpoints):
+        info = walk.sealed[(name, pk)]
+        if not any(_purged(info, scope, cutoff) for scope, cutoff in walk.checkpoints):
             report.problems.append(Problem("deleted", name, pk, info.chain, info.position))
-    unsealed = manager.order_by()
-    if since is not None:
-        unsealed = unsealed.filter(**{f"{kind.at}__gte": since})
-    for row in unsealed.values(pk_name, kind.at).iterator(chunk_size=CHUNK):
-        pk = str(row[pk_name])
-        if pk in seen:
-            continue
-        if first_start is not None and row[kind.at] >= first_start:
-            report.problems.append(Problem("inserted", name, pk))
-        else:
-            report.not_covered += 1
+    if indexed:
+        _check_object_index(indexed, walk)
+    _find_inserted(name, kind, seen, walk)
+
+
+def _check_object_index(indexed: dict[str, tuple[Any, Any]], walk: _Walk) -> None:
+    """Where reads are found through :class:`ReadObject` rows (SQLite), those rows must be
+    exactly the sealed reads' keys: a row deleted or moved hides a read from ``reads_of``."""
+    for chunk in _chunks(list(indexed)):
+        found: dict[str, set[tuple[str, Any]]] = {pk: set() for pk in chunk}
+        index = ReadObject.objects.using(walk.using).filter(reads_id__in=chunk)
+        for reads_id, key, at in index.values_list("reads_id", "key", "at"):
+            found[str(reads_id)].add((key, at))
+        for pk in chunk:
+            keys, at = indexed[pk]
+            if found[pk] != {(key, at) for key in keys}:
+                info = walk.sealed[(sealing.READS, pk)]
+                walk.report.problems.append(
+                    Problem("edited", sealing.READS, pk, info.chain, info.position, "object index")
+                )
+
+
+def _find_inserted(name: str, kind: sealing.RecordKind, seen: set[str], walk: _Walk) -> None:
+    """Stored records no seal lists. Read as the database returns them, unconverted: a
+    forged row need not hold a key or a time the model could read."""
+    connection = connections[walk.using]
+    quote = connection.ops.quote_name
+    meta = kind.model._meta
+    at_field: Any = meta.get_field(kind.at)
+    sql = f"SELECT {quote(str(meta.pk.column))}, {quote(str(at_field.column))} FROM {quote(meta.db_table)}"
+    params: list[Any] = []
+    if walk.since is not None:
+        sql += f" WHERE {quote(str(at_field.column))} >= %s"
+        params.append(at_field.get_db_prep_value(walk.since, connection))
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        while rows := cursor.fetchmany(CHUNK):
+            for raw_pk, raw_at in rows:
+                pk = _pk_text(meta.pk, raw_pk)
+                if pk in seen or (name, pk) in walk.unverifiable:
+                    continue
+                at = _when(raw_at, walk.first_start)
+                if walk.all_sealed or at is None or (walk.first_start is not None and at >= walk.first_start):
+                    walk.report.problems.append(Problem("inserted", name, pk))
+                else:
+                    walk.report.not_covered += 1
 
 
 def _purged(info: _Sealed, scope: str, cutoff: str) -> bool:

@@ -22,6 +22,11 @@ def test_example_configuration_is_clean():
     assert ids() == []
 
 
+#: A previous key with the time it was retired.
+RETIRED = {"key": "o" * 32, "until": "2026-11-23T08:00:00+00:00"}
+E002 = ["gql_audit.E002"]
+
+
 @pytest.mark.parametrize(
     ("gql_audit", "expected"),
     [
@@ -35,6 +40,12 @@ def test_example_configuration_is_clean():
         ({"TAMPER_EVIDENCE": {"key": "k" * 32, "previous_keys": [None]}}, ["gql_audit.E002"]),
         ({"TAMPER_EVIDENCE": {"key": "k" * 32, "rotate": True}}, ["gql_audit.E002"]),
         ({"TAMPER_EVIDENCE": {"key": "k" * 32, "previous_keys": ["o" * 32]}}, []),
+        ({"TAMPER_EVIDENCE": {"key": "k" * 32, "previous_keys": [RETIRED]}}, []),
+        ({"TAMPER_EVIDENCE": {"key": "k" * 32, "previous_keys": [{**RETIRED, "until": "2026-11-23 08:00"}]}}, E002),
+        ({"TAMPER_EVIDENCE": {"key": "k" * 32, "previous_keys": [{**RETIRED, "until": "soon"}]}}, E002),
+        ({"TAMPER_EVIDENCE": {"key": "k" * 32, "previous_keys": [{"key": "o" * 32}]}}, E002),
+        ({"TAMPER_EVIDENCE": {"key": "k" * 32, "previous_keys": [{**RETIRED, "key": "short"}]}}, E002),
+        ({"TAMPER_EVIDENCE": {"key": "k" * 32, "previous_keys": [{**RETIRED, "when": "now"}]}}, E002),
         ({"INSTRUMENT_SCHEMA": "yes"}, ["gql_audit.E002"]),
         ({"AUDIT_DATABASE": "nowhere"}, ["gql_audit.E002"]),
         ({"AUDIT_DATABASE": 5}, ["gql_audit.E002"]),

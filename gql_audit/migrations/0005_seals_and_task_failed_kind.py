@@ -37,6 +37,7 @@ class Migration(migrations.Migration):
                 ('at', models.DateTimeField()),
                 ('key_id', models.CharField(max_length=16)),
                 ('entries', models.JSONField(default=list)),
+                ('previous', models.CharField(max_length=64)),
                 ('mac', models.CharField(max_length=64)),
             ],
             options={

@@ -22,12 +22,18 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--since", default=None, help="Only records and seals newer than this age, e.g. 30d.")
         parser.add_argument("--database", default=None, help="Database alias (default: GQL_AUDIT AUDIT_DATABASE).")
+        parser.add_argument(
+            "--all-sealed",
+            action="store_true",
+            help="Sealing was on before the first record: report every record no seal lists as inserted, "
+            "however old it claims to be.",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         if not sealing.keys():
             raise CommandError("TAMPER_EVIDENCE has no key: nothing can be verified.")
         since = timezone.now() - parse_age(options["since"], "--since") if options["since"] else None
-        report = verify(since=since, using=options["database"] or audit_alias())
+        report = verify(since=since, using=options["database"] or audit_alias(), all_sealed=options["all_sealed"])
         for problem in report.problems:
             self.stdout.write(str(problem))
         summary = (

@@ -1,0 +1,341 @@
+"""Attacks on ``TAMPER_EVIDENCE`` by someone who can write to the database but has no key.
+
+Each test tampers the way such an attacker would (SQL, or the ORM's ``update``, which is
+one UPDATE statement and sends no signal) and asserts what ``gql_audit_verify`` should
+then report. The SHA-256 of a record is computed with ``RecordKind.digest``: it takes no
+key, so an attacker can compute it too.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+from django.core.management.base import CommandError
+from django.db import connection
+
+from gql_audit import sealing
+from gql_audit.models import RequestReads, Seal, SecurityEvent
+from gql_audit.verify import verify
+from tests.test_tamper import KEY, SECOND_KEY, problems, sealed, sql, traffic  # noqa: F401 - sealed is a fixture
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def sealed_reads(settings):
+    """Sealing on, reads in the ``gql_audit`` store (one ``RequestReads`` row a request)."""
+    settings.GQL_AUDIT = {**settings.GQL_AUDIT, "ACCESS_STORE": "gql_audit", "TAMPER_EVIDENCE": {"key": KEY}}
+    sealing._writer.__init__()
+    return "gql_audit"
+
+
+def seal_listing(kind: str, pk) -> Seal:
+    """The seal whose entries list the record ``(kind, pk)``."""
+    for seal in Seal.objects.order_by("chain", "seq"):
+        if any(isinstance(e, list) and e[:2] == [kind, str(pk)] for e in seal.entries):
+            return seal
+    raise AssertionError(f"no seal lists {kind} {pk}")
+
+
+def redigest(seal: Seal, kind_name: str, pk) -> None:
+    """Rewrite ``seal``'s entry for a record with the digest of the record as it is now
+    (the attacker's own computation: no key involved)."""
+    kind = sealing.record_kinds()[kind_name]
+    (row,) = kind.rows(connection.alias, [pk])
+    entries = [[*e[:2], kind.digest(row), *e[3:]] if e[:2] == [kind_name, str(pk)] else e for e in seal.entries]
+    Seal.objects.filter(chain=seal.chain, seq=seal.seq).update(entries=entries)
+
+
+def delete_seal(chain: str, seq: int) -> None:
+    sql(f"DELETE FROM {Seal._meta.db_table} WHERE chain = %s AND seq = %s", [chain, seq])
+
+
+def event_pk_param(pk: uuid.UUID):
+    return pk if connection.vendor == "postgresql" else pk.hex
+
+
+# --- (a) tampering that goes unreported ----------------------------------------------------
+
+
+@pytest.mark.usefixtures("sealed")
+def test_a_seal_after_a_gap_is_trusted_unchecked_so_the_record_edit_it_hides_is_not_named(client, users):
+    """Deleting seal N leaves seal N+1's HMAC unchecked (its ``previous`` is unknown), yet
+    its entries are still believed: the attacker rewrites them to match an edited record."""
+    traffic(client, users)
+    event = SecurityEvent.objects.get(request_id="r-3")
+    seal = seal_listing("event", event.pk)
+    assert seal.seq > 1
+    sql(f"UPDATE {SecurityEvent._meta.db_table} SET message = %s WHERE id = %s", ["nothing", event_pk_param(event.pk)])
+    redigest(seal, "event", event.pk)
+    delete_seal(seal.chain, seal.seq - 1)
+    found = problems()
+    assert ("seal missing", "seal", str(seal.seq - 1)) in found  # reported today
+    # The edited event (or the rewritten seal that vouches for it) must be reported too.
+    assert any(p[2] == str(event.pk) for p in found) or ("seal forged", "seal", str(seal.seq)) in found, found
+
+
+@pytest.mark.usefixtures("sealed")
+def test_since_an_edit_is_hidden_by_deleting_the_seal_before_the_window(client, users):
+    """``--since``: the first seal in the window is checked against the seal before it;
+    with that one deleted (outside the window) it is not checked at all, and nothing is said."""
+    traffic(client, users)
+    event = SecurityEvent.objects.get(request_id="r-3")
+    seal = seal_listing("event", event.pk)
+    since = seal.at
+    sql(f"UPDATE {SecurityEvent._meta.db_table} SET message = %s WHERE id = %s", ["nothing", event_pk_param(event.pk)])
+    redigest(seal, "event", event.pk)
+    delete_seal(seal.chain, seal.seq - 1)
+    assert problems(since=since) != [], "an edited event inside the --since window verified clean"
+
+
+@pytest.mark.usefixtures("sealed")
+def test_since_a_chain_s_newest_seals_dropped_with_their_records_go_unreported(client, users):
+    """``--since``: a chain with no seal left in the window is skipped whole, its sealed
+    head unchecked: deleting the window's seals and records leaves nothing to report."""
+    traffic(client, users)
+    newest = Seal.objects.order_by("-at").first()
+    assert newest.seq > 1
+    kinds = sealing.record_kinds()
+    for entry in newest.entries:
+        model = kinds[entry[0]].model
+        pk = entry[1] if connection.vendor == "postgresql" or model is not SecurityEvent else uuid.UUID(entry[1]).hex
+        sql(f"DELETE FROM {model._meta.db_table} WHERE id = %s", [pk])
+    delete_seal(newest.chain, newest.seq)
+    assert ("seal missing", "seal", str(newest.seq)) in problems()  # reported without --since
+    assert ("seal missing", "seal", str(newest.seq)) in problems(since=newest.at)
+
+
+def test_a_forged_record_backdated_before_the_first_chain_is_reported_when_all_is_sealed(
+    client, users, sealed_reads, capsys
+):
+    """An INSERT of a forged event dated before the first chain cannot be told from a
+    record written before sealing began: it is counted as such, and the command says how
+    many. Where sealing was on from the first record, ``--all-sealed`` names it."""
+    from auditlog.models import LogEntry
+    from django.core.management import call_command
+
+    LogEntry.objects.all().delete()  # the fixtures' own: as if sealing had been on from the start
+    traffic(client, users)
+    forged = uuid.uuid4()
+    sql(
+        f"INSERT INTO {SecurityEvent._meta.db_table} (id, created_at, kind, severity, request_id, path, message,"
+        " sqlstate, details) SELECT %s, %s, kind, severity, 'forged', path, 'alice logged in from the office',"
+        f" sqlstate, details FROM {SecurityEvent._meta.db_table} WHERE request_id = %s",
+        [event_pk_param(forged), "2001-01-01 00:00:00+00:00", "r-3"],
+    )
+    report = verify()
+    assert report.problems == [] and report.not_covered == 1
+    call_command("gql_audit_verify")
+    assert "1 written before sealing began" in capsys.readouterr().out
+    report = verify(all_sealed=True)
+    assert [(p.what, p.kind, p.id) for p in report.problems] == [("inserted", "event", str(forged))]
+    with pytest.raises(CommandError, match="1 problems"):
+        call_command("gql_audit_verify", "--all-sealed")
+
+
+def test_sqlite_a_duplicate_json_key_changes_what_sql_sees_and_verify_says_nothing(client, users, sealed_reads):
+    """SQLite keeps JSON as text: a duplicate key is read as its last value by Python (the
+    digest) and as its first by SQLite's JSON functions (every ``__key`` lookup)."""
+    if connection.vendor != "sqlite":
+        pytest.skip("PostgreSQL's jsonb keeps one value per key")
+    traffic(client, users)
+    row = RequestReads.objects.get(request_id="r-1")
+    assert RequestReads.objects.filter(actor__username="alice", request_id="r-1").exists()
+    actor = row.actor
+    forged = '{"username": "bob", ' + json.dumps(actor)[1:]  # bob first, alice last
+    sql(f"UPDATE {RequestReads._meta.db_table} SET actor = %s WHERE id = %s", [forged, row.pk.hex])
+    assert RequestReads.objects.get(pk=row.pk).actor == actor  # Python reads the same value ...
+    assert RequestReads.objects.filter(actor__username="bob", request_id="r-1").exists()  # ... SQL does not
+    assert not RequestReads.objects.filter(actor__username="alice", request_id="r-1").exists()
+    assert ("edited", "reads", str(row.pk)) in problems()
+
+
+def test_sqlite_the_object_index_of_reads_is_not_sealed(client, users, sealed_reads):
+    """On SQLite ``reads_of`` answers "who read this object" from ``ReadObject`` rows,
+    which no seal covers: deleting them hides a read and verify says OK."""
+    if connection.vendor != "sqlite":
+        pytest.skip("PostgreSQL answers from the sealed row's own keys")
+    from example_service.models import Document
+    from gql_audit.history import reads_of
+    from gql_audit.models import ReadObject
+
+    traffic(client, users)
+    doc = Document.objects.get(title="alice secret")
+    assert any(read.request_id == "r-1" for read in reads_of(doc))
+    sql(f"DELETE FROM {ReadObject._meta.db_table}")
+    assert reads_of(doc) == []  # alice's read of her secret document is gone from the answer
+    assert problems() != [], "the reads index was emptied and the trail verified clean"
+
+
+# --- (b) crashes and false positives ------------------------------------------------------
+
+
+def test_a_seal_entry_naming_a_malformed_key_is_reported_not_a_crash(client, users, sealed_reads):
+    """A seal whose entries are rewritten to name a key the column cannot hold: verify
+    must report the forged seal, not die with a traceback (and no report at all)."""
+    traffic(client, users)
+    seal = Seal.objects.order_by("seq").first()
+    Seal.objects.filter(chain=seal.chain, seq=seal.seq).update(
+        entries=[["event", "not-a-uuid", "0" * 64, "db_error", None, "2001-01-01T00:00:00+00:00"]]
+    )
+    found = problems()  # raises django.core.exceptions.ValidationError today
+    assert ("seal forged", "seal", str(seal.seq)) in found
+
+
+def test_a_deeply_nested_seal_is_reported_not_a_crash(client, users, sealed_reads):
+    """Entries nested deeper than Python's JSON decoder goes: verify must report, not crash."""
+    traffic(client, users)
+    seal = Seal.objects.order_by("seq").first()
+    depth = 5000
+    if connection.vendor == "sqlite":
+        sql("PRAGMA ignore_check_constraints = ON")  # past JSON_VALID(), which stops at depth 1000
+    sql(
+        f"UPDATE {Seal._meta.db_table} SET entries = %s WHERE chain = %s AND seq = %s",
+        ["[" * depth + "]" * depth, seal.chain, seal.seq],
+    )
+    if connection.vendor == "sqlite":
+        sql("PRAGMA ignore_check_constraints = OFF")
+    found = problems()  # RecursionError today
+    assert ("seal forged", "seal", str(seal.seq)) in found
+
+
+def test_sqlite_a_forged_record_with_a_timestamp_that_is_not_one_is_reported_not_a_crash(client, users, sealed_reads):
+    """SQLite stores a datetime as text and reads text it cannot parse as None: a forged
+    row with such a ``created_at`` makes the search for inserted records compare None."""
+    if connection.vendor != "sqlite":
+        pytest.skip("PostgreSQL's timestamptz holds only timestamps")
+    traffic(client, users)
+    forged = uuid.uuid4()
+    sql(
+        f"INSERT INTO {SecurityEvent._meta.db_table} (id, created_at, kind, severity, request_id, path, message,"
+        " sqlstate, details) SELECT %s, 'x', kind, severity, 'forged', path, message, sqlstate, details"
+        f" FROM {SecurityEvent._meta.db_table} WHERE request_id = %s",
+        [forged.hex, "r-3"],
+    )
+    found = problems()  # TypeError: '>=' not supported between 'NoneType' and 'datetime.datetime' today
+    assert ("inserted", "event", str(forged)) in found
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("value", [1e16, -0.0])
+def test_a_float_jsonb_respells_is_not_tampering(users, sealed_reads, value):
+    """Reads sealed as written (not read back) on PostgreSQL: jsonb stores 1e16 as
+    10000000000000000 and -0.0 as 0.0, so an untouched row no longer matches its digest."""
+    from auditlog.context import set_extra_data
+    from auditlog.signals import accessed
+
+    from example_service.models import Document
+    from tests.test_access_log import service_code
+
+    doc = users["alice"].documents.first()
+    with service_code("float", users["alice"]):
+        with set_extra_data({"ratio": value}):
+            accessed.send(sender=Document, instance=doc)
+    assert RequestReads.objects.filter(request_id="float").exists()
+    assert problems() == []
+
+
+def test_a_key_retired_by_rotation_seals_no_forgery_dated_after(client, users, sealed_reads, settings):
+    """The old key stays in ``previous_keys`` for the retention period. Someone who kept
+    it forges, after the rotation, a new chain sealed with it, vouching for a forged
+    event. Given with the time it was retired, anything it seals dated later is refused."""
+    from django.utils import timezone
+
+    from gql_audit.models import SealChain
+
+    traffic(client, users, prefix="k1")
+    previous = {"key": KEY, "until": timezone.now().isoformat()}
+    settings.GQL_AUDIT = {**settings.GQL_AUDIT, "TAMPER_EVIDENCE": {"key": SECOND_KEY, "previous_keys": [previous]}}
+    sealing._writer.__init__()
+    traffic(client, users, prefix="k2")
+    # The leaver, with the old key and database access only: a forged event, and a chain that seals it.
+    old_key, old_id = KEY.encode(), sealing.key_id(KEY)
+    forged = uuid.uuid4()
+    sql(
+        f"INSERT INTO {SecurityEvent._meta.db_table} (id, created_at, kind, severity, request_id, path, message,"
+        " sqlstate, details) SELECT %s, created_at, kind, severity, 'forged', path, 'forged', sqlstate, details"
+        f" FROM {SecurityEvent._meta.db_table} WHERE request_id = %s",
+        [event_pk_param(forged), "k2-3"],
+    )
+    assert ("inserted", "event", str(forged)) in problems()  # unsealed, it shows
+    row = sealing.record_kinds()["event"].rows(connection.alias, [forged])[0]
+    now = timezone.now()
+    chain = SealChain(chain=f"{uuid.uuid4().hex[:20]}-{now:%Y%m%d}", started_at=now, key_id=old_id)
+    chain.base_mac = sealing.anchor(old_key, chain)
+    entries = [sealing.entry_for(sealing.record_kinds()["event"], row)]
+    seal_mac = sealing.mac(
+        old_key, *sealing.seal_text(chain.chain, 1, chain.base_mac, sealing._plain(now), old_id, entries)
+    )
+    chain.head_seq, chain.head_mac = 1, seal_mac
+    chain.mac = sealing.mac(old_key, *sealing.chain_text(chain))
+    chain.save()
+    Seal.objects.create(
+        chain=chain.chain, seq=1, at=now, key_id=old_id, entries=entries, previous=chain.base_mac, mac=seal_mac
+    )
+    found = problems()
+    assert ("retired key", "chain", chain.chain) in found and ("retired key", "seal", "1") in found
+    assert ("inserted", "event", str(forged)) in found
+
+
+def test_an_on_commit_callback_that_raises_does_not_break_sealing_for_the_thread(users, sealed_reads):
+    """Django stops running a transaction's on_commit callbacks at the first that raises:
+    the writer never learns its seal committed and reuses the position, every later seal of
+    the thread is refused (duplicate key) and its records are reported 'inserted'."""
+    from django.db import transaction
+
+    from gql_audit.events import record_event
+
+    record_event("db_error", message="a chain starts")
+    with pytest.raises(ZeroDivisionError):
+        with transaction.atomic():
+            transaction.on_commit(lambda: 1 / 0)  # the service's own callback, registered first
+            record_event("db_error", message="inside the service's transaction")
+    record_event("db_error", message="afterwards")
+    assert problems() == []
+
+
+def test_a_huge_gap_in_a_chain_is_one_problem_not_one_per_position(client, users, sealed_reads):
+    """One forged seal far ahead in a chain (or a chain row whose head_seq is rewritten) makes
+    verify list every position in between: 10**15 of them exhausts memory, the command never
+    ends. Bounded here to 10**6 so that the test ends."""
+    import time
+
+    traffic(client, users)
+    seal = Seal.objects.order_by("seq").last()
+    Seal.objects.create(chain=seal.chain, seq=seal.seq + 10**6, at=seal.at, key_id=seal.key_id, entries=[], mac="0")
+    started = time.monotonic()
+    report = verify()
+    assert len(report.problems) < 100, f"{len(report.problems)} problems in {time.monotonic() - started:.1f}s"
+
+
+def test_sqlite_a_forged_record_whose_key_is_no_uuid_is_reported_not_a_crash(client, users, sealed_reads):
+    """SQLite holds any text in a UUID column: a forged event whose key is no UUID makes
+    verify die reading the table (and so report nothing)."""
+    if connection.vendor != "sqlite":
+        pytest.skip("PostgreSQL's uuid column refuses such a key")
+    traffic(client, users)
+    sql(
+        f"INSERT INTO {SecurityEvent._meta.db_table} (id, created_at, kind, severity, request_id, path, message,"
+        " sqlstate, details) SELECT 'not-a-uuid', created_at, kind, severity, 'forged', path, message, sqlstate,"
+        f" details FROM {SecurityEvent._meta.db_table} WHERE request_id = %s",
+        ["r-3"],
+    )
+    report = verify()  # ValueError: badly formed hexadecimal UUID string, today
+    assert [(p.what, p.kind) for p in report.problems] == [("inserted", "event")]
+
+
+def test_a_record_whose_actor_key_is_a_uuid_can_be_sealed(users, sealed_reads):
+    """A project whose user model has a UUID key (a common choice): ``entry_for`` puts the
+    actor's key in the entry as it is, and ``Seal.entries`` (no JSON encoder) cannot store
+    a UUID, so every seal naming an actor fails and its records are reported 'inserted'.
+    The user model cannot be swapped inside a test run: the row is the one such a project's
+    SecurityEvent would give."""
+    from gql_audit.events import record_event
+
+    record_event("db_error", message="an event")
+    kind = sealing.record_kinds()["event"]
+    (row,) = kind.rows(connection.alias, [SecurityEvent.objects.get().pk])
+    row["actor_id"] = uuid.uuid4()  # what the actor column holds with a UUID-keyed user model
+    sealing.append(connection.alias, [sealing.entry_for(kind, row)])  # TypeError today
