@@ -47,6 +47,13 @@ def sqlstate_of(exc: BaseException) -> str:
     return ""
 
 
+#: SQLSTATE classes whose primary messages name constraints, relations, columns or
+#: the conflict, not a row's values: integrity constraints (23), transaction state
+#: (25), rollbacks such as serialization failures (40), syntax and access (42),
+#: resources (53, 54), object state and locks (55), operator intervention (57).
+NAMING_CLASSES = frozenset({"23", "25", "40", "42", "53", "54", "55", "57"})
+
+
 def describe_database_error(exc: BaseException) -> tuple[str, str]:
     """``(text, sqlstate)`` of a database error for an event, without hosts, ports,
     credentials or the values of rows.
@@ -55,8 +62,9 @@ def describe_database_error(exc: BaseException) -> tuple[str, str]:
     (``connection to server at "10.0.0.5", port 5432 failed``), and PostgreSQL's
     DETAIL the values of the row refused (``Key (email)=(ann@example.org) already
     exists``). Kept: the exception class and SQLSTATE, with the server's primary
-    message where the server answered and the failure is not about connecting or
-    logging in (SQLSTATE classes 08 and 28). SQLite's own texts, which name tables
+    message for the classes whose messages name objects, never values
+    (:data:`NAMING_CLASSES`: not data exceptions, class 22, which quote the input,
+    nor a trigger's own ``RAISE``, nor connecting and logging in). SQLite's own texts, which name tables
     and constraints but no values, are kept whole; any other error without a
     SQLSTATE keeps its class only.
     """
@@ -69,7 +77,7 @@ def describe_database_error(exc: BaseException) -> tuple[str, str]:
     primary = getattr(diag, "message_primary", None)
     if sqlstate:
         reason += f" (SQLSTATE {sqlstate})"
-        if isinstance(primary, str) and primary and sqlstate[:2] not in ("08", "28"):
+        if isinstance(primary, str) and primary and sqlstate[:2] in NAMING_CLASSES:
             reason += f": {primary}"
     elif isinstance(exc, sqlite3.Error) or isinstance(exc.__cause__, sqlite3.Error):
         reason += f": {exc}"

@@ -93,7 +93,7 @@ def _known_keys() -> dict[str, tuple[bytes, datetime.datetime | None]]:
     found: dict[str, tuple[bytes, datetime.datetime | None]] = {}
     for entry in [settings.get("key"), *(settings.get("previous_keys") or ())]:
         key, until = (entry.get("key"), retirement(entry.get("until"))) if isinstance(entry, dict) else (entry, None)
-        if isinstance(key, str) and key:
+        if isinstance(key, str) and key and key_id(key) not in found:  # the current key is never retired
             found[key_id(key)] = (key.encode(), until)
     return found
 
@@ -414,7 +414,7 @@ def append(alias: str, entries: list[Any], insert: list[Model] | None = None) ->
                 if _writer.pending is not None and _writer.pending[0] == seq:
                     _writer.pending = None
 
-        if connection.in_atomic_block:
+        if connection.in_atomic_block or not connection.get_autocommit():
             _writer.pending = (seq, seal_mac, committed)
             transaction.on_commit(committed, using=alias)
         else:

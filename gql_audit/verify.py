@@ -26,9 +26,10 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
-from django.db import connections
-from django.db.models import JSONField, TextField
+from django.db import DatabaseError, connections, transaction
+from django.db.models import DateTimeField, JSONField, TextField
 from django.db.models.functions import Cast
+from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from gql_audit import sealing
@@ -95,6 +96,8 @@ class _Walk:
     retired: dict[str, datetime.datetime] = field(default_factory=dict)
     #: When the first chain started (None: no chain).
     first_start: datetime.datetime | None = None
+    #: The time of the oldest record a genuine seal lists.
+    earliest: datetime.datetime | None = None
     sealed: dict[tuple[str, str], _Sealed] = field(default_factory=dict)
     checkpoints: list[tuple[str, str]] = field(default_factory=list)
     #: ``(kind, pk)`` listed by seals whose key is not known: not checked, and not
@@ -107,9 +110,7 @@ class _Walk:
                 self.unverifiable.add((str(entry[0]), str(entry[1])))
 
 
-def verify(
-    since: datetime.datetime | None = None, using: str = "default", *, all_sealed: bool = False
-) -> Report:
+def verify(since: datetime.datetime | None = None, using: str = "default", *, all_sealed: bool = False) -> Report:
     """Check every seal and every record written since ``since`` (all when None).
 
     ``all_sealed``: sealing was on before the first record was written, so a record
@@ -119,8 +120,9 @@ def verify(
     walk = _Walk(Report(), sealing.keys(), using, since, all_sealed, sealing.retired())
     for chain in SealChain.objects.using(using).order_by("started_at"):
         walk.report.chains += 1
-        if walk.first_start is None or chain.started_at < walk.first_start:
-            walk.first_start = chain.started_at
+        started = chain.started_at
+        if isinstance(started, datetime.datetime) and (walk.first_start is None or started < walk.first_start):
+            walk.first_start = started
         _walk(chain, walk)
     for name, kind in sealing.record_kinds().items():
         _check_records(name, kind, walk)
@@ -152,6 +154,10 @@ def _walk(chain: SealChain, walk: _Walk) -> None:
         for text in seals.annotate(entries_text=Cast("entries", TextField())).values_list("entries_text", flat=True):
             walk.cannot_check(_entries(text))
         return
+    if not _sound(chain):
+        # Columns that are not what gql_audit writes (SQLite holds any text anywhere).
+        walk.report.problems.append(Problem("chain edited", "chain", chain.chain, chain.chain))
+        return
     chain_ok = hmac.compare_digest(chain.mac, sealing.mac(key, *sealing.chain_text(chain)))
     if not chain_ok:
         walk.report.problems.append(Problem("chain edited", "chain", chain.chain, chain.chain))
@@ -162,28 +168,26 @@ def _walk(chain: SealChain, walk: _Walk) -> None:
     follows: str | None = chain.base_mac
     if walk.since is not None:
         first = seals.filter(at__gte=walk.since).order_by("seq").values_list("seq", flat=True).first()
-        if first is None:
-            start = None  # nothing in the window: only the chain's head is checked
-        elif first > chain.base_seq + 1:
-            follows = seals.filter(seq=first - 1).values_list("mac", flat=True).first()
-            if follows is None:
-                _missing(walk, chain, first - 1, first - 1)
-            start = first
+        if first is None or (isinstance(first, int) and first > chain.base_seq + 1):
+            # The window starts after a seal dated before it: believed only if that seal is
+            # genuine (its time is in its HMAC). Otherwise the whole chain is walked.
+            boundary = _rows(seals.filter(seq=first - 1) if first is not None else seals.order_by("-seq")).first()
+            if boundary is None and first is None:
+                start = None  # no seal at all after the chain's base
+            elif boundary is not None and _genuine(chain, boundary, walk) and boundary[1] < walk.since:
+                start, follows = first, boundary[4]
     last_seq, last_mac = chain.base_seq, chain.base_mac
     if start is None:
         newest = seals.order_by("-seq").values_list("seq", "mac").first()
         if newest is not None:
             last_seq, last_mac = newest
     else:
-        rows = (
-            seals.filter(seq__gte=start)
-            .order_by("seq")
-            .annotate(entries_text=Cast("entries", TextField()))
-            .values_list("seq", "at", "key_id", "previous", "mac", "entries_text")
-        )
         expected = start
-        for seq, at, kid, previous, seal_mac, text in rows.iterator(chunk_size=CHUNK):
+        for seq, at, kid, previous, seal_mac, text in _rows(seals.filter(seq__gte=start)).iterator(chunk_size=CHUNK):
             walk.report.seals += 1
+            if not isinstance(seq, int):
+                walk.report.problems.append(Problem("seal forged", "seal", str(seq), chain.chain))
+                continue
             _missing(walk, chain, expected, seq - 1)
             if seq != expected:
                 follows = None
@@ -196,6 +200,50 @@ def _walk(chain: SealChain, walk: _Walk) -> None:
         walk.report.problems.append(
             Problem("seal forged", "seal", str(last_seq), chain.chain, last_seq, "not the sealed head")
         )
+
+
+def _rows(seals: Any) -> Any:
+    """Seals as tuples, by position unless ordered otherwise, their entries as stored
+    text (read guarded: see :func:`_entries`)."""
+    seals = seals if seals.query.order_by else seals.order_by("seq")
+    return seals.annotate(entries_text=Cast("entries", TextField())).values_list(
+        "seq", "at", "key_id", "previous", "mac", "entries_text"
+    )
+
+
+def _checks(
+    chain: SealChain,
+    seq: int,
+    at: datetime.datetime,
+    kid: str,
+    previous: Any,
+    seal_mac: Any,
+    entries: list[Any],
+    key: bytes,
+) -> bool:
+    """Whether a seal's stored HMAC is the one its content makes with ``key``."""
+    if not isinstance(previous, str) or not isinstance(seal_mac, str):
+        return False
+    expected = sealing.mac(key, *sealing.seal_text(chain.chain, seq, previous, sealing._plain(at), kid, entries))
+    return hmac.compare_digest(seal_mac, expected)
+
+
+def _sound(chain: SealChain) -> bool:
+    """Whether a chain row's columns hold what gql_audit writes there."""
+    ints = isinstance(chain.base_seq, int) and isinstance(chain.head_seq, int)
+    texts = all(isinstance(v, str) for v in (chain.base_mac, chain.head_mac, chain.key_id, chain.mac))
+    return ints and texts and isinstance(chain.started_at, datetime.datetime)
+
+
+def _genuine(chain: SealChain, row: tuple[Any, ...], walk: _Walk) -> bool:
+    """Whether a seal's HMAC checks (nothing reported: the walk reports what is wrong)."""
+    seq, at, kid, previous, seal_mac, text = row
+    key, entries = walk.keys.get(kid), _entries(text)
+    if key is None or entries is None or not isinstance(at, datetime.datetime) or not isinstance(seq, int):
+        return False
+    return _checks(chain, seq, at, kid, previous, seal_mac, entries, key) and not _after_retirement(
+        kid, at, walk, entries
+    )
 
 
 def _check_seal(
@@ -216,13 +264,14 @@ def _check_seal(
         walk.report.problems.append(Problem("unknown key", "seal", str(seq), chain.chain, seq, kid))
         walk.cannot_check(entries)
         return False
-    stamp = sealing._plain(at)
-    if entries is None or not hmac.compare_digest(
-        seal_mac, sealing.mac(seal_key, *sealing.seal_text(chain.chain, seq, previous, stamp, kid, entries))
+    if (
+        entries is None
+        or not isinstance(at, datetime.datetime)
+        or not _checks(chain, seq, at, kid, previous, seal_mac, entries, seal_key)
     ):
         walk.report.problems.append(Problem("seal forged", "seal", str(seq), chain.chain, seq))
         return False
-    if _after_retirement(kid, at, walk):
+    if _after_retirement(kid, at, walk, entries):
         walk.report.problems.append(Problem("retired key", "seal", str(seq), chain.chain, seq, kid))
         return False
     for entry in entries:
@@ -234,6 +283,9 @@ def _check_seal(
             continue
         actor_text = None if actor is None else str(actor)
         walk.sealed[(str(name), str(pk))] = _Sealed(str(digest), str(subkind), actor_text, str(stamp), chain.chain, seq)
+        when = _when(stamp, at)
+        if when is not None and (walk.earliest is None or when < walk.earliest):
+            walk.earliest = when
     if follows is not None and previous != follows:
         # Genuine, but not after the seal stored before it: that one was replaced.
         walk.report.problems.append(
@@ -242,11 +294,18 @@ def _check_seal(
     return True
 
 
-def _after_retirement(kid: str, at: datetime.datetime, walk: _Walk) -> bool:
-    """Whether something sealed with key ``kid`` is dated after that key was retired:
-    only someone who kept the retired key can have made it."""
+def _after_retirement(kid: str, at: Any, walk: _Walk, entries: list[Any] | None = None) -> bool:
+    """Whether something sealed with key ``kid`` is dated after that key was retired, or
+    lists a record that is: only someone who kept the retired key can have made it."""
     until = walk.retired.get(kid)
-    return until is not None and at > until
+    if until is None:
+        return False
+    stamps = [at, *(e[5] for e in entries or () if isinstance(e, list) and len(e) == 6 and e[5])]
+    for stamp in stamps:
+        when = _when(stamp, until)
+        if when is None or when > until:
+            return True
+    return False
 
 
 def _chunks(items: list[Any]) -> Iterator[list[Any]]:
@@ -265,11 +324,15 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return found
 
 
-def _respelled(text: Any) -> bool:
-    """Whether a JSON column's stored text says more than its value: a key twice (Python
-    keeps the last value, SQLite's JSON functions the first), or no JSON at all."""
+def _respelled(field: Any, row: dict[str, Any], connection: Any) -> bool:
+    """Whether a column's stored text says more than its value: a JSON key twice (Python
+    keeps the last value, SQLite's JSON functions the first), JSON that is none, a time
+    spelled with another offset (the same instant, but SQLite compares times as text)."""
+    text, value = row[f"raw_{field.attname}"], row[field.attname]
     if not isinstance(text, str):
         return False
+    if isinstance(field, DateTimeField):
+        return value is None or text != str(field.get_db_prep_value(value, connection))
     try:
         json.loads(text, object_pairs_hook=_no_duplicates)
     except (ValueError, RecursionError):
@@ -277,52 +340,83 @@ def _respelled(text: Any) -> bool:
     return False
 
 
-def _pk_text(pk_field: Any, raw: Any) -> str:
-    """A primary key as a seal names it, from what the database returned (text if it is none)."""
+def _pk_text(pk_field: Any, raw: Any, connection: Any) -> tuple[str, bool]:
+    """A primary key as a seal names it, from its stored text, and whether that text is how
+    Django stores it: SQLite takes ``ABCD...`` beside ``abcd...`` as another key, which
+    Django's lookups may still find."""
     try:
-        return str(pk_field.to_python(raw))
+        value = pk_field.to_python(raw)
+        return str(value), str(pk_field.get_db_prep_value(value, connection)) == raw
     except (ValidationError, ValueError, TypeError):
-        return str(raw)
+        return str(raw), False
 
 
 def _when(raw: Any, reference: datetime.datetime | None) -> datetime.datetime | None:
     """A stored time, comparable with ``reference``; None when it is not a time."""
-    at = raw if isinstance(raw, datetime.datetime) else parse_datetime(raw) if isinstance(raw, str) else None
+    try:
+        at = raw if isinstance(raw, datetime.datetime) else parse_datetime(raw) if isinstance(raw, str) else None
+    except ValueError:  # the form of a time, not one (February 30th)
+        return None
     if at is not None and reference is not None and (at.tzinfo is None) != (reference.tzinfo is None):
-        at = at.replace(tzinfo=reference.tzinfo)  # stored naive, in UTC (USE_TZ)
+        # Stored naive in UTC (USE_TZ), or compared with an aware ``until`` without USE_TZ.
+        at = at.replace(tzinfo=reference.tzinfo) if at.tzinfo is None else timezone.make_naive(at, datetime.UTC)
     return at
+
+
+#: What reading a stored row can raise when its content is not what gql_audit wrote:
+#: JSON nested past the decoder, a time PostgreSQL cannot give Python ("infinity").
+_UNREADABLE = (RecursionError, ValueError, TypeError, DatabaseError)
 
 
 def _check_records(name: str, kind: sealing.RecordKind, walk: _Walk) -> None:
     report, using = walk.report, walk.using
-    vendor = connections[using].vendor
+    connection = connections[using]
     fields = [*kind.columns(), *([kind.actor] if kind.actor else [])]
-    # SQLite keeps JSON as text: its spelling is checked too, not only its value.
-    raw_json = [f.attname for f in kind.model._meta.concrete_fields if isinstance(f, JSONField)]
-    raw_json = raw_json if vendor == "sqlite" else []
+    # SQLite keeps JSON and times as text: their spelling is checked too, not only their value.
+    spelled = (
+        [f for f in kind.model._meta.concrete_fields if isinstance(f, (JSONField, DateTimeField))]
+        if connection.vendor == "sqlite"
+        else []
+    )
     manager = kind.model._default_manager.using(using)
     pk_field = kind.model._meta.pk
     mine = [pk for (kind_name, pk) in walk.sealed if kind_name == name]
     seen: set[str] = set()
     indexed: dict[str, tuple[Any, Any]] = {}
     users = get_user_model()._default_manager.db_manager(using)
+
+    def stored(pks: list[str]) -> list[dict[str, Any]]:
+        rows = manager.filter(pk__in=pks).annotate(
+            **{f"raw_{f.attname}": Cast(f.attname, TextField()) for f in spelled}
+        )
+        with transaction.atomic(using=using):  # a savepoint when inside a transaction
+            return list(rows.values(*fields, *(f"raw_{f.attname}" for f in spelled)))
+
     for chunk in _chunks(mine):
-        rows = manager.filter(pk__in=chunk)
-        if raw_json:
-            rows = rows.annotate(**{f"raw_{n}": Cast(n, TextField()) for n in raw_json})
-        for row in rows.values(*fields, *(f"raw_{n}" for n in raw_json)):
+        try:
+            rows = stored(chunk)
+        except _UNREADABLE:
+            rows = []
+            for pk in chunk:  # one by one: the rows that cannot be read are edited
+                try:
+                    rows.extend(stored([pk]))
+                except _UNREADABLE:
+                    seen.add(pk)
+                    info = walk.sealed[(name, pk)]
+                    report.problems.append(Problem("edited", name, pk, info.chain, info.position, "unreadable"))
+        for row in rows:
             pk = str(row[pk_field.attname])
             seen.add(pk)
             report.records += 1
             info = walk.sealed[(name, pk)]
-            if kind.digest(row) != info.digest or any(_respelled(row[f"raw_{n}"]) for n in raw_json):
+            if kind.digest(row) != info.digest or any(_respelled(f, row, connection) for f in spelled):
                 report.problems.append(Problem("edited", name, pk, info.chain, info.position))
                 continue
             actor = sealing.actor_text(kind, row)
             gone = actor is None and info.actor is not None and not users.filter(pk=info.actor).exists()
             if actor != info.actor and not gone:
                 report.problems.append(Problem("edited", name, pk, info.chain, info.position, "actor"))
-            elif name == sealing.READS and vendor not in POSTGRES_VENDORS:
+            elif name == sealing.READS and connection.vendor not in POSTGRES_VENDORS:
                 indexed[pk] = (row["keys"], row["at"])
     for pk in mine:
         if pk in seen:
@@ -359,7 +453,9 @@ def _find_inserted(name: str, kind: sealing.RecordKind, seen: set[str], walk: _W
     quote = connection.ops.quote_name
     meta = kind.model._meta
     at_field: Any = meta.get_field(kind.at)
-    sql = f"SELECT {quote(str(meta.pk.column))}, {quote(str(at_field.column))} FROM {quote(meta.db_table)}"
+    # As text: a forged row need not hold a key or time Python can be given ("infinity").
+    columns = f"CAST({quote(str(meta.pk.column))} AS TEXT), CAST({quote(str(at_field.column))} AS TEXT)"
+    sql = f"SELECT {columns} FROM {quote(meta.db_table)}"
     params: list[Any] = []
     if walk.since is not None:
         sql += f" WHERE {quote(str(at_field.column))} >= %s"
@@ -368,14 +464,27 @@ def _find_inserted(name: str, kind: sealing.RecordKind, seen: set[str], walk: _W
         cursor.execute(sql, params)
         while rows := cursor.fetchmany(CHUNK):
             for raw_pk, raw_at in rows:
-                pk = _pk_text(meta.pk, raw_pk)
-                if pk in seen or (name, pk) in walk.unverifiable:
+                pk, canonical = _pk_text(meta.pk, raw_pk, connection)
+                if canonical and (pk in seen or (name, pk) in walk.unverifiable):
                     continue
                 at = _when(raw_at, walk.first_start)
-                if walk.all_sealed or at is None or (walk.first_start is not None and at >= walk.first_start):
-                    walk.report.problems.append(Problem("inserted", name, pk))
+                # A key Django would not have written was never gql_audit's, whatever its date.
+                if not canonical or walk.all_sealed or at is None or _after_sealing_began(at, walk):
+                    walk.report.problems.append(Problem("inserted", name, pk if canonical else str(raw_pk)))
                 else:
                     walk.report.not_covered += 1
+
+
+def _after_sealing_began(at: datetime.datetime, walk: _Walk) -> bool:
+    """Whether a record's time is one sealing covers: from the first chain's start, or
+    from the oldest record a seal lists (a chain starts as its first records are sealed,
+    a moment after they were written)."""
+    began = walk.first_start
+    if began is None:
+        return False
+    if walk.earliest is not None and walk.earliest < began:
+        began = walk.earliest
+    return at >= began
 
 
 def _purged(info: _Sealed, scope: str, cutoff: str) -> bool:

@@ -339,3 +339,189 @@ def test_a_record_whose_actor_key_is_a_uuid_can_be_sealed(users, sealed_reads):
     (row,) = kind.rows(connection.alias, [SecurityEvent.objects.get().pk])
     row["actor_id"] = uuid.uuid4()  # what the actor column holds with a UUID-keyed user model
     sealing.append(connection.alias, [sealing.entry_for(kind, row)])  # TypeError today
+
+
+# --- a review's findings: the --since window, retired keys, crashes, SQLite spellings ------
+
+
+def _everything_moved_before(since):
+    """Every seal's and record's time moved before ``since`` (seal times are in their HMACs)."""
+    import datetime
+
+    from auditlog.models import LogEntry
+
+    old = since - datetime.timedelta(days=1)
+    Seal.objects.update(at=old)
+    RequestReads.objects.update(at=old)
+    SecurityEvent.objects.update(created_at=old)
+    LogEntry.objects.update(timestamp=old)
+
+
+@pytest.mark.parametrize("tampering", ["edit", "delete"])
+def test_since_a_window_emptied_by_moving_seal_times_is_reported(client, users, sealed_reads, tampering):
+    import datetime
+
+    traffic(client, users)
+    since = Seal.objects.order_by("at").first().at - datetime.timedelta(microseconds=1)
+    assert problems(since=since) == []
+    if tampering == "edit":
+        RequestReads.objects.filter(request_id="r-1").update(operation={"forged": True})
+    else:
+        RequestReads.objects.all().delete()
+        SecurityEvent.objects.all().delete()
+    _everything_moved_before(since)
+    assert problems(since=since) != [], f"--since verified clean after the window was emptied ({tampering})"
+
+
+def test_a_retired_key_cannot_seal_a_record_dated_after_it_was_retired(client, users, settings):
+    import datetime
+
+    from django.utils import timezone
+
+    from gql_audit.models import SealChain
+    from tests.test_tamper import SECOND_KEY
+
+    settings.GQL_AUDIT = {**settings.GQL_AUDIT, "ACCESS_STORE": "gql_audit", "TAMPER_EVIDENCE": {"key": KEY}}
+    sealing._writer.__init__()
+    traffic(client, users)
+    until = timezone.now()
+    rotated = {"key": SECOND_KEY, "previous_keys": [{"key": KEY, "until": until.isoformat()}]}
+    settings.GQL_AUDIT = {**settings.GQL_AUDIT, "TAMPER_EVIDENCE": rotated}
+    sealing._writer.__init__()
+    traffic(client, users, prefix="s")
+    assert problems() == []
+    # With the retired key: a chain and seal dated just before `until`, listing a record written after it.
+    forged = SecurityEvent.objects.filter(request_id="s-3").first()
+    forged.pk, forged.request_id = uuid.uuid4(), "forged"
+    forged.save(force_insert=True)
+    kid, key = sealing.key_id(KEY), KEY.encode()
+    kind = sealing.record_kinds()["event"]
+    entries = [sealing.entry_for(kind, kind.rows(connection.alias, [forged.pk])[0])]
+    chain = SealChain(chain=f"{uuid.uuid4().hex[:20]}-x", started_at=until - datetime.timedelta(microseconds=500))
+    chain.base_seq = chain.head_seq = 0
+    chain.key_id, chain.base_mac = kid, sealing.anchor(key, chain)
+    at = until - datetime.timedelta(microseconds=100)
+    seal_mac = sealing.mac(key, *sealing.seal_text(chain.chain, 1, chain.base_mac, sealing._plain(at), kid, entries))
+    chain.head_seq, chain.head_mac = 1, seal_mac
+    chain.mac = sealing.mac(key, *sealing.chain_text(chain))
+    chain.save(force_insert=True)
+    Seal.objects.create(
+        chain=chain.chain, seq=1, at=at, key_id=kid, entries=entries, previous=chain.base_mac, mac=seal_mac
+    )
+    found = problems()
+    assert ("retired key", "seal", "1") in found and ("inserted", "event", str(forged.pk)) in found
+
+
+def test_a_retired_key_without_use_tz_verifies(client, users, settings):
+    settings.USE_TZ = False
+    settings.GQL_AUDIT = {**settings.GQL_AUDIT, "ACCESS_STORE": "gql_audit", "TAMPER_EVIDENCE": {"key": KEY}}
+    sealing._writer.__init__()
+    traffic(client, users)
+    from tests.test_tamper import SECOND_KEY
+
+    retired = {"key": KEY, "until": "2099-01-01T00:00:00+00:00"}
+    settings.GQL_AUDIT = {**settings.GQL_AUDIT, "TAMPER_EVIDENCE": {"key": SECOND_KEY, "previous_keys": [retired]}}
+    assert problems() == []
+
+
+def _reads_pk():
+    row = RequestReads.objects.get(request_id="r-1")
+    return row, (row.pk if connection.vendor == "postgresql" else row.pk.hex)
+
+
+#: Tampering that makes the stored values unreadable, and what verify must say instead of crashing.
+UNREADABLE = {
+    "record JSON nested past the decoder": (
+        "both",
+        lambda table, pk: sql(f"UPDATE {table} SET context = %s WHERE id = %s", ["[" * 3000 + "]" * 3000, pk]),
+        ("edited", "reads"),
+    ),
+    "a sealed record's time 'infinity'": (
+        "postgresql",
+        lambda table, pk: sql(f"UPDATE {table} SET at = 'infinity' WHERE id = %s", [pk]),
+        ("edited", "reads"),
+    ),
+    "a forged record in the year 20000": (
+        "postgresql",
+        lambda table, pk: sql(
+            f"INSERT INTO {table} SELECT %s, '20000-01-01 00:00:00+00', request_id, actor_id, actor, remote_addr,"
+            f" operation, context, keys, shape_of, shapes FROM {table} WHERE id = %s",
+            [uuid.uuid4(), pk],
+        ),
+        ("inserted", "reads"),
+    ),
+    "a sealed record's time that is none": (
+        "sqlite",
+        lambda table, pk: sql(f"UPDATE {table} SET at = '2024-02-30 00:00:00' WHERE id = %s", [pk]),
+        ("edited", "reads"),
+    ),
+    "a seal's position as text": (
+        "sqlite",
+        lambda table, pk: sql(f"UPDATE {Seal._meta.db_table} SET seq = 'abc' WHERE seq = 1"),
+        ("seal forged", "seal"),
+    ),
+    "a chain's start as text": (
+        "sqlite",
+        lambda table, pk: sql(f"UPDATE {sealing.SealChain._meta.db_table} SET started_at = 'x'"),
+        ("chain edited", "chain"),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(UNREADABLE))
+def test_values_no_python_can_read_are_reported_not_a_crash(client, users, sealed_reads, case):
+    vendor, tamper, expected = UNREADABLE[case]
+    if vendor != "both" and connection.vendor != vendor:
+        pytest.skip(f"{vendor} only: the other database refuses such a value")
+    traffic(client, users)
+    _, pk = _reads_pk()
+    if connection.vendor == "sqlite":
+        sql("PRAGMA ignore_check_constraints = ON")
+    tamper(RequestReads._meta.db_table, pk)
+    if connection.vendor == "sqlite":
+        sql("PRAGMA ignore_check_constraints = OFF")
+    assert expected in [(p.what, p.kind) for p in verify().problems]
+
+
+def test_sqlite_a_twin_of_a_record_spelled_in_capitals_is_reported(client, users, sealed_reads):
+    """SQLite takes ``ABCD...`` beside ``abcd...`` as another key; Django's lookups by the
+    index find it: a fabricated read of another object."""
+    if connection.vendor != "sqlite":
+        pytest.skip("PostgreSQL's uuid column has one spelling")
+    from example_service.models import Document
+    from gql_audit.history import reads_of
+    from gql_audit.models import ReadObject
+
+    traffic(client, users)
+    doc = Document.objects.get(title="bob secret")
+    row, pk = _reads_pk()
+    twin, key = pk.upper(), f"example_service.document:{doc.pk}"
+    table = RequestReads._meta.db_table
+    columns = ", ".join(f.column for f in RequestReads._meta.concrete_fields if f.column != "id")
+    sql(f"INSERT INTO {table} (id, {columns}) SELECT %s, {columns} FROM {table} WHERE id = %s", [twin, pk])
+    sql(
+        f"UPDATE {table} SET keys = %s, shape_of = '[0]', request_id = 'fabricated' WHERE id = %s",
+        [json.dumps([key]), twin],
+    )
+    sql(
+        f"INSERT INTO {ReadObject._meta.db_table} (reads_id, key, at) SELECT id, %s, at FROM {table} WHERE id = %s",
+        [key, twin],
+    )
+    assert "fabricated" in [read.request_id for read in reads_of(doc)]
+    assert ("inserted", "reads", twin) in problems()
+
+
+def test_sqlite_a_time_respelled_with_another_offset_is_reported(client, users, sealed_reads):
+    """The same instant, so the same digest; but SQLite compares times as text, so every
+    ``at >=`` filter moves by up to a day."""
+    import datetime
+
+    if connection.vendor != "sqlite":
+        pytest.skip("PostgreSQL's timestamptz has one spelling")
+    traffic(client, users)
+    row, pk = _reads_pk()
+    shifted = row.at.astimezone(datetime.timezone(datetime.timedelta(hours=-23, minutes=-59)))
+    spelled = shifted.replace(tzinfo=None).isoformat(sep=" ") + "-23:59"
+    sql(f"UPDATE {RequestReads._meta.db_table} SET at = %s WHERE id = %s", [spelled, pk])
+    assert RequestReads.objects.get(pk=row.pk).at == row.at
+    assert ("edited", "reads", str(row.pk)) in problems()
