@@ -169,7 +169,7 @@ _AS_IS = frozenset({str, int, bool, type(None)})
 
 
 def _converter(field: Any) -> Any:
-    """How a column's value, as the database returns it, becomes canonical JSON data (None: as is)."""
+    """How a column's value, as the database returns it, becomes canonical JSON data."""
     from django.db.models import GenericIPAddressField, JSONField
 
     if isinstance(field, JSONField):
@@ -198,7 +198,7 @@ class RecordKind:
         columns = {}
         for name, convert in _converters(self):
             value = row[name]
-            columns[name] = value if convert is None or value is None else convert(value)
+            columns[name] = None if value is None else convert(value)
         text = json.dumps(columns, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
         return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
@@ -414,11 +414,19 @@ def append(alias: str, entries: list[Any], insert: list[Model] | None = None) ->
                 if _writer.pending is not None and _writer.pending[0] == seq:
                     _writer.pending = None
 
-        if connection.in_atomic_block or not connection.get_autocommit():
+        if autocommit(alias):
+            committed()  # one statement in autocommit: committed already
+        else:
             _writer.pending = (seq, seal_mac, committed)
             transaction.on_commit(committed, using=alias)
-        else:
-            committed()  # one statement in autocommit: committed already
+
+
+def autocommit(alias: str) -> bool:
+    """Whether a statement on ``alias`` now is its own transaction (no ``atomic`` block open,
+    autocommit on): then a write that is one statement needs neither BEGIN nor COMMIT,
+    and CockroachDB retries such an implicit transaction itself."""
+    connection = connections[alias]
+    return not connection.in_atomic_block and connection.get_autocommit()
 
 
 def insert_clause(connection: Any, instance: Model) -> tuple[str, list[Any]]:

@@ -480,9 +480,7 @@ def log_unwritten(
     ctx: context.RequestContext | None = None,
 ) -> None:
     """Nothing is silently lost: every record goes to the log, one JSON object a line."""
-    error = f"{type(exc).__name__}: {exc}"[:1000]
-    if ctx is not None:
-        error = ctx.scrubber().text(error)
+    error = _error_text(exc, ctx)
     log_payload(
         audit_logger,
         logging.ERROR,
@@ -514,7 +512,7 @@ def _store(
     postgres = connections[alias].vendor in POSTGRES_VENDORS
     groups = by_reader(ctx, records) if records and ctx is not None else []
     if ctx is not None and len(groups) == 1 and gql_audit_store and postgres and not events:
-        if not (sealed and ctx.changes_to_seal) and _autocommit(alias):
+        if not (sealed and ctx.changes_to_seal) and sealing.autocommit(alias):
             # One statement, its own transaction: the reads row's INSERT (sealed: with its
             # seal's INSERT and the chain's UPDATE).
             [(reader, group)] = groups
@@ -543,14 +541,6 @@ def _store(
             sealing.seal(alias, written, insert=rows)
     if sealed and ctx is not None:
         ctx.changes_to_seal = []
-
-
-def _autocommit(alias: str) -> bool:
-    """Whether a statement on ``alias`` now is its own transaction (no ``atomic`` block open):
-    then a write that is one statement needs neither BEGIN nor COMMIT, and CockroachDB
-    retries such an implicit transaction itself."""
-    connection = connections[alias]
-    return not connection.in_atomic_block and connection.get_autocommit()
 
 
 def _error_text(exc: BaseException, ctx: context.RequestContext | None) -> str:

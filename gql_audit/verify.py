@@ -151,8 +151,8 @@ def _walk(chain: SealChain, walk: _Walk) -> None:
     key = walk.keys.get(chain.key_id)
     if key is None:
         walk.report.problems.append(Problem("unknown key", "chain", chain.chain, chain.chain, None, chain.key_id))
-        for text in seals.annotate(entries_text=Cast("entries", TextField())).values_list("entries_text", flat=True):
-            walk.cannot_check(_entries(text))
+        for row in _rows(seals):
+            walk.cannot_check(_entries(row[5]))
         return
     if not _sound(chain):
         # Columns that are not what gql_audit writes (SQLite holds any text anywhere).
@@ -211,21 +211,26 @@ def _rows(seals: Any) -> Any:
     )
 
 
-def _checks(
-    chain: SealChain,
-    seq: int,
-    at: datetime.datetime,
-    kid: str,
-    previous: Any,
-    seal_mac: Any,
-    entries: list[Any],
-    key: bytes,
-) -> bool:
-    """Whether a seal's stored HMAC is the one its content makes with ``key``."""
-    if not isinstance(previous, str) or not isinstance(seal_mac, str):
-        return False
+def _verdict(
+    chain: SealChain, seq: int, at: Any, kid: str, previous: Any, seal_mac: Any, entries: list[Any] | None, walk: _Walk
+) -> str | None:
+    """What is wrong with one seal on its own (``unknown key``, ``seal forged``,
+    ``retired key``), or None when its stored HMAC is the one its content makes."""
+    key = walk.keys.get(kid)
+    if key is None:
+        return "unknown key"
+    if (
+        entries is None
+        or not isinstance(at, datetime.datetime)
+        or not isinstance(seq, int)
+        or not isinstance(previous, str)
+        or not isinstance(seal_mac, str)
+    ):
+        return "seal forged"
     expected = sealing.mac(key, *sealing.seal_text(chain.chain, seq, previous, sealing._plain(at), kid, entries))
-    return hmac.compare_digest(seal_mac, expected)
+    if not hmac.compare_digest(seal_mac, expected):
+        return "seal forged"
+    return "retired key" if _after_retirement(kid, at, walk, entries) else None
 
 
 def _sound(chain: SealChain) -> bool:
@@ -236,14 +241,9 @@ def _sound(chain: SealChain) -> bool:
 
 
 def _genuine(chain: SealChain, row: tuple[Any, ...], walk: _Walk) -> bool:
-    """Whether a seal's HMAC checks (nothing reported: the walk reports what is wrong)."""
+    """Whether a seal checks (nothing reported: the walk reports what is wrong)."""
     seq, at, kid, previous, seal_mac, text = row
-    key, entries = walk.keys.get(kid), _entries(text)
-    if key is None or entries is None or not isinstance(at, datetime.datetime) or not isinstance(seq, int):
-        return False
-    return _checks(chain, seq, at, kid, previous, seal_mac, entries, key) and not _after_retirement(
-        kid, at, walk, entries
-    )
+    return _verdict(chain, seq, at, kid, previous, seal_mac, _entries(text), walk) is None
 
 
 def _check_seal(
@@ -259,21 +259,14 @@ def _check_seal(
 ) -> bool:
     """Check one seal on its own and its link to the one before; believe its entries
     only when its HMAC checks. True when it does."""
-    seal_key = walk.keys.get(kid)
-    if seal_key is None:
-        walk.report.problems.append(Problem("unknown key", "seal", str(seq), chain.chain, seq, kid))
-        walk.cannot_check(entries)
+    wrong = _verdict(chain, seq, at, kid, previous, seal_mac, entries, walk)
+    if wrong is not None:
+        detail = "" if wrong == "seal forged" else kid
+        walk.report.problems.append(Problem(wrong, "seal", str(seq), chain.chain, seq, detail))
+        if wrong == "unknown key":
+            walk.cannot_check(entries)
         return False
-    if (
-        entries is None
-        or not isinstance(at, datetime.datetime)
-        or not _checks(chain, seq, at, kid, previous, seal_mac, entries, seal_key)
-    ):
-        walk.report.problems.append(Problem("seal forged", "seal", str(seq), chain.chain, seq))
-        return False
-    if _after_retirement(kid, at, walk, entries):
-        walk.report.problems.append(Problem("retired key", "seal", str(seq), chain.chain, seq, kid))
-        return False
+    assert entries is not None  # checked by the HMAC
     for entry in entries:
         if not isinstance(entry, list) or len(entry) != 6:
             continue  # never written so: the HMAC checked
