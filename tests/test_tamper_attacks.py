@@ -341,7 +341,7 @@ def test_a_record_whose_actor_key_is_a_uuid_can_be_sealed(users, sealed_reads):
     sealing.append(connection.alias, [sealing.entry_for(kind, row)])  # TypeError today
 
 
-# --- a review's findings: the --since window, retired keys, crashes, SQLite spellings ------
+# --- the --since window, retired keys, values Python cannot read, SQLite spellings -------
 
 
 def _everything_moved_before(since):
