@@ -45,7 +45,7 @@ from gql_audit.conf import conf
 from gql_audit.dbcontext import POSTGRES_VENDORS
 from gql_audit.history import Read, entries_of_request, reads_in_row, reads_of, request_trail
 from gql_audit.models import ReadObject, RequestReads, SecurityEvent
-from gql_audit.storage import object_key
+from gql_audit.store import object_key
 
 __all__ = [
     "AccessHistoryAdminMixin",

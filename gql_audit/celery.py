@@ -34,7 +34,7 @@ from gql_audit.conf import conf
 from gql_audit.events import classify_resolver_error, record_event
 from gql_audit.net import REQUEST_ID_PATTERN
 from gql_audit.redaction import safe_text
-from gql_audit.storage import flush
+from gql_audit.store import flush
 
 HEADER = "gql_audit"
 

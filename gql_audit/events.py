@@ -1,7 +1,7 @@
 """Security events: recorded on the request context, written after the view.
 
 A failure is recorded where it happens (authentication, a denied field, a
-resolver's exception) and kept on the request context; ``storage.flush``
+resolver's exception) and kept on the request context; ``store.flush``
 writes them once the view, and its transaction, are done, so a rollback of the
 request cannot take them. Outside a request they are written at once.
 """
@@ -16,7 +16,7 @@ from gql_audit import context
 from gql_audit.errors import sqlstate_of
 from gql_audit.kinds import SEVERITY
 from gql_audit.redaction import redact, safe_text
-from gql_audit.storage import write_now
+from gql_audit.store import write_now
 from gql_audit.tracing import trace_ids
 
 __all__ = ["SEVERITY", "build_event", "classify_resolver_error", "record_event", "sqlstate_of"]

@@ -23,7 +23,7 @@ from django.db.models import Model, Q, QuerySet
 
 from gql_audit.dbcontext import POSTGRES_VENDORS
 from gql_audit.models import ReadObject, RequestReads, SecurityEvent
-from gql_audit.storage import audit_alias, object_key
+from gql_audit.store import audit_alias, object_key
 
 __all__ = [
     "Read",

@@ -30,7 +30,7 @@ from gql_audit.logging import log_aborted, log_request
 from gql_audit.mtls import client_identity, read_client_certificate
 from gql_audit.net import client_address, client_port, is_trusted, parse_ip, request_ids
 from gql_audit.params import FORM_TYPES, content_type
-from gql_audit.storage import flush
+from gql_audit.store import flush
 from gql_audit.tracing import trace_ids
 
 if TYPE_CHECKING:

@@ -127,7 +127,7 @@ def note_change_entry(sender: Any, instance: Any, created: bool = False, **kwarg
 
 
 def seal_later(alias: str, pk: Any) -> None:
-    from gql_audit.storage import seal_quietly
+    from gql_audit.store import seal_quietly
 
     seal_quietly(alias, {"entry": [pk]})
 

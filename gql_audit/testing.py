@@ -30,7 +30,7 @@ from typing import Any
 from django.db.models import QuerySet
 from django.db.models.signals import post_save
 
-from gql_audit import storage
+from gql_audit import store
 from gql_audit.history import Read, reads_in_row, reads_of_entries
 from gql_audit.models import RequestReads, SecurityEvent
 
@@ -91,7 +91,7 @@ def capture() -> Iterator[Captured]:
     from auditlog import get_logentry_model
 
     LogEntry = get_logentry_model()
-    captured = Captured(alias=storage.audit_alias())
+    captured = Captured(alias=store.audit_alias())
     targets = {"reads": captured._reads, "access": captured._access, "events": captured._events}
 
     def written(kind: str, alias: str, rows: list[Any]) -> None:
@@ -105,10 +105,10 @@ def capture() -> Iterator[Captured]:
             (captured._access if instance.action == LogEntry.Action.ACCESS else captured._changes).append(instance.pk)
 
     uid = f"gql_audit.testing.capture.{next(_ids)}"
-    storage.observers.append(written)
+    store.observers.append(written)
     post_save.connect(saved, sender=LogEntry, weak=False, dispatch_uid=uid)
     try:
         yield captured
     finally:
         post_save.disconnect(sender=LogEntry, dispatch_uid=uid)
-        storage.observers.remove(written)
+        store.observers.remove(written)

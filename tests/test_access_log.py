@@ -17,7 +17,8 @@ from django.test.utils import CaptureQueriesContext
 from graphql_relay import to_global_id
 
 from example_service.models import Document
-from gql_audit import context, storage
+from gql_audit import context
+from gql_audit import store as audit_store
 from gql_audit.history import reads_of, request_trail
 from tests.conftest import make_token
 
@@ -166,7 +167,7 @@ def service_code(request_id, user):
     token = context.bind(ctx)
     try:
         yield ctx
-        storage.flush(ctx)
+        audit_store.flush(ctx)
     finally:
         context.reset(token)
 

@@ -338,7 +338,7 @@ def test_cockroachdb_engine_without_a_server():
     """django-cockroachdb's backend loads, and gql_audit takes its PostgreSQL paths."""
     from django_cockroachdb.base import DatabaseWrapper
 
-    from gql_audit.storage import ARRAY_VENDORS
+    from gql_audit.store.backends.auditlog import ARRAY_VENDORS
 
     wrapper = DatabaseWrapper(
         {

@@ -22,8 +22,8 @@ from django.db import DatabaseError, OperationalError, connection
 from django.test import Client
 
 from example_service.models import Document
-from gql_audit import storage
 from gql_audit.models import SecurityEvent
+from gql_audit.store import events as event_rows
 from tests.conftest import SQLRecorder, codes, make_token, post_graphql, table_away
 
 pytestmark = pytest.mark.django_db
@@ -160,14 +160,14 @@ def test_nul_surrogates_and_control_characters_are_stored_as_safe_data(client, u
 
 
 def test_one_record_the_database_refuses_does_not_take_the_others(client, users, monkeypatch, caplog):
-    real_insert = storage.insert_events
+    real_insert = event_rows.insert_events
 
     def refuse_poison(events, alias):
         if any("poison" in e["message"] for e in events):
             raise DatabaseError("value refused")
         real_insert(events, alias)
 
-    monkeypatch.setattr(storage, "insert_events", refuse_poison)
+    monkeypatch.setattr(event_rows, "insert_events", refuse_poison)
     query = "{ documents { title } me { username } }"
     from gql_audit.events import record_event
 
@@ -841,7 +841,7 @@ def test_malformed_values_of_an_auditlog_block_do_not_fail_the_write(users):
     from auditlog.signals import accessed
     from django.test import RequestFactory
 
-    from gql_audit import context, storage
+    from gql_audit import context, store
 
     doc = users["bob"].documents.first()
     request = RequestFactory().get("/")
@@ -851,7 +851,7 @@ def test_malformed_values_of_an_auditlog_block_do_not_fail_the_write(users):
     try:
         with set_extra_data({"remote_addr": "10.0.0.1, 10.0.0.2", "remote_port": "http"}):
             accessed.send(sender=Document, instance=doc)
-        storage.flush(ctx)
+        store.flush(ctx)
     finally:
         context.reset(token)
     entry = LogEntry.objects.get(cid="odd-block")

@@ -14,7 +14,7 @@ from django.utils import timezone
 from gql_audit import sealing
 from gql_audit.kinds import SEVERITY
 from gql_audit.models import ReadObject, RequestReads, SecurityEvent
-from gql_audit.storage import audit_alias
+from gql_audit.store import audit_alias
 
 _AGE = re.compile(r"(\d+)([smhdw])")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}

@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from gql_audit import sealing
 from gql_audit.management.commands.gql_audit_purge import parse_age
-from gql_audit.storage import audit_alias
+from gql_audit.store import audit_alias
 from gql_audit.verify import verify
 
 
