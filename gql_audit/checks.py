@@ -12,6 +12,7 @@ from django.apps import apps
 from django.core.checks import Error, Tags, Warning, register
 from django.utils.module_loading import import_string
 
+from gql_audit.auth import django_graphql_jwt
 from gql_audit.conf import (
     ACCESS_STORES,
     CLIENT_CERT_SOURCES,
@@ -434,8 +435,9 @@ def check_dependencies(app_configs: Any = None, **kwargs: Any) -> list[Any]:
                 id="gql_audit.W004",
             )
         )
+    errors.extend(_check_graphql_jwt_installed(settings))
     jwt_settings = getattr(settings, "GRAPHQL_JWT", None) or {}
-    if uses_jwt and not jwt_settings.get("JWT_VERIFY_EXPIRATION", False):
+    if uses_jwt and django_graphql_jwt.installed() and not jwt_settings.get("JWT_VERIFY_EXPIRATION", False):
         errors.append(
             Warning(
                 "GRAPHQL_JWT['JWT_VERIFY_EXPIRATION'] is off: tokens never expire.",
@@ -445,6 +447,40 @@ def check_dependencies(app_configs: Any = None, **kwargs: Any) -> list[Any]:
             )
         )
     return errors
+
+
+def _check_graphql_jwt_installed(settings: Any) -> list[Any]:
+    """E054: a setting names django-graphql-jwt (the default AUTHENTICATOR does), which is not installed."""
+    if django_graphql_jwt.installed():
+        return []
+    from gql_audit.auth import jwt_authenticator
+
+    uses = []
+    authenticator = conf.user_settings().get("AUTHENTICATOR", DEFAULTS["AUTHENTICATOR"])
+    if authenticator in (DEFAULTS["AUTHENTICATOR"], jwt_authenticator):
+        uses.append(f"{SETTINGS_NAME}['AUTHENTICATOR'] is {DEFAULTS['AUTHENTICATOR']!r} (the default)")
+    graphene = getattr(settings, "GRAPHENE", None) or {}
+    for name, entries in (
+        ("INSTALLED_APPS", getattr(settings, "INSTALLED_APPS", None)),
+        ("MIDDLEWARE", getattr(settings, "MIDDLEWARE", None)),
+        ("AUTHENTICATION_BACKENDS", getattr(settings, "AUTHENTICATION_BACKENDS", None)),
+        ("GRAPHENE['MIDDLEWARE']", graphene.get("MIDDLEWARE")),
+    ):
+        uses.extend(
+            f"{name} lists {entry!r}"
+            for entry in entries or ()
+            if isinstance(entry, str) and entry.split(".")[0] == "graphql_jwt"
+        )
+    return [
+        Error(
+            f"{django_graphql_jwt.DISTRIBUTION} is not installed, but {use}.",
+            hint=f"Install it with the extra: pip install 'gql-audit[{django_graphql_jwt.EXTRA}]'; or verify "
+            "tokens without it: AUTHENTICATOR 'gql_audit.auth.bearer_authenticator' with GQL_AUDIT['JWT'] "
+            "(see docs/oidc.md).",
+            id="gql_audit.E054",
+        )
+        for use in uses
+    ]
 
 
 def _registered_models() -> list[Any]:

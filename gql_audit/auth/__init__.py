@@ -4,6 +4,11 @@ An authenticator is ``callable(request) -> user | None``: None means "no
 credentials"; raising means "credentials were presented and are bad". The
 middleware never lets that exception escape: it becomes an :class:`AuthError`
 kept on the request context and reported only on private fields.
+
+Two authenticators ship: :func:`jwt_authenticator` (the default) reads
+django-graphql-jwt's tokens, an optional extra (:mod:`.django_graphql_jwt`);
+:func:`bearer_authenticator` verifies ``Authorization: Bearer`` tokens with PyJWT
+(:mod:`.bearer`), such as those of an OpenID Connect provider.
 """
 
 from __future__ import annotations
@@ -12,36 +17,26 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from gql_audit.auth import django_graphql_jwt
+from gql_audit.auth.failures import AuthenticationFailed, AuthUnavailable, TokenExpired
 from gql_audit.errors import AUTH_UNAVAILABLE, MESSAGES, TOKEN_EXPIRED, TOKEN_INVALID, describe_database_error
 
 if TYPE_CHECKING:
     from django.http import HttpRequest
 
+__all__ = [
+    "AuthError",
+    "AuthUnavailable",
+    "AuthenticationFailed",
+    "TokenExpired",
+    "authenticate",
+    "jwt_authenticator",
+]
+
 logger = logging.getLogger("gql_audit.auth")
 
 #: Longer bearer values are rejected before any decoding is attempted.
 MAX_TOKEN_LENGTH = 8192
-
-
-class AuthenticationFailed(Exception):
-    """Raise from a custom ``AUTHENTICATOR`` to pick the code and client message."""
-
-    code = TOKEN_INVALID
-
-    def __init__(self, message: str | None = None, *, code: str | None = None) -> None:
-        if code is not None:
-            self.code = code
-        self.client_message = message or MESSAGES[self.code]
-        super().__init__(self.client_message)
-
-
-class TokenExpired(AuthenticationFailed):
-    code = TOKEN_EXPIRED
-
-
-class AuthUnavailable(Exception):
-    """Raise from a custom ``AUTHENTICATOR`` when a dependency (directory, cache,
-    identity provider) failed: the credentials were not judged, so they are not bad."""
 
 
 @dataclass(frozen=True)
@@ -91,8 +86,6 @@ def describe_dependency_failure(exc: BaseException) -> tuple[str, str]:
 
 
 def classify(exc: BaseException) -> AuthError:
-    from graphql_jwt.exceptions import JSONWebTokenExpired
-
     failure = dependency_failure(exc)
     if failure is not None:
         reason, sqlstate = describe_dependency_failure(failure)
@@ -100,7 +93,7 @@ def classify(exc: BaseException) -> AuthError:
     reason = f"{type(exc).__name__}: {exc}"[:500]
     if isinstance(exc, AuthenticationFailed):
         return AuthError(exc.code, exc.client_message, reason)
-    if isinstance(exc, JSONWebTokenExpired):
+    if isinstance(exc, django_graphql_jwt.expired_types()):
         return AuthError(TOKEN_EXPIRED, MESSAGES[TOKEN_EXPIRED], reason)
     # Anything else an authenticator raises means the credentials were not
     # accepted; its text may carry internals, so the client gets a fixed one.
@@ -119,8 +112,10 @@ def authenticate(request: HttpRequest, authenticator: Any) -> tuple[Any, AuthErr
 
 def header_token_present(request: HttpRequest) -> bool:
     """Whether the request carries a token in graphql_jwt's header (well formed or not)."""
-    from graphql_jwt.settings import jwt_settings
-
+    found = django_graphql_jwt.names()
+    if found is None:
+        return False
+    jwt_settings = found.settings
     parts = request.META.get(jwt_settings.JWT_AUTH_HEADER_NAME, "").split()
     return bool(parts) and parts[0].lower() == jwt_settings.JWT_AUTH_HEADER_PREFIX.lower()
 
@@ -135,13 +130,14 @@ def refuse_cookie_without_csrf(request: HttpRequest) -> str | None:
     started by another site (``Sec-Fetch-Site: cross-site``: a link or a form
     GET from elsewhere passes the CSRF check). A token in the header needs no
     such check: a cross-site page cannot set it. Returns the reason when the
-    cookie was dropped, else None.
+    cookie was dropped, else None. Without django-graphql-jwt there is no such cookie.
     """
-    from graphql_jwt.settings import jwt_settings
-
     from gql_audit.compat import csrf_failure_reason
 
-    name = jwt_settings.JWT_COOKIE_NAME
+    found = django_graphql_jwt.names()
+    if found is None:
+        return None
+    name = found.settings.JWT_COOKIE_NAME
     if name not in request.COOKIES or header_token_present(request):
         return None
     if request.META.get("HTTP_SEC_FETCH_SITE") == "cross-site":
@@ -162,8 +158,10 @@ def jwt_credentials(request: HttpRequest) -> str | None:
     and ``JWT_COOKIE_NAME``. A header that starts with the prefix but is not
     exactly ``<prefix> <token>`` is a bad credential, not an absent one.
     """
-    from graphql_jwt.settings import jwt_settings
-
+    found = django_graphql_jwt.names()
+    if found is None:
+        raise AuthUnavailable(django_graphql_jwt.missing_message())
+    jwt_settings = found.settings
     header = request.META.get(jwt_settings.JWT_AUTH_HEADER_NAME, "")
     parts = header.split()
     prefix = jwt_settings.JWT_AUTH_HEADER_PREFIX.lower()
@@ -183,11 +181,13 @@ def jwt_authenticator(request: HttpRequest) -> Any:
 
     Raises graphql_jwt's ``JSONWebTokenExpired`` / ``JSONWebTokenError`` (an
     inactive user included, as graphql_jwt does), and ``AuthenticationFailed``
-    for a well-signed token whose user no longer exists.
+    for a well-signed token whose user no longer exists. Needs the
+    ``graphql-jwt`` extra: without it, raises :class:`AuthUnavailable` (and
+    check ``gql_audit.E054`` says so at start-up).
     """
+    token = jwt_credentials(request)
     from graphql_jwt.shortcuts import get_user_by_token
 
-    token = jwt_credentials(request)
     if token is None:
         return None
     user = get_user_by_token(token, request)
