@@ -297,6 +297,44 @@ def check_protections(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     return errors
 
 
+#: ``GQL_AUDIT["JWT"]`` problem topic -> its check id.
+_BEARER_CHECKS = {
+    "setting": "gql_audit.E050",
+    "algorithms": "gql_audit.E051",
+    "key": "gql_audit.E052",
+    "weak_secret": "gql_audit.W050",
+    "plain_http": "gql_audit.W051",
+    "not_unique": "gql_audit.W052",
+}
+BEARER_AUTHENTICATOR = "gql_audit.auth.bearer_authenticator"
+
+
+@register(Tags.security)
+def check_bearer(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    """GQL_AUDIT["JWT"]: how bearer_authenticator verifies tokens (a weak setting lets tokens through)."""
+    from gql_audit.auth import bearer, bearer_authenticator
+
+    raw = getattr(_settings(), SETTINGS_NAME, {})
+    if not isinstance(raw, dict):
+        return []  # E001
+    if raw.get("JWT") is None:
+        if raw.get("AUTHENTICATOR") not in (BEARER_AUTHENTICATOR, bearer_authenticator):
+            return []
+        return [
+            Error(
+                f"{SETTINGS_NAME}['AUTHENTICATOR'] is bearer_authenticator, but {SETTINGS_NAME}['JWT'] is not set: "
+                "no token can be verified.",
+                hint="Set GQL_AUDIT['JWT'] = {'algorithms': [...], 'key' or 'jwks': ..., ...}. See docs/oidc.md.",
+                id="gql_audit.E053",
+            )
+        ]
+    found = []
+    for problem in bearer.check(raw["JWT"]):
+        level = Warning if problem.warning else Error
+        found.append(level(problem.message, hint="See docs/oidc.md.", id=_BEARER_CHECKS[problem.topic]))
+    return found
+
+
 @register(Tags.compatibility)
 def check_sealing_database(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     """TAMPER_EVIDENCE seals change entries where it writes the other records: both on one database."""

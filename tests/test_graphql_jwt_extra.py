@@ -72,6 +72,15 @@ def test_every_setting_naming_the_package_is_reported(without_graphql_jwt, setti
     assert "GRAPHENE['MIDDLEWARE'] lists 'graphql_jwt.middleware.JSONWebTokenMiddleware'" in found[1]
 
 
+def test_bearer_authenticator_without_the_package_has_no_check_error(without_graphql_jwt, settings):
+    settings.GQL_AUDIT = {
+        **settings.GQL_AUDIT,
+        "AUTHENTICATOR": "gql_audit.auth.bearer_authenticator",
+        "JWT": {"algorithms": ["HS256"], "key": settings.SECRET_KEY, "user_claim": "username"},
+    }
+    assert [m.id for m in messages()] == []
+
+
 @pytest.mark.django_db
 def test_default_authenticator_without_the_package_cannot_decide(without_graphql_jwt, client, users):
     """Not a bad token: the service is missing a package, so AUTH_UNAVAILABLE on
@@ -85,3 +94,25 @@ def test_default_authenticator_without_the_package_cannot_decide(without_graphql
     event = SecurityEvent.objects.get()
     assert event.kind == "db_error"
     assert "django-graphql-jwt is not installed" in event.details["reason"]
+
+
+@pytest.mark.django_db
+def test_resolver_errors_are_classified_without_the_package(without_graphql_jwt, gql, users, settings):
+    from django.contrib.auth import get_user_model
+
+    settings.GQL_AUDIT = {
+        **settings.GQL_AUDIT,
+        "AUTHENTICATOR": "gql_audit.auth.bearer_authenticator",
+        "JWT": {"algorithms": ["HS256"], "key": settings.SECRET_KEY, "user_claim": "username"},
+        "MASK_ERRORS": "all",
+    }
+    assert get_user_model().objects.filter(username="alice").exists()
+    body = gql('{ me { username } document(id: "bm9wZQ==") { title } }', headers={"Authorization": "Bearer x.y.z"})
+    assert codes(body) == {("me",): "TOKEN_INVALID", ("document",): "TOKEN_INVALID"}
+    assert not SecurityEvent.objects.filter(kind="graphql_error").exists()
+    token = make_token("alice")
+    body = gql('{ me { username } document(id: "bm9wZQ==") { title } }', headers={"Authorization": f"Bearer {token}"})
+    assert body["data"]["me"] == {"username": "alice"}
+    # Masked (it is no GraphQLError raised on purpose, nor graphql_jwt's), and on record.
+    assert codes(body) == {("document",): "INTERNAL_ERROR"}
+    assert SecurityEvent.objects.filter(kind="graphql_error", path="document").exists()

@@ -17,8 +17,11 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from jwt import ExpiredSignatureError
+
 from gql_audit.auth import django_graphql_jwt
-from gql_audit.auth.failures import AuthenticationFailed, AuthUnavailable, TokenExpired
+from gql_audit.auth.base import MAX_TOKEN_LENGTH, AuthenticationFailed, AuthUnavailable, TokenExpired
+from gql_audit.auth.bearer import bearer_authenticator
 from gql_audit.errors import AUTH_UNAVAILABLE, MESSAGES, TOKEN_EXPIRED, TOKEN_INVALID, describe_database_error
 
 if TYPE_CHECKING:
@@ -30,13 +33,11 @@ __all__ = [
     "AuthenticationFailed",
     "TokenExpired",
     "authenticate",
+    "bearer_authenticator",
     "jwt_authenticator",
 ]
 
 logger = logging.getLogger("gql_audit.auth")
-
-#: Longer bearer values are rejected before any decoding is attempted.
-MAX_TOKEN_LENGTH = 8192
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ def classify(exc: BaseException) -> AuthError:
     reason = f"{type(exc).__name__}: {exc}"[:500]
     if isinstance(exc, AuthenticationFailed):
         return AuthError(exc.code, exc.client_message, reason)
-    if isinstance(exc, django_graphql_jwt.expired_types()):
+    if isinstance(exc, (ExpiredSignatureError, *django_graphql_jwt.expired_types())):
         return AuthError(TOKEN_EXPIRED, MESSAGES[TOKEN_EXPIRED], reason)
     # Anything else an authenticator raises means the credentials were not
     # accepted; its text may carry internals, so the client gets a fixed one.

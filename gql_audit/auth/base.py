@@ -1,9 +1,13 @@
-"""What an authenticator raises: credentials judged bad (with the code the client
-gets), or a dependency that failed before they could be judged."""
+"""What every authenticator here shares: the exceptions it raises (credentials
+judged bad, with the code the client gets, or a dependency that failed before
+they could be judged) and the bound on a token's size."""
 
 from __future__ import annotations
 
 from gql_audit.errors import MESSAGES, TOKEN_EXPIRED, TOKEN_INVALID
+
+#: Longer bearer values are rejected before any decoding is attempted.
+MAX_TOKEN_LENGTH = 8192
 
 
 class AuthenticationFailed(Exception):
