@@ -22,6 +22,7 @@ from jwt import ExpiredSignatureError
 from gql_audit.auth import django_graphql_jwt
 from gql_audit.auth.base import MAX_TOKEN_LENGTH, AuthenticationFailed, AuthUnavailable, TokenExpired
 from gql_audit.auth.bearer import bearer_authenticator
+from gql_audit.conf import conf
 from gql_audit.errors import AUTH_UNAVAILABLE, MESSAGES, TOKEN_EXPIRED, TOKEN_INVALID, describe_database_error
 
 if TYPE_CHECKING:
@@ -111,14 +112,38 @@ def authenticate(request: HttpRequest, authenticator: Any) -> tuple[Any, AuthErr
         return None, error
 
 
+def jwt_header(request: HttpRequest, jwt_settings: Any) -> list[str] | None:
+    """The words of graphql_jwt's header when it carries a token (well formed or not).
+
+    Its scheme is ``JWT_AUTH_HEADER_PREFIX``; while ``GRAPHQL_JWT`` does not set
+    one, ``Bearer`` (RFC 6750's, which most HTTP clients send) is read too:
+    graphql_jwt's default ``JWT`` alone made a valid token sent as ``Bearer``
+    look like no token at all. A prefix set on purpose is followed exactly.
+    """
+    header: str = request.META.get(jwt_settings.JWT_AUTH_HEADER_NAME, "")
+    parts = header.split()
+    if not parts:
+        return None
+    scheme = parts[0].lower()
+    if scheme == jwt_settings.JWT_AUTH_HEADER_PREFIX.lower() or (scheme == "bearer" and _bearer_read_too()):
+        return parts
+    return None
+
+
+def _bearer_read_too() -> bool:
+    def build() -> bool:
+        from django.conf import settings
+
+        return "JWT_AUTH_HEADER_PREFIX" not in (getattr(settings, "GRAPHQL_JWT", None) or {})
+
+    read: bool = conf.derived("jwt_bearer_alias", build)
+    return read
+
+
 def header_token_present(request: HttpRequest) -> bool:
     """Whether the request carries a token in graphql_jwt's header (well formed or not)."""
     found = django_graphql_jwt.names()
-    if found is None:
-        return False
-    jwt_settings = found.settings
-    parts = request.META.get(jwt_settings.JWT_AUTH_HEADER_NAME, "").split()
-    return bool(parts) and parts[0].lower() == jwt_settings.JWT_AUTH_HEADER_PREFIX.lower()
+    return found is not None and jwt_header(request, found.settings) is not None
 
 
 def refuse_cookie_without_csrf(request: HttpRequest) -> str | None:
@@ -156,17 +181,16 @@ def jwt_credentials(request: HttpRequest) -> str | None:
     """The django-graphql-jwt token of ``request``: header first, then cookie.
 
     Follows graphql_jwt's ``JWT_AUTH_HEADER_NAME``, ``JWT_AUTH_HEADER_PREFIX``
-    and ``JWT_COOKIE_NAME``. A header that starts with the prefix but is not
-    exactly ``<prefix> <token>`` is a bad credential, not an absent one.
+    (and ``Bearer``, see :func:`jwt_header`) and ``JWT_COOKIE_NAME``. A header
+    that starts with the prefix but is not exactly ``<prefix> <token>`` is a bad
+    credential, not an absent one.
     """
     found = django_graphql_jwt.names()
     if found is None:
         raise AuthUnavailable(django_graphql_jwt.missing_message())
     jwt_settings = found.settings
-    header = request.META.get(jwt_settings.JWT_AUTH_HEADER_NAME, "")
-    parts = header.split()
-    prefix = jwt_settings.JWT_AUTH_HEADER_PREFIX.lower()
-    if parts and parts[0].lower() == prefix:
+    parts = jwt_header(request, jwt_settings)
+    if parts is not None:
         if len(parts) != 2:
             raise AuthenticationFailed(code=TOKEN_INVALID)
         token: str | None = parts[1]
