@@ -8,7 +8,11 @@ proves the same with a virtual environment that never had it.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from django.core import checks
@@ -116,3 +120,182 @@ def test_resolver_errors_are_classified_without_the_package(without_graphql_jwt,
     # Masked (it is no GraphQLError raised on purpose, nor graphql_jwt's), and on record.
     assert codes(body) == {("document",): "INTERNAL_ERROR"}
     assert SecurityEvent.objects.filter(kind="graphql_error", path="document").exists()
+
+
+# --- a virtual environment that never had the package ------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVICE = {
+    "manage.py": """
+import os, sys
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "svc.settings")
+from django.core.management import execute_from_command_line
+execute_from_command_line(sys.argv)
+""",
+    "svc/__init__.py": "",
+    "svc/apps.py": """
+from django.apps import AppConfig
+
+class SvcConfig(AppConfig):
+    name = "svc"
+
+    def ready(self):
+        from auditlog.registry import auditlog
+        from django.contrib.auth import get_user_model
+
+        auditlog.register(get_user_model(), exclude_fields=["password", "last_login"])
+""",
+    "svc/settings.py": """
+from pathlib import Path
+
+SECRET_KEY = "a-secret-key-for-the-minimal-service-0123456789"
+JWT_KEY = "a-shared-secret-of-forty-bytes-0123456789"
+ALLOWED_HOSTS = ["testserver"]
+USE_TZ = True
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+INSTALLED_APPS = [
+    "django.contrib.auth", "django.contrib.contenttypes", "django.contrib.sessions",
+    "graphene_django", "auditlog", "gql_audit", "svc",
+]
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "gql_audit.middleware.AuditContextMiddleware",
+]
+ROOT_URLCONF = "svc.urls"
+DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": str(Path(__file__).parent / "db.sqlite3")}}
+GRAPHENE = {
+    "SCHEMA": "svc.schema.schema",
+    "MIDDLEWARE": ["gql_audit.graphene.AuditMiddleware"],
+    "ATOMIC_MUTATIONS": True,
+}
+GQL_AUDIT = {
+    "AUTHENTICATOR": "gql_audit.auth.bearer_authenticator",
+    "PUBLIC_FIELDS": ["Query.status"],
+    "JWT": {"algorithms": ["HS256"], "key": JWT_KEY, "issuer": "https://idp.test", "audience": "svc"},
+}
+""",
+    "svc/settings_default.py": """
+from svc.settings import *
+
+GQL_AUDIT = {k: v for k, v in GQL_AUDIT.items() if k != "AUTHENTICATOR"}
+""",
+    "svc/schema.py": """
+import graphene
+from django.contrib.auth import get_user_model
+from graphene_django import DjangoObjectType
+
+
+class UserType(DjangoObjectType):
+    class Meta:
+        model = get_user_model()
+        fields = ("username",)
+
+
+class Query(graphene.ObjectType):
+    status = graphene.String()
+    me = graphene.Field(UserType)
+
+    def resolve_status(root, info):
+        return "ok"
+
+    def resolve_me(root, info):
+        return info.context.user
+
+
+schema = graphene.Schema(query=Query)
+""",
+    "svc/urls.py": """
+from django.urls import path
+from django.views.decorators.csrf import csrf_exempt
+from graphene_django.views import GraphQLView
+
+urlpatterns = [path("graphql/", csrf_exempt(GraphQLView.as_view()))]
+""",
+    "ask.py": """
+import datetime, importlib.util, json, os
+
+import django
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "svc.settings")
+django.setup()
+
+import jwt
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from django.test import Client
+
+from gql_audit.models import SecurityEvent
+
+call_command("migrate", verbosity=0)
+get_user_model().objects.create_user("alice")
+now = datetime.datetime.now(datetime.UTC)
+claims = {"sub": "alice", "iss": "https://idp.test", "aud": "svc", "exp": now + datetime.timedelta(minutes=5)}
+token = jwt.encode(claims, settings.JWT_KEY, algorithm="HS256")
+expired = jwt.encode({**claims, "exp": now - datetime.timedelta(minutes=5)}, settings.JWT_KEY, algorithm="HS256")
+client = Client()
+
+
+def ask(header=None):
+    extra = {"HTTP_AUTHORIZATION": header} if header else {}
+    response = client.post("/graphql/", json.dumps({"query": "{ status me { username } }"}),
+                           content_type="application/json", **extra)
+    return response.status_code, response.json()
+
+
+print(json.dumps({
+    "graphql_jwt": importlib.util.find_spec("graphql_jwt") is not None,
+    "valid": ask("Bearer " + token),
+    "none": ask(),
+    "expired": ask("Bearer " + expired),
+    "forged": ask("Bearer " + jwt.encode(claims, "another-secret-of-forty-bytes-0123456789", algorithm="HS256")),
+    "events": sorted(SecurityEvent.objects.values_list("kind", flat=True)),
+}))
+""",
+}
+
+
+def run(command, cwd, **env):
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=900, env={**os.environ, **env})
+
+
+@pytest.mark.venv
+def test_without_the_extra_in_a_fresh_venv(tmp_path):
+    """``pip install`` of this checkout with no extra into a new virtual environment,
+    then a minimal service on bearer_authenticator: its checks pass, a request
+    authenticates, and the default authenticator's missing package is check E054."""
+    if os.environ.get("CI") != "true":
+        pytest.skip("installs the checkout and its dependencies from the package index into a new venv (CI=true)")
+    venv = tmp_path / "venv"
+    done = run([sys.executable, "-m", "venv", str(venv)], tmp_path)
+    assert done.returncode == 0, done.stderr
+    python = str(venv / "bin" / "python")
+    done = run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", str(ROOT)], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    service = tmp_path / "service"
+    for name, text in SERVICE.items():
+        (service / name).parent.mkdir(parents=True, exist_ok=True)
+        (service / name).write_text(text.lstrip())
+    env = {"PYTHONPATH": str(service), "DJANGO_SETTINGS_MODULE": "svc.settings"}
+
+    done = run([python, "manage.py", "check", "--fail-level", "WARNING"], service, **env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "System check identified no issues" in done.stdout
+
+    done = run([python, "ask.py"], service, **env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    answers = json.loads(done.stdout.strip().splitlines()[-1])
+    assert answers["graphql_jwt"] is False
+    assert answers["valid"] == [200, {"data": {"status": "ok", "me": {"username": "alice"}}}]
+    for case, code in [("none", "UNAUTHENTICATED"), ("expired", "TOKEN_EXPIRED"), ("forged", "TOKEN_INVALID")]:
+        status, body = answers[case]
+        assert status == 200
+        assert body["data"] == {"status": "ok", "me": None}
+        assert [e["extensions"]["code"] for e in body["errors"]] == [code]
+    assert answers["events"] == ["token_expired", "token_invalid", "unauthenticated"]
+
+    done = run([python, "manage.py", "check"], service, **{**env, "DJANGO_SETTINGS_MODULE": "svc.settings_default"})
+    assert done.returncode != 0
+    assert "gql_audit.E054" in done.stderr
+    assert "pip install 'gql-audit[graphql-jwt]'" in done.stderr
