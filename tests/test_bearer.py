@@ -386,3 +386,15 @@ def test_settings_are_read_once_per_generation(settings, rs256):
     change(settings, leeway="5s")
     assert bearer.configured() is not first
     assert bearer.configured().leeway == 5
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_database_gone_at_the_user_lookup_is_not_a_bad_token(client, users, rs256):
+    from tests.conftest import table_away
+
+    with table_away("auth_user"):
+        body = ask(client, token=rs256.sign(claims()))
+    assert_denied(body, "AUTH_UNAVAILABLE")
+    event = SecurityEvent.objects.get(kind="db_error")
+    assert event.details["code"] == "AUTH_UNAVAILABLE"
+    assert not SecurityEvent.objects.filter(kind="token_invalid").exists()

@@ -437,3 +437,44 @@ def test_the_url_is_described_without_credentials_or_query():
         "https://idp.example.org:8443/certs"
     )
     assert jwks.describe("/etc/gql_audit/jwks.json") == "/etc/gql_audit/jwks.json"
+
+
+# --- under ASGI --------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_under_asgi(async_client, settings, server, old_key, monkeypatch, async_connections_closed):
+    """The key set is read in the middleware's sync step: the same answers, the same one fetch."""
+    from asgiref.sync import sync_to_async
+    from django.contrib.auth import get_user_model
+
+    monkeypatch.setattr(jwks, "TIMEOUT", TIMEOUT)
+    settings.GQL_AUDIT = {
+        **settings.GQL_AUDIT,
+        "AUTHENTICATOR": "gql_audit.auth.bearer_authenticator",
+        "JWT": {"algorithms": ["RS256"], "jwks": server.url, "issuer": ISSUER, "audience": AUDIENCE},
+    }
+    await sync_to_async(get_user_model().objects.create_user)("dora")
+
+    async def ask_async(token):
+        response = await async_client.post(
+            "/graphql/",
+            {"query": "{ serviceStatus { ok } me { username } }"},
+            content_type="application/json",
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert response.status_code == 200
+        return response.json()
+
+    for _ in range(3):
+        assert await ask_async(old_key.sign(claims("dora"))) == {
+            "data": {"serviceStatus": {"ok": True}, "me": {"username": "dora"}}
+        }
+    assert server.hits == 1
+    server.stop()
+    # A kid it lacks: the server cannot be asked, so the token is not judged.
+    body = await ask_async(make_key("RS256", kid="2027-01").sign(claims("dora")))
+    assert body["data"]["serviceStatus"] == {"ok": True}
+    assert codes(body) == {("me",): "AUTH_UNAVAILABLE"}
+    # The keys it read are still good.
+    assert (await ask_async(old_key.sign(claims("dora"))))["data"]["me"] == {"username": "dora"}
