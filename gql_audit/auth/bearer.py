@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -69,8 +69,6 @@ class BearerSettings:
     leeway: float
     user_claim: str
     user_field: str
-    #: ``"exp"``: a token that never expires is not accepted.
-    required: tuple[str, ...] = field(default=("exp",))
 
     def verify(self, token: str) -> dict[str, Any]:
         """The claims of ``token``; PyJWT's exceptions when it is not acceptable."""
@@ -93,7 +91,8 @@ class BearerSettings:
             issuer=self.issuer,
             audience=self.audience,
             leeway=self.leeway,
-            options={"require": list(self.required)},
+            # A token that never expires is not accepted.
+            options={"require": ["exp"]},
         )
         return claims
 
