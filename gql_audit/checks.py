@@ -12,6 +12,7 @@ from django.apps import apps
 from django.core.checks import Error, Tags, Warning, register
 from django.utils.module_loading import import_string
 
+from gql_audit.auth import django_graphql_jwt
 from gql_audit.conf import (
     ACCESS_STORES,
     CLIENT_CERT_SOURCES,
@@ -296,6 +297,44 @@ def check_protections(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     return errors
 
 
+#: ``GQL_AUDIT["JWT"]`` problem topic -> its check id.
+_BEARER_CHECKS = {
+    "setting": "gql_audit.E050",
+    "algorithms": "gql_audit.E051",
+    "key": "gql_audit.E052",
+    "weak_secret": "gql_audit.W050",
+    "plain_http": "gql_audit.W051",
+    "not_unique": "gql_audit.W052",
+}
+BEARER_AUTHENTICATOR = "gql_audit.auth.bearer_authenticator"
+
+
+@register(Tags.security)
+def check_bearer(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    """GQL_AUDIT["JWT"]: how bearer_authenticator verifies tokens (a weak setting lets tokens through)."""
+    from gql_audit.auth import bearer, bearer_authenticator
+
+    raw = getattr(_settings(), SETTINGS_NAME, {})
+    if not isinstance(raw, dict):
+        return []  # E001
+    if raw.get("JWT") is None:
+        if raw.get("AUTHENTICATOR") not in (BEARER_AUTHENTICATOR, bearer_authenticator):
+            return []
+        return [
+            Error(
+                f"{SETTINGS_NAME}['AUTHENTICATOR'] is bearer_authenticator, but {SETTINGS_NAME}['JWT'] is not set: "
+                "no token can be verified.",
+                hint="Set GQL_AUDIT['JWT'] = {'algorithms': [...], 'key' or 'jwks': ..., ...}. See docs/oidc.md.",
+                id="gql_audit.E053",
+            )
+        ]
+    found = []
+    for problem in bearer.check(raw["JWT"]):
+        level = Warning if problem.warning else Error
+        found.append(level(problem.message, hint="See docs/oidc.md.", id=_BEARER_CHECKS[problem.topic]))
+    return found
+
+
 @register(Tags.compatibility)
 def check_sealing_database(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     """TAMPER_EVIDENCE seals change entries where it writes the other records: both on one database."""
@@ -434,8 +473,9 @@ def check_dependencies(app_configs: Any = None, **kwargs: Any) -> list[Any]:
                 id="gql_audit.W004",
             )
         )
+    errors.extend(_check_graphql_jwt_installed(settings))
     jwt_settings = getattr(settings, "GRAPHQL_JWT", None) or {}
-    if uses_jwt and not jwt_settings.get("JWT_VERIFY_EXPIRATION", False):
+    if uses_jwt and django_graphql_jwt.installed() and not jwt_settings.get("JWT_VERIFY_EXPIRATION", False):
         errors.append(
             Warning(
                 "GRAPHQL_JWT['JWT_VERIFY_EXPIRATION'] is off: tokens never expire.",
@@ -445,6 +485,40 @@ def check_dependencies(app_configs: Any = None, **kwargs: Any) -> list[Any]:
             )
         )
     return errors
+
+
+def _check_graphql_jwt_installed(settings: Any) -> list[Any]:
+    """E054: a setting names django-graphql-jwt (the default AUTHENTICATOR does), which is not installed."""
+    if django_graphql_jwt.installed():
+        return []
+    from gql_audit.auth import jwt_authenticator
+
+    uses = []
+    authenticator = conf.user_settings().get("AUTHENTICATOR", DEFAULTS["AUTHENTICATOR"])
+    if authenticator in (DEFAULTS["AUTHENTICATOR"], jwt_authenticator):
+        uses.append(f"{SETTINGS_NAME}['AUTHENTICATOR'] is {DEFAULTS['AUTHENTICATOR']!r} (the default)")
+    graphene = getattr(settings, "GRAPHENE", None) or {}
+    for name, entries in (
+        ("INSTALLED_APPS", getattr(settings, "INSTALLED_APPS", None)),
+        ("MIDDLEWARE", getattr(settings, "MIDDLEWARE", None)),
+        ("AUTHENTICATION_BACKENDS", getattr(settings, "AUTHENTICATION_BACKENDS", None)),
+        ("GRAPHENE['MIDDLEWARE']", graphene.get("MIDDLEWARE")),
+    ):
+        uses.extend(
+            f"{name} lists {entry!r}"
+            for entry in entries or ()
+            if isinstance(entry, str) and entry.split(".")[0] == "graphql_jwt"
+        )
+    return [
+        Error(
+            f"{django_graphql_jwt.DISTRIBUTION} is not installed, but {use}.",
+            hint=f"Install it with the extra: pip install 'gql-audit[{django_graphql_jwt.EXTRA}]'; or verify "
+            "tokens without it: AUTHENTICATOR 'gql_audit.auth.bearer_authenticator' with GQL_AUDIT['JWT'] "
+            "(see docs/oidc.md).",
+            id="gql_audit.E054",
+        )
+        for use in uses
+    ]
 
 
 def _registered_models() -> list[Any]:

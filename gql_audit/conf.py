@@ -57,6 +57,8 @@ DEFAULTS: dict[str, Any] = {
     "PERSISTED_OPERATIONS": None,
     "THROTTLE": None,
     "THROTTLE_CACHE": "default",
+    # gql_audit.auth.bearer_authenticator: how a bearer JWT is verified.
+    "JWT": None,
 }
 
 #: Settings whose value may be a dotted import path, resolved on first use.

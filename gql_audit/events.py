@@ -128,14 +128,15 @@ def classify_resolver_error(exc: BaseException) -> tuple[str, str]:
     from django.core.exceptions import PermissionDenied
     from django.db import Error as DatabaseError  # InterfaceError too, not only DatabaseError
     from graphql import GraphQLError
-    from graphql_jwt.exceptions import PermissionDenied as JWTPermissionDenied
+
+    from gql_audit.auth import django_graphql_jwt
 
     original: BaseException = exc
     code = None
     if isinstance(exc, GraphQLError):
         code = (exc.extensions or {}).get("code")
         original = exc.original_error or exc
-    if code == "FORBIDDEN" or isinstance(original, (PermissionDenied, JWTPermissionDenied)):
+    if code == "FORBIDDEN" or isinstance(original, (PermissionDenied, *django_graphql_jwt.permission_denied_types())):
         return "forbidden", ""
     if isinstance(original, DatabaseError):
         return "db_error", sqlstate_of(original)

@@ -35,6 +35,7 @@ from graphql import GraphQLError, GraphQLObjectType, get_named_type, is_leaf_typ
 
 from gql_audit import context
 from gql_audit.access import SCALARS, plain_path, record_value, unread
+from gql_audit.auth import django_graphql_jwt
 from gql_audit.compat import introspection_field_defs
 from gql_audit.conf import conf
 from gql_audit.errors import (
@@ -115,9 +116,7 @@ def _has_valid_certificate(ctx: context.RequestContext | None) -> bool:
 
 def _deliberate(exc: BaseException) -> bool:
     """An error raised to be shown: a ``GraphQLError``, or graphql_jwt's own messages."""
-    from graphql_jwt.exceptions import JSONWebTokenError
-
-    return isinstance(exc, (GraphQLError, JSONWebTokenError))
+    return isinstance(exc, (GraphQLError, *django_graphql_jwt.error_types()))
 
 
 def masked(exc: Exception, kind: str, ctx: context.RequestContext) -> GraphQLError | None:
@@ -144,11 +143,11 @@ def failed(exc: Exception, info: Any, args: dict[str, Any] | None = None) -> Gra
     path = plain_path(info.path)
     if args is not None and (info.parent_type.name, info.field_name) in rules_for(info.schema).login_fields:
         from django.db import DataError
-        from graphql_jwt.exceptions import JSONWebTokenError
 
+        jwt_errors = django_graphql_jwt.error_types()
         # Credentials the database or the encoder cannot even hold (NUL, lone
         # surrogates) are wrong credentials too, and say so in the same words.
-        if isinstance(exc, (JSONWebTokenError, DataError, ValueError)):
+        if isinstance(exc, (*jwt_errors, DataError, ValueError)):
             ctx.error_codes.add("LOGIN_FAILED")
             record_event(
                 "login_failed",
@@ -156,7 +155,7 @@ def failed(exc: Exception, info: Any, args: dict[str, Any] | None = None) -> Gra
                 path=path,
                 details={"username": _username_tried(args), "exception": type(exc).__name__},
             )
-            if isinstance(exc, JSONWebTokenError):
+            if isinstance(exc, jwt_errors):
                 return None
             return GraphQLError(gettext("Please enter valid credentials"))
     kind, sqlstate = classify_resolver_error(exc)

@@ -140,10 +140,9 @@ def build_rules(schema: Any, public_fields: Any) -> SchemaRules:
 
 def _is_login(field: Any) -> bool:
     """Whether ``field`` is graphql_jwt's ``ObtainJSONWebToken`` (or a subclass): a login."""
-    from graphql_jwt.mixins import ObtainJSONWebTokenMixin
+    from gql_audit.auth import django_graphql_jwt
 
-    graphene_type = getattr(get_named_type(field.type), "graphene_type", None)
-    return isinstance(graphene_type, type) and issubclass(graphene_type, ObtainJSONWebTokenMixin)
+    return django_graphql_jwt.is_login_mutation(getattr(get_named_type(field.type), "graphene_type", None))
 
 
 @functools.lru_cache(maxsize=16)

@@ -85,9 +85,51 @@ def test_malformed_authorization_header_is_invalid(client, users, header):
 
 
 def test_other_authorization_scheme_is_no_token(gql, users):
-    """``Basic``/``Bearer`` credentials are not ours: the request is anonymous, not invalid."""
+    """``Basic`` credentials are not ours: the request is anonymous, not invalid."""
     body = gql(QUERY, headers={"Authorization": "Basic YWxpY2U6c2VjcmV0"})
     assert codes(body) == {("me",): "UNAUTHENTICATED"}
+
+
+@pytest.mark.parametrize("path", ["/graphql/", "/graphql-jwt/"])
+def test_a_valid_token_sent_as_bearer_authenticates(gql, users, path):
+    """What most HTTP clients send (RFC 6750) is read while GRAPHQL_JWT sets no
+    prefix: a valid token sent so was once taken for no token at all."""
+    body = gql(QUERY, headers={"Authorization": f"Bearer {make_token('alice')}"}, path=path)
+    assert "errors" not in body
+    assert body["data"]["me"] == {"username": "alice"}
+    body = gql(MUTATION, headers={"Authorization": f"bearer {make_token('alice')}"}, path=path)
+    assert body["data"]["updateProfile"]["profile"]["phone"] == "555"
+
+
+@pytest.mark.parametrize(
+    ("header", "code"),
+    [
+        ("Bearer " + make_token("alice", expires_in=timedelta(minutes=-1)), "TOKEN_EXPIRED"),
+        ("Bearer not-a-jwt", "TOKEN_INVALID"),
+        ("Bearer a b", "TOKEN_INVALID"),
+        ("Bearer", "TOKEN_INVALID"),
+        ("Bearer " + "x" * 9000, "TOKEN_INVALID"),
+    ],
+    ids=["expired", "malformed", "two words", "no token", "oversized"],
+)
+def test_a_bad_token_sent_as_bearer_says_so(gql, users, header, code):
+    assert codes(gql(QUERY, headers={"Authorization": header})) == {("me",): code}
+
+
+def test_a_bearer_header_that_is_no_token_is_not_a_session(client, users):
+    """Read as a token, it is refused as one; a bad token never falls back to the session."""
+    client.force_login(users["bob"])
+    assert post_graphql(client, "{ me { username } }").json() == {"data": {"me": {"username": "bob"}}}
+    body = post_graphql(client, "{ me { username } }", HTTP_AUTHORIZATION="Bearer undefined").json()
+    assert codes(body) == {("me",): "TOKEN_INVALID"}
+
+
+@pytest.mark.parametrize("prefix", ["JWT", "Token"])
+def test_a_prefix_set_on_purpose_is_followed_exactly(gql, users, settings, prefix):
+    settings.GRAPHQL_JWT = {**settings.GRAPHQL_JWT, "JWT_AUTH_HEADER_PREFIX": prefix}
+    token = make_token("alice")
+    assert gql(QUERY, headers={"Authorization": f"{prefix} {token}"})["data"]["me"] == {"username": "alice"}
+    assert codes(gql(QUERY, headers={"Authorization": f"Bearer {token}"})) == {("me",): "UNAUTHENTICATED"}
 
 
 def test_token_in_cookie(client, users):

@@ -4,6 +4,11 @@ An authenticator is ``callable(request) -> user | None``: None means "no
 credentials"; raising means "credentials were presented and are bad". The
 middleware never lets that exception escape: it becomes an :class:`AuthError`
 kept on the request context and reported only on private fields.
+
+Two authenticators ship: :func:`jwt_authenticator` (the default) reads
+django-graphql-jwt's tokens, an optional extra (:mod:`.django_graphql_jwt`);
+:func:`bearer_authenticator` verifies ``Authorization: Bearer`` tokens with PyJWT
+(:mod:`.bearer`), such as those of an OpenID Connect provider.
 """
 
 from __future__ import annotations
@@ -12,36 +17,28 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from jwt import ExpiredSignatureError
+
+from gql_audit.auth import django_graphql_jwt
+from gql_audit.auth.base import MAX_TOKEN_LENGTH, AuthenticationFailed, AuthUnavailable, TokenExpired
+from gql_audit.auth.bearer import bearer_authenticator
+from gql_audit.conf import conf
 from gql_audit.errors import AUTH_UNAVAILABLE, MESSAGES, TOKEN_EXPIRED, TOKEN_INVALID, describe_database_error
 
 if TYPE_CHECKING:
     from django.http import HttpRequest
 
+__all__ = [
+    "AuthError",
+    "AuthUnavailable",
+    "AuthenticationFailed",
+    "TokenExpired",
+    "authenticate",
+    "bearer_authenticator",
+    "jwt_authenticator",
+]
+
 logger = logging.getLogger("gql_audit.auth")
-
-#: Longer bearer values are rejected before any decoding is attempted.
-MAX_TOKEN_LENGTH = 8192
-
-
-class AuthenticationFailed(Exception):
-    """Raise from a custom ``AUTHENTICATOR`` to pick the code and client message."""
-
-    code = TOKEN_INVALID
-
-    def __init__(self, message: str | None = None, *, code: str | None = None) -> None:
-        if code is not None:
-            self.code = code
-        self.client_message = message or MESSAGES[self.code]
-        super().__init__(self.client_message)
-
-
-class TokenExpired(AuthenticationFailed):
-    code = TOKEN_EXPIRED
-
-
-class AuthUnavailable(Exception):
-    """Raise from a custom ``AUTHENTICATOR`` when a dependency (directory, cache,
-    identity provider) failed: the credentials were not judged, so they are not bad."""
 
 
 @dataclass(frozen=True)
@@ -91,8 +88,6 @@ def describe_dependency_failure(exc: BaseException) -> tuple[str, str]:
 
 
 def classify(exc: BaseException) -> AuthError:
-    from graphql_jwt.exceptions import JSONWebTokenExpired
-
     failure = dependency_failure(exc)
     if failure is not None:
         reason, sqlstate = describe_dependency_failure(failure)
@@ -100,7 +95,7 @@ def classify(exc: BaseException) -> AuthError:
     reason = f"{type(exc).__name__}: {exc}"[:500]
     if isinstance(exc, AuthenticationFailed):
         return AuthError(exc.code, exc.client_message, reason)
-    if isinstance(exc, JSONWebTokenExpired):
+    if isinstance(exc, (ExpiredSignatureError, *django_graphql_jwt.expired_types())):
         return AuthError(TOKEN_EXPIRED, MESSAGES[TOKEN_EXPIRED], reason)
     # Anything else an authenticator raises means the credentials were not
     # accepted; its text may carry internals, so the client gets a fixed one.
@@ -117,12 +112,38 @@ def authenticate(request: HttpRequest, authenticator: Any) -> tuple[Any, AuthErr
         return None, error
 
 
+def jwt_header(request: HttpRequest, jwt_settings: Any) -> list[str] | None:
+    """The words of graphql_jwt's header when it carries a token (well formed or not).
+
+    Its scheme is ``JWT_AUTH_HEADER_PREFIX``; while ``GRAPHQL_JWT`` does not set
+    one, ``Bearer`` (RFC 6750's, which most HTTP clients send) is read too:
+    graphql_jwt's default ``JWT`` alone made a valid token sent as ``Bearer``
+    look like no token at all. A prefix set on purpose is followed exactly.
+    """
+    header: str = request.META.get(jwt_settings.JWT_AUTH_HEADER_NAME, "")
+    parts = header.split()
+    if not parts:
+        return None
+    scheme = parts[0].lower()
+    if scheme == jwt_settings.JWT_AUTH_HEADER_PREFIX.lower() or (scheme == "bearer" and _bearer_read_too()):
+        return parts
+    return None
+
+
+def _bearer_read_too() -> bool:
+    def build() -> bool:
+        from django.conf import settings
+
+        return "JWT_AUTH_HEADER_PREFIX" not in (getattr(settings, "GRAPHQL_JWT", None) or {})
+
+    read: bool = conf.derived("jwt_bearer_alias", build)
+    return read
+
+
 def header_token_present(request: HttpRequest) -> bool:
     """Whether the request carries a token in graphql_jwt's header (well formed or not)."""
-    from graphql_jwt.settings import jwt_settings
-
-    parts = request.META.get(jwt_settings.JWT_AUTH_HEADER_NAME, "").split()
-    return bool(parts) and parts[0].lower() == jwt_settings.JWT_AUTH_HEADER_PREFIX.lower()
+    found = django_graphql_jwt.names()
+    return found is not None and jwt_header(request, found.settings) is not None
 
 
 def refuse_cookie_without_csrf(request: HttpRequest) -> str | None:
@@ -135,13 +156,14 @@ def refuse_cookie_without_csrf(request: HttpRequest) -> str | None:
     started by another site (``Sec-Fetch-Site: cross-site``: a link or a form
     GET from elsewhere passes the CSRF check). A token in the header needs no
     such check: a cross-site page cannot set it. Returns the reason when the
-    cookie was dropped, else None.
+    cookie was dropped, else None. Without django-graphql-jwt there is no such cookie.
     """
-    from graphql_jwt.settings import jwt_settings
-
     from gql_audit.compat import csrf_failure_reason
 
-    name = jwt_settings.JWT_COOKIE_NAME
+    found = django_graphql_jwt.names()
+    if found is None:
+        return None
+    name = found.settings.JWT_COOKIE_NAME
     if name not in request.COOKIES or header_token_present(request):
         return None
     if request.META.get("HTTP_SEC_FETCH_SITE") == "cross-site":
@@ -159,15 +181,16 @@ def jwt_credentials(request: HttpRequest) -> str | None:
     """The django-graphql-jwt token of ``request``: header first, then cookie.
 
     Follows graphql_jwt's ``JWT_AUTH_HEADER_NAME``, ``JWT_AUTH_HEADER_PREFIX``
-    and ``JWT_COOKIE_NAME``. A header that starts with the prefix but is not
-    exactly ``<prefix> <token>`` is a bad credential, not an absent one.
+    (and ``Bearer``, see :func:`jwt_header`) and ``JWT_COOKIE_NAME``. A header
+    that starts with the prefix but is not exactly ``<prefix> <token>`` is a bad
+    credential, not an absent one.
     """
-    from graphql_jwt.settings import jwt_settings
-
-    header = request.META.get(jwt_settings.JWT_AUTH_HEADER_NAME, "")
-    parts = header.split()
-    prefix = jwt_settings.JWT_AUTH_HEADER_PREFIX.lower()
-    if parts and parts[0].lower() == prefix:
+    found = django_graphql_jwt.names()
+    if found is None:
+        raise AuthUnavailable(django_graphql_jwt.missing_message())
+    jwt_settings = found.settings
+    parts = jwt_header(request, jwt_settings)
+    if parts is not None:
         if len(parts) != 2:
             raise AuthenticationFailed(code=TOKEN_INVALID)
         token: str | None = parts[1]
@@ -183,11 +206,13 @@ def jwt_authenticator(request: HttpRequest) -> Any:
 
     Raises graphql_jwt's ``JSONWebTokenExpired`` / ``JSONWebTokenError`` (an
     inactive user included, as graphql_jwt does), and ``AuthenticationFailed``
-    for a well-signed token whose user no longer exists.
+    for a well-signed token whose user no longer exists. Needs the
+    ``graphql-jwt`` extra: without it, raises :class:`AuthUnavailable` (and
+    check ``gql_audit.E054`` says so at start-up).
     """
+    token = jwt_credentials(request)
     from graphql_jwt.shortcuts import get_user_by_token
 
-    token = jwt_credentials(request)
     if token is None:
         return None
     user = get_user_by_token(token, request)
