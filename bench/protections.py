@@ -33,8 +33,8 @@ DERIVED = ("derived:protections", "derived:throttle_rates")
 def configurer(values: dict[str, Any]) -> Callable[[], None]:
     """Puts these protection settings in force (process-wide), their derived values
     worked out on first use and then reused, as a settings generation would."""
-    from gql_audit import guard, throttle
     from gql_audit.conf import conf
+    from gql_audit.protect import admission, counters
 
     derived: dict[str, Any] = {}
 
@@ -44,8 +44,8 @@ def configurer(values: dict[str, Any]) -> Callable[[], None]:
         if not derived:
             for key in DERIVED:
                 conf._cache.pop(key, None)
-            guard.active()
-            throttle.rate("login")
+            admission.active()
+            counters.rate("login")
             derived.update({key: conf._cache[key] for key in DERIVED})
         conf._cache.update(derived)
 
@@ -108,18 +108,18 @@ def checks_alone(configurations: dict[str, dict[str, Any]], documents: dict[str,
 
 def analysis_cost(documents: dict[str, str], repeat: int = 2000) -> None:
     """Microseconds to measure a document the first time, and each time after (the cache)."""
-    from gql_audit import limits
+    from gql_audit.protect import document
 
-    print("\nMeasuring a document (gql_audit.limits.analyse)")
+    print("\nMeasuring a document (gql_audit.protect.document.analyse)")
     for name, text in documents.items():
         start = time.perf_counter()
         for _ in range(50):
-            limits._analyse(text)
+            document._analyse(text)
         first = (time.perf_counter() - start) / 50
-        limits.analyse(text)
+        document.analyse(text)
         start = time.perf_counter()
         for _ in range(repeat):
-            limits.analyse(text)
+            document.analyse(text)
         cached = (time.perf_counter() - start) / repeat
         print(f"  {name:<44} first {first * 1e6:8.1f} us   cached {cached * 1e6:6.2f} us")
 
@@ -134,8 +134,8 @@ def main() -> None:
 
     from bench.models import Record
     from bench.schema import RECORD_FIELDS
-    from gql_audit.limits import document_hash
     from gql_audit.models import ReadObject, RequestReads
+    from gql_audit.protect.document import document_hash
 
     connection.creation.create_test_db(verbosity=0, autoclobber=True, serialize=False)
     Record.objects.bulk_create(

@@ -19,7 +19,7 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_asy
 from django.contrib.auth.models import AnonymousUser
 from django.http import JsonResponse
 
-from gql_audit import context, guard
+from gql_audit import context
 from gql_audit.access import registered_models
 from gql_audit.auth import authenticate, refuse_cookie_without_csrf
 from gql_audit.compat import mark_jwt_credentials_handled, set_session_user_cache
@@ -30,6 +30,8 @@ from gql_audit.logging import log_aborted, log_request
 from gql_audit.mtls import client_identity, read_client_certificate
 from gql_audit.net import client_address, client_port, is_trusted, parse_ip, request_ids
 from gql_audit.params import FORM_TYPES, content_type
+from gql_audit.protect import admission, failures
+from gql_audit.protect.refusal import Refused, respond
 from gql_audit.store import flush
 from gql_audit.tracing import trace_ids
 
@@ -70,28 +72,14 @@ def begin(request: HttpRequest) -> context.RequestContext:
     return ctx
 
 
-class Refused(JsonResponse):
-    """A request refused before the view ran (a limit, the allow-list, a throttle): already on record."""
-
-
-def refused(ctx: context.RequestContext, refusal: guard.Refusal, entries: int | None = None) -> Refused:
-    """The answer to a refused request (``entries``: the size of a refused batch)."""
-    ctx.error_codes.add(refusal.code)
-    ctx.refused = True
-    response = Refused(refusal.body(entries), status=refusal.status, safe=False)
-    if refusal.retry_after is not None:
-        response["Retry-After"] = str(refusal.retry_after)
-    return response
-
-
 def prepare(request: HttpRequest, ctx: context.RequestContext) -> HttpResponseBase | None:
     """Everything before the view that may run user code or query the database;
     a response when the request is refused before it authenticates."""
     read_certificate(request, ctx)
     if conf.THROTTLE:
-        refusal = guard.check_address(ctx)
+        refusal = failures.check_address(ctx)
         if refusal is not None:
-            return refused(ctx, refusal)
+            return respond(ctx, refusal)
     reason = refuse_cookie_without_csrf(request)
     if reason is not None:
         record_event(
@@ -142,7 +130,7 @@ def finish(response: HttpResponseBase, ctx: context.RequestContext) -> HttpRespo
     if response.status_code == 400 and not isinstance(response, Refused):
         response = inspect_rejected(ctx, response)
     if conf.THROTTLE:
-        guard.count_failures(ctx)
+        failures.count_failures(ctx)
     if conf.WRITE_AFTER_RESPONSE:
         response[conf.REQUEST_ID_HEADER] = ctx.request_id
         write_when_closed(response, ctx)
@@ -346,11 +334,11 @@ class AuditContextMiddleware:
             return None
         if conf.INSTRUMENT_SCHEMA:
             ctx.view_schema = view_schema(view_func)
-        protections = guard.active()
+        protections = admission.active()
         if protections is None:
             return None
-        found = guard.check_operation(request, ctx, view_func, protections)
-        return refused(ctx, *found) if found is not None else None
+        found = admission.check_operation(request, ctx, view_func, protections)
+        return respond(ctx, *found) if found is not None else None
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> JsonResponse | None:
         return bad_body(request, exception)

@@ -12,10 +12,10 @@ from django.conf import settings
 from django.db import connection
 from django.test import override_settings
 
-from gql_audit import limits
 from gql_audit.history import request_trail
-from gql_audit.limits import analyse
 from gql_audit.models import SecurityEvent
+from gql_audit.protect import document
+from gql_audit.protect.document import analyse
 from tests.conftest import SQLRecorder, make_token, post_graphql
 
 pytestmark = pytest.mark.django_db
@@ -33,8 +33,8 @@ def cost(text, name=None):
 
 
 def test_depth_aliases_and_fields_of_plain_selections():
-    assert cost("{ a }") == limits.Cost(1, 0, 1)
-    assert cost("{ a { b { c } } x: a }") == limits.Cost(3, 1, 4)
+    assert cost("{ a }") == document.Cost(1, 0, 1)
+    assert cost("{ a { b { c } } x: a }") == document.Cost(3, 1, 4)
 
 
 def test_fragments_are_expanded_and_every_spread_counted():
@@ -53,7 +53,7 @@ def test_fragments_are_expanded_and_every_spread_counted():
 
 
 def test_inline_fragments_count_their_selections_without_adding_depth():
-    assert cost("{ a { ... on T { x: b y: b ... { z: b { c } } } } }") == limits.Cost(3, 3, 5)
+    assert cost("{ a { ... on T { x: b y: b ... { z: b { c } } } } }") == document.Cost(3, 3, 5)
 
 
 def test_doubling_fragments_are_measured_in_linear_time_and_saturate():
@@ -64,19 +64,19 @@ def test_doubling_fragments_are_measured_in_linear_time_and_saturate():
     started = time.perf_counter()
     got = cost(text)
     assert time.perf_counter() - started < 1
-    assert got.aliases == limits.CAP and got.fields == limits.CAP and got.depth == 2
+    assert got.aliases == document.CAP and got.fields == document.CAP and got.depth == 2
 
 
 def test_fragment_cycles_terminate():
     analysis = analyse("{ a { ...A } } fragment A on T { ...B } fragment B on T { x ...A }")
     assert analysis.problem == "cycle" and analysis.operations == ()
     # Unknown fragments count nothing: validation will refuse them.
-    assert cost("{ a { ...Missing } }") == limits.Cost(1, 0, 1)
+    assert cost("{ a { ...Missing } }") == document.Cost(1, 0, 1)
 
 
 def test_documents_nested_past_the_parser_are_unmeasurable():
     analysis = analyse("{ a " * 3000 + "}" * 3000)
-    assert analysis.problem == "too deep" and analysis.worst() == limits.UNMEASURABLE
+    assert analysis.problem == "too deep" and analysis.worst() == document.UNMEASURABLE
     assert analyse("{ a ").problem == "syntax"
 
 
@@ -127,7 +127,7 @@ def test_enforce_refuses_before_anything_runs(client, users, query, limit, value
     assert event.details["limit"] == name and event.details["value"] == value
     assert event.details["max"] == limit[name] and event.details["enforced"] is True
     assert event.details["rule"] == "QUERY_LIMITS" and event.severity == "warning"
-    assert event.actor_id == users["alice"].pk and event.operation["hash"] == limits.document_hash(query)
+    assert event.actor_id == users["alice"].pk and event.operation["hash"] == document.document_hash(query)
     # The refusal is the only event: not also a graphql_error for the 400.
     assert [e.kind for e in trail.events] == ["query_limit"]
 
@@ -192,7 +192,7 @@ def test_a_refusal_has_its_request_line(client, users, caplog):
         post_graphql(client, WIDE, headers={"X-Request-ID": "limit-log"})
     (line,) = [json.loads(r.getMessage()) for r in caplog.records if r.name == "gql_audit.request"]
     assert (line["request_id"], line["status"], line["error_codes"]) == ("limit-log", 400, ["QUERY_TOO_COMPLEX"])
-    assert line["operation"]["hash"] == limits.document_hash(WIDE)
+    assert line["operation"]["hash"] == document.document_hash(WIDE)
 
 
 HUGE = "{ " + "x: serviceStatus { ok } " * 100_000 + "}"  # 2.4 MB, 500,000 tokens
@@ -223,10 +223,10 @@ def test_max_tokens_in_measure_mode_parses_in_full_and_measures_the_rest(client,
 def test_the_allow_list_refuses_an_unlisted_document_without_parsing_it(client, users, settings, tmp_path):
     settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 10_000_000
     manifest = tmp_path / "manifest.json"
-    manifest.write_text(json.dumps({limits.document_hash(WIDE): WIDE}))
+    manifest.write_text(json.dumps({document.document_hash(WIDE): WIDE}))
     with (
         configured(PERSISTED_OPERATIONS={"manifest": str(manifest), "mode": "enforce"}),
-        mock.patch.object(limits, "_analyse", side_effect=AssertionError("parsed")),
+        mock.patch.object(document, "_analyse", side_effect=AssertionError("parsed")),
     ):
         response = post_graphql(client, HUGE)
     assert response.status_code == 400 and response.json()["errors"][0]["extensions"]["code"] == "OPERATION_NOT_ALLOWED"

@@ -7,13 +7,13 @@ import json
 import pytest
 from django.core import checks
 
-from gql_audit.limits import document_hash
+from gql_audit.protect.document import document_hash
 
 REDIS = {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": "redis://127.0.0.1:6379"}
 
 
 def ids():
-    return sorted(m.id for m in checks.run_checks(tags=[checks.Tags.compatibility]) if m.id.startswith("gql_audit."))
+    return sorted(m.id for m in checks.run_checks(tags=[checks.Tags.security]) if m.id.startswith("gql_audit."))
 
 
 @pytest.fixture

@@ -15,8 +15,8 @@ from django.contrib.auth.backends import ModelBackend
 from django.core.cache import caches
 from django.test import override_settings
 
-from gql_audit import throttle
 from gql_audit.models import SecurityEvent
+from gql_audit.protect import counters
 from tests.conftest import make_token, post_graphql
 
 pytestmark = pytest.mark.django_db
@@ -69,14 +69,14 @@ def refusal(response):
     [("5/300s", (5, 300)), ("30/60", (30, 60)), ("10/m", (10, 60)), ("100/h", (100, 3600)), ("1/d", (1, 86400))],
 )
 def test_rates(text, expected):
-    parsed = throttle.parse_rate(text)
+    parsed = counters.parse_rate(text)
     assert (parsed.limit, parsed.period) == expected
 
 
 @pytest.mark.parametrize("text", ["", "5", "0/60s", "5/0s", "-1/60s", "5/60y", "five/60s", 5, None, "5/60s/2"])
 def test_nonsense_rates_are_refused(text):
     with pytest.raises(ValueError):
-        throttle.parse_rate(text)
+        counters.parse_rate(text)
 
 
 def test_logins_per_username_stop_before_the_password_is_checked(client, users, password_checks):
@@ -213,7 +213,7 @@ def test_a_cache_that_is_down_lets_requests_through_and_says_so(client, users):
 
 
 def test_throttle_off_costs_no_cache_access(client, users):
-    with mock.patch.object(throttle, "_cache") as cache:
+    with mock.patch.object(counters, "_cache") as cache:
         for _ in range(3):
             login(client, "alice")
     cache.assert_not_called()
@@ -266,13 +266,13 @@ def test_the_relay_login_mutation_is_found_through_its_input():
 
     schema = graphene.Schema(query=Query, mutation=Mutation).graphql_schema
     assert login_arguments(schema) == {"tokenAuth": ("input", "username"), "plainAuth": ("username",)}
-    from gql_audit.guard import _username
-    from gql_audit.limits import analyse
+    from gql_audit.protect.document import analyse
+    from gql_audit.protect.logins import username
 
     text = 'mutation($u: String!) { a: tokenAuth(input: {username: $u, password: "p"}) { token } }'
     (root_field,) = analyse(text).operations[0].root_fields
-    assert _username(root_field, ("input", "username"), {"u": "dora"}) == "dora"
-    assert _username(root_field, ("input", "username"), None) is None
+    assert username(root_field, ("input", "username"), {"u": "dora"}) == "dora"
+    assert username(root_field, ("input", "username"), None) is None
 
 
 def test_a_refused_login_stores_no_password(client, users, caplog):
