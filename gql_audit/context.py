@@ -24,6 +24,7 @@ from gql_audit.redaction import (
     safe_data,
     safe_text,
     secret_leaves,
+    string_literals,
 )
 from gql_audit.tracing import annotate_operation
 
@@ -105,6 +106,19 @@ class RequestContext:
     instrumented: bool = False
     #: Refused before the view ran (a limit, the allow-list, a throttle): no message echoes its document.
     refused: bool = False
+    #: Database aliases whose connection had already failed when the request began.
+    failed_databases: frozenset[str] = frozenset()
+    #: The view executes GraphQL (its request was admitted by ``gql_audit.protect``).
+    graphql_view: bool = False
+    #: ``AUTHENTICATOR`` decided who the request is (a user, or a bad token): a session
+    #: cookie is then not who it is.
+    authenticated_by_token: bool = False
+    #: ``time.monotonic()`` past which this request no longer waits on the throttle cache.
+    throttle_deadline: float | None = None
+    #: The estimated cost (``QUERY_LIMITS["max_cost"]``) of each operation admitted, by
+    #: ``(document hash, operation name)``; ``cost`` is the one of ``operation``.
+    costs: dict[tuple[str, str | None], int] = field(default_factory=dict)
+    cost: int | None = None
     _operation_node: Any = field(default=None, repr=False)
     #: The operation and the named fragments it may spread: where secret arguments are looked for.
     _document_nodes: tuple[Any, ...] = field(default=(), repr=False)
@@ -176,6 +190,9 @@ class RequestContext:
         else:  # never executed (a 400): the document as sent, if it parses
             document = _parse_quietly(query) if isinstance(query, str) else None
             names, literals = operation_secrets(document) if document is not None else (frozenset(), [])
+            if document is None and isinstance(query, str):
+                # A syntax error quotes a token of its own choosing: every string of the text is a secret.
+                literals = [*literals, *string_literals(query)]
         values.extend(secret_leaves(literals, secret=True))
         if isinstance(variables, dict):
             values.extend(secret_leaves(variables))
@@ -199,6 +216,8 @@ class RequestContext:
         }
         if self.client_request_id is not None:
             data["client_request_id"] = self.client_request_id
+        if self.cost is not None:
+            data["cost"] = self.cost
         if self.trace is not None:
             data.update(self.trace)
         if self.task is not None:
@@ -304,6 +323,8 @@ class RequestContext:
             "name": name,
             "hash": hashlib.sha256(body.encode("utf-8", "surrogatepass")).hexdigest(),
         }
+        if self.costs:
+            self.cost = self.costs.get((self.operation["hash"], name))
         annotate_operation(self.operation)
 
 

@@ -1,11 +1,19 @@
 """The one place a GraphQL request is admitted: limits, the allow-list and throttling.
 
 ``AuditContextMiddleware`` asks :func:`gql_audit.protect.failures.check_address`
-before it authenticates and :func:`check_operation` once the view is known
-(``process_view``); a :class:`~gql_audit.protect.refusal.Refusal` it gets back
-is answered without running the view: no resolver, no read, no password hash.
-Each refusal, and each request over a limit in ``measure`` or ``observe`` mode,
-is a security event naming its rule.
+before it authenticates and :func:`admit` once Django has resolved the view
+(``process_view``), for every view that executes GraphQL (graphene-django's
+``GraphQLView`` and its subclasses: multipart file-upload views, batch views).
+What is checked is the request as received (:mod:`gql_audit.protect.request`),
+not what a view class is expected to read. A refusal is answered without
+running the view: no resolver, no read, no password hash. Each refusal, and
+each request over a limit in ``measure`` or ``observe`` mode, is a security
+event naming its rule.
+
+The protections run in this order: the body's size (before anything parses
+it), the batch's size, the session-cookie CSRF rule, then for each entry the
+allow-list and the document's limits and cost, then the login throttle over
+every login field of the request, then the per-actor operation throttle.
 """
 
 from __future__ import annotations
@@ -14,28 +22,31 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from gql_audit import context
 from gql_audit.compat import replace_body, replace_query_params
 from gql_audit.conf import conf
-from gql_audit.errors import OPERATION_NOT_ALLOWED, PERSISTED_QUERY_NOT_FOUND
+from gql_audit.errors import BAD_REQUEST, OPERATION_NOT_ALLOWED, PERSISTED_QUERY_NOT_FOUND
 from gql_audit.events import record_event
-from gql_audit.params import body_data
+from gql_audit.protect import cost, csrf, limits, logins, operations
 from gql_audit.protect.document import Analysis, Operation, analyse, document_hash
-from gql_audit.protect.limits import check_limits
-from gql_audit.protect.logins import check_logins
 from gql_audit.protect.manifest import lookup, manifest, requested_hash
-from gql_audit.protect.refusal import RULE_ALLOW_LIST, Refusal
+from gql_audit.protect.refusal import RULE_ALLOW_LIST, Refusal, Refused, respond
+from gql_audit.protect.request import Entry, GraphQLRequest, read
 from gql_audit.protect.views import graphql_view
 
 if TYPE_CHECKING:
     from django.http import HttpRequest
+
+    from gql_audit import context
+
+#: The rule of a request that is not a GraphQL request at all (a batch entry that is no object).
+RULE_REQUEST = "GraphQL over HTTP"
 
 
 @dataclass(frozen=True)
 class Protections:
     """The protection settings, read once per settings generation (not per request)."""
 
-    #: ``QUERY_LIMITS`` set: the limits given (``mode`` aside), and whether they are enforced.
+    #: ``QUERY_LIMITS`` set: the limits given (``mode`` and cost tuning aside), and whether enforced.
     limits: dict[str, int] | None
     limits_enforced: bool
     #: ``PERSISTED_OPERATIONS`` set, and whether its mode is ``enforce``.
@@ -48,12 +59,16 @@ def active() -> Protections | None:
     """The protections configured, or None when there are none (one lookup per request)."""
 
     def build() -> Protections | None:
-        limits, persisted = conf.QUERY_LIMITS, conf.PERSISTED_OPERATIONS
-        if not (limits or persisted or conf.THROTTLE):
+        from gql_audit.conf import QUERY_LIMIT_KEYS
+
+        configured, persisted = conf.QUERY_LIMITS, conf.PERSISTED_OPERATIONS
+        if not (configured or persisted or conf.THROTTLE):
             return None
         return Protections(
-            limits={k: v for k, v in limits.items() if k != "mode" and v is not None} if limits else None,
-            limits_enforced=bool(limits) and limits.get("mode", "enforce") == "enforce",
+            limits={k: v for k, v in configured.items() if k in QUERY_LIMIT_KEYS and v is not None}
+            if configured
+            else None,
+            limits_enforced=bool(configured) and configured.get("mode", "enforce") == "enforce",
             persisted=bool(persisted),
             persisted_enforced=bool(persisted) and persisted.get("mode", "observe") == "enforce",
             throttle=bool(conf.THROTTLE),
@@ -61,6 +76,142 @@ def active() -> Protections | None:
 
     found: Protections | None = conf.derived("protections", build)
     return found
+
+
+def admit(request: HttpRequest, ctx: context.RequestContext, view_func: Any) -> Refused | None:
+    """The response refusing the request ``view_func`` is about to run, or None to run it."""
+    view = graphql_view(view_func)
+    if view is None:
+        return None
+    schema, batch_view = view
+    ctx.graphql_view = True
+    if ctx.view_schema is not None:  # the schema the view will execute, when it could be told exactly
+        schema = ctx.view_schema
+    protections = active()
+    refusal, entries = (
+        _admit(request, ctx, schema, protections) if protections is not None else _plain(request, ctx, batch_view)
+    )
+    return respond(ctx, refusal, entries) if refusal is not None else None
+
+
+def _plain(request: HttpRequest, ctx: context.RequestContext, batch_view: bool) -> tuple[Refusal | None, int | None]:
+    """With no protection configured: the CSRF rule, and a batch whose entries are not objects."""
+    csrf.check_session(request, ctx)
+    if batch_view:
+        found = read(request)
+        if found.problem is not None:
+            return _malformed(found), found.size
+    return None, None
+
+
+def _malformed(found: GraphQLRequest) -> Refusal:
+    record_event(
+        "graphql_error",
+        message=f"the request body is not a GraphQL request: {found.problem}",
+        details={"status": 400, "rule": RULE_REQUEST},
+        severity="warning",
+    )
+    return Refusal(BAD_REQUEST, RULE_REQUEST, 400)
+
+
+def _admit(
+    request: HttpRequest, ctx: context.RequestContext, schema: Any, protections: Protections
+) -> tuple[Refusal | None, int | None]:
+    configured = protections.limits or {}
+    enforced = protections.limits_enforced
+    refusal = limits.check_size(request, configured, enforced) if configured else None
+    if refusal is not None:
+        return refusal, None
+    found = read(request)
+    size = found.size if found.batch else None
+    if found.problem is not None:
+        return _malformed(found), size
+    if configured and found.batch:
+        refusal = limits.check_batch(found.size, configured, enforced)
+        if refusal is not None:
+            return refusal, size
+    csrf.check_session(request, ctx)
+    analyses: list[tuple[Entry, Analysis, str]] = []
+    substitutes: list[str | None] = []
+    for entry in found.entries:
+        refusal, substitute, measured = _entry(request, entry, protections)
+        if refusal is not None:
+            return refusal, size
+        substitutes.append(substitute)
+        if measured is not None:
+            analyses.append((entry, *measured))
+    if analyses:
+        first_entry, first, _ = analyses[0]
+        _name_operation(ctx, first, first.operation(first_entry.operation_name))
+    if configured:
+        costs = _costs(ctx, schema, analyses) if "max_cost" in configured and schema is not None else []
+        refusal = limits.check_documents([a for _, a, _ in analyses], costs, configured, enforced)
+        if refusal is not None:
+            return refusal, size
+    if protections.throttle:
+        attempted = [(op, entry.variables) for entry, a, _ in analyses for op in a.operations if op.type == "mutation"]
+        refusal = logins.check_logins(ctx, schema, attempted) if attempted else None
+        refusal = refusal or operations.check_operations(ctx, len(found.entries))
+        if refusal is not None:
+            return refusal, size
+    if any(substitutes):
+        _substitute(request, found, substitutes)
+    return None, None
+
+
+def _entry(
+    request: HttpRequest, entry: Entry, protections: Protections
+) -> tuple[Refusal | None, str | None, tuple[Analysis, str] | None]:
+    """One GraphQL request of a batch: its refusal, the document to put in its place, and its
+    analysis with the text analysed."""
+    query = entry.query
+    substitute = None
+    if protections.persisted and not query:
+        sha256 = requested_hash(entry.data, _query_string(request))
+        if sha256 is None:
+            return None, None, None
+        query = lookup(sha256)
+        if query is None:
+            _unknown(sha256, True, "persisted operation hash not in the manifest")
+            return Refusal(PERSISTED_QUERY_NOT_FOUND, RULE_ALLOW_LIST, 400), None, None
+        substitute = query
+    if not isinstance(query, str):
+        return None, None, None  # the view says what is wrong with it
+    listed = substitute is not None or not protections.persisted
+    if not listed and protections.persisted_enforced:
+        # Refused on its hash alone: an unlisted document is never parsed.
+        sha256 = document_hash(query)
+        if sha256 not in manifest():
+            _unknown(sha256, True)
+            return Refusal(OPERATION_NOT_ALLOWED, RULE_ALLOW_LIST, 400), None, None
+        listed = True
+    configured = protections.limits
+    analysis = analyse(query, configured.get("max_tokens") if configured else None, stop=protections.limits_enforced)
+    if not listed and analysis.sha256 not in manifest():
+        _unknown(analysis.sha256, False)
+    return None, substitute, (analysis, query)
+
+
+def _query_string(request: HttpRequest) -> Any:
+    try:
+        return request.GET
+    except Exception:  # noqa: BLE001 - a query string Django refuses: nothing named there
+        return {}
+
+
+def _costs(ctx: context.RequestContext, schema: Any, analyses: list[tuple[Entry, Analysis, str]]) -> list[int]:
+    """The highest estimated cost of each document; each operation's is kept for its records."""
+    worst = []
+    for entry, analysis, text in analyses:
+        if not analysis.operations:
+            continue
+        found = cost.estimate(text, analysis.sha256, schema, entry.variables)
+        for name, value in found.operations.items():
+            ctx.costs[(analysis.sha256, name)] = value
+        worst.append(found.worst)
+    if ctx.operation is not None:
+        ctx.cost = ctx.costs.get((ctx.operation["hash"], ctx.operation["name"]))
+    return worst
 
 
 def _unknown(sha256: str, enforced: bool, message: str = "operation not in the persisted-operation manifest") -> None:
@@ -71,105 +222,21 @@ def _unknown(sha256: str, enforced: bool, message: str = "operation not in the p
     )
 
 
-def _set_operation(ctx: context.RequestContext, analysis: Analysis, operation: Operation | None) -> None:
+def _name_operation(ctx: context.RequestContext, analysis: Analysis, operation: Operation | None) -> None:
     """Name the operation on the request's records now: a refused one never reaches a resolver."""
     if ctx.operation is None and operation is not None:
         ctx.operation = {"type": operation.type, "name": operation.name, "hash": analysis.sha256}
 
 
-def _check_entry(
-    ctx: context.RequestContext, request: HttpRequest, entry: Any, schema: Any, protections: Protections
-) -> tuple[Refusal | None, str | None]:
-    """One GraphQL request (a batch has several): the refusal, and the document to substitute."""
-    get = request.GET
-    data = entry if hasattr(entry, "get") else {}
-    try:
-        if get:  # graphene-django reads the query string first, whatever the method
-            query = get.get("query") or data.get("query")
-            operation_name = get.get("operationName") or data.get("operationName")
-            variables = get.get("variables") or data.get("variables")
-        else:
-            query, operation_name, variables = data.get("query"), data.get("operationName"), data.get("variables")
-    except Exception:  # noqa: BLE001 - a query string Django refuses: the view answers it
-        return None, None
-    substitute = None
-    if protections.persisted and not query:
-        sha256 = requested_hash(data, get)
-        if sha256 is None:
-            return None, None
-        query = lookup(sha256)
-        if query is None:
-            _unknown(sha256, True, "persisted operation hash not in the manifest")
-            return Refusal(PERSISTED_QUERY_NOT_FOUND, RULE_ALLOW_LIST, 400), None
-        substitute = query
-    if not isinstance(query, str):
-        return None, None  # the view says what is wrong with it
-    listed = substitute is not None or not protections.persisted
-    if not listed and protections.persisted_enforced:
-        # Refused on its hash alone: an unlisted document is never parsed.
-        sha256 = document_hash(query)
-        if sha256 not in manifest():
-            _unknown(sha256, True)
-            return Refusal(OPERATION_NOT_ALLOWED, RULE_ALLOW_LIST, 400), None
-        listed = True
-    limits = protections.limits
-    analysis = analyse(query, limits.get("max_tokens") if limits else None, stop=protections.limits_enforced)
-    operation = analysis.operation(operation_name)
-    _set_operation(ctx, analysis, operation)
-    if not listed and analysis.sha256 not in manifest():
-        _unknown(analysis.sha256, False)
-    if limits is not None:
-        refusal = check_limits(analysis, operation, limits, protections.limits_enforced)
-        if refusal is not None:
-            return refusal, None
-    if protections.throttle and operation is not None and operation.type == "mutation":
-        if isinstance(variables, str):
-            try:
-                variables = json.loads(variables)
-            except (ValueError, RecursionError):
-                variables = None
-        refusal = check_logins(ctx, schema, operation, variables)
-        if refusal is not None:
-            return refusal, None
-    return None, substitute
-
-
-def check_operation(
-    request: HttpRequest, ctx: context.RequestContext, view_func: Any, protections: Protections
-) -> tuple[Refusal, int | None] | None:
-    """Check what a GraphQL view is about to run: ``(refusal, batch size or None)``, or None to run it.
-
-    A request naming a persisted operation by hash alone gets the document put
-    in its place, so that the view runs it as if it had been sent.
-    """
-    view = graphql_view(view_func)
-    if view is None:
-        return None
-    schema, batch = view
-    if ctx.view_schema is not None:  # the schema the view will execute, when it could be told exactly
-        schema = ctx.view_schema
-    data = body_data(request)
-    entries = [data] if not (batch and isinstance(data, list)) else data
-    substitutes: list[str | None] = []
-    for entry in entries:
-        refusal, substitute = _check_entry(ctx, request, entry, schema, protections)
-        if refusal is not None:
-            return refusal, (len(entries) if batch and isinstance(data, list) else None)
-        substitutes.append(substitute)
-    if any(substitutes):
-        _substitute(request, data, entries, substitutes, batch and isinstance(data, list))
-    return None
-
-
-def _substitute(request: HttpRequest, data: Any, entries: list[Any], documents: list[str | None], batch: bool) -> None:
+def _substitute(request: HttpRequest, found: GraphQLRequest, documents: list[str | None]) -> None:
     """Put allowed documents where graphene-django reads them: the query string
     (read before the body, whatever the method), or each entry of a batch body."""
-    if not batch:
+    if not found.batch:
         params = request.GET.copy()
         params["query"] = documents[0] or ""
         replace_query_params(request, params)
         return
-    for entry, document in zip(entries, documents, strict=True):
-        if document is not None and isinstance(entry, dict):
-            entry["query"] = document
-    replace_body(request, json.dumps(data).encode("utf-8"))
+    for entry, document in zip(found.entries, documents, strict=True):
+        if document is not None and isinstance(entry.data, dict):
+            entry.data["query"] = document
+    replace_body(request, json.dumps([entry.data for entry in found.entries]).encode("utf-8"))

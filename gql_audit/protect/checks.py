@@ -12,6 +12,7 @@ from django.core.checks import Error, Warning
 from gql_audit.conf import (
     DEFAULTS,
     PERSISTED_MODES,
+    QUERY_COST_KEYS,
     QUERY_LIMIT_KEYS,
     QUERY_LIMIT_MODES,
     SETTINGS_NAME,
@@ -34,21 +35,57 @@ def _protection_error(key: str, problem: str, check_id: str) -> Error:
 def _check_query_limits(value: dict[str, Any]) -> list[Any]:
     errors: list[Any] = []
     for key, limit in value.items():
-        least = 0 if key == "max_aliases" else 1
+        least = 0 if key in ("max_aliases", "max_directives", "default_list_size") else 1
+        problem: str | None
         if key == "mode" and limit not in QUERY_LIMIT_MODES:
             problem = f"mode must be one of {QUERY_LIMIT_MODES}."
-        elif key != "mode" and key not in QUERY_LIMIT_KEYS:
+        elif key == "costs":
+            problem = _costs_problem(limit)
+            if problem is None:
+                continue
+        elif key != "mode" and key not in (*QUERY_LIMIT_KEYS, *QUERY_COST_KEYS):
             problem = f"has an unknown key {key!r}."
-        elif (
-            key != "mode"
-            and limit is not None
-            and (isinstance(limit, bool) or not isinstance(limit, int) or limit < least)
-        ):
+        elif key != "mode" and limit is not None and not _whole(limit, least):
             problem = f"{key} must be None or an integer of at least {least}."
         else:
             continue
         errors.append(_protection_error("QUERY_LIMITS", problem, "gql_audit.E020"))
     return errors
+
+
+def _whole(value: Any, least: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+#: What a ``costs`` entry given as a dict may say, and how.
+_COST_KEYS = {
+    "cost": "an integer",
+    "assumed_size": "an integer",
+    "slicing_arguments": "a list",
+    "sized_fields": "a list",
+}
+
+
+def _costs_problem(costs: Any) -> str | None:
+    """What is wrong with ``QUERY_LIMITS["costs"]``, or None."""
+    if not isinstance(costs, dict):
+        return "costs must be a dict of 'Type.field' -> cost."
+    for name, entry in costs.items():
+        if not isinstance(name, str) or name.count(".") != 1 or not all(name.split(".")):
+            return f"costs: {name!r} is not of the form 'Type.field'."
+        if _whole(entry, 0):
+            continue
+        if not isinstance(entry, dict) or set(entry) - set(_COST_KEYS):
+            return f"costs[{name!r}] must be an integer or a dict of {', '.join(_COST_KEYS)}."
+        for key, kind in _COST_KEYS.items():
+            given = entry.get(key)
+            if given is None:
+                continue
+            if kind == "an integer" and not _whole(given, 0):
+                return f"costs[{name!r}][{key!r}] must be {kind} of at least 0."
+            if kind == "a list" and not (isinstance(given, (list, tuple)) and all(isinstance(a, str) for a in given)):
+                return f"costs[{name!r}][{key!r}] must be a list of names."
+    return None
 
 
 def _check_persisted(value: dict[str, Any]) -> list[Any]:
@@ -120,4 +157,9 @@ def check_protections(app_configs: Any = None, **kwargs: Any) -> list[Any]:
         errors.extend(check(value))
     throttle = raw.get("THROTTLE")
     errors.extend(_check_throttle_cache(throttle, raw.get("THROTTLE_CACHE", DEFAULTS["THROTTLE_CACHE"])))
+    timeout = raw.get("THROTTLE_TIMEOUT", DEFAULTS["THROTTLE_TIMEOUT"])
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 30:
+        errors.append(
+            _protection_error("THROTTLE_TIMEOUT", "must be a number of seconds above 0 (at most 30).", "gql_audit.E024")
+        )
     return errors

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from graphql import (
@@ -36,7 +36,9 @@ CAP = 10**9
 #: Documents kept analysed, and the characters they may hold together.
 MAX_CACHED = 512
 MAX_CACHED_CHARS = 8_000_000
-#: Root fields of one mutation kept for the login throttle; past it, only counted.
+#: ``max_tokens`` also bounds the text, comments and strings included, at this many characters a token.
+CHARACTERS_PER_TOKEN = 64
+#: Occurrences of one root field of a mutation kept with their arguments; past it, only counted.
 MAX_ROOT_FIELDS = 1000
 
 
@@ -45,12 +47,18 @@ class Cost:
     depth: int
     aliases: int
     fields: int
+    directives: int = 0
 
     def as_dict(self) -> dict[str, int]:
-        return {"max_depth": self.depth, "max_aliases": self.aliases, "max_fields": self.fields}
+        return {
+            "max_depth": self.depth,
+            "max_aliases": self.aliases,
+            "max_fields": self.fields,
+            "max_directives": self.directives,
+        }
 
 
-UNMEASURABLE = Cost(CAP, CAP, CAP)
+UNMEASURABLE = Cost(CAP, CAP, CAP, CAP)
 
 
 @dataclass(frozen=True)
@@ -62,14 +70,24 @@ class RootField:
 
 
 @dataclass(frozen=True)
+class RootCalls:
+    """The occurrences of one root field name in a mutation, as it will execute."""
+
+    #: How many times it runs (aliases, spreads), saturated at ``CAP``.
+    count: int
+    #: The first ``MAX_ROOT_FIELDS`` occurrences, with their arguments.
+    kept: tuple[RootField, ...]
+
+
+@dataclass(frozen=True)
 class Operation:
     name: str | None
     type: str
     cost: Cost
-    #: Root fields of a mutation, each occurrence (aliases, spreads); empty for queries.
-    root_fields: tuple[RootField, ...] = ()
-    #: More root fields followed than ``MAX_ROOT_FIELDS``: ``root_fields`` holds the first ones.
-    truncated: bool = False
+    #: Root fields of a mutation by name, each occurrence counted; empty for queries.
+    root_calls: dict[str, RootCalls] = field(default_factory=dict)
+    #: Default values of the operation's variables (value nodes), by variable name.
+    defaults: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -79,6 +97,9 @@ class Analysis:
     sha256: str
     #: Operations in document order; empty when the document does not parse.
     operations: tuple[Operation, ...]
+    #: Each fragment definition, measured as if it were an operation: validation reads it
+    #: whether or not an operation spreads it.
+    fragments: tuple[Cost, ...] = ()
     #: Why the document could not be measured ("syntax", "cycle", "too deep", "tokens"), or None.
     problem: str | None = None
     #: The document has more lexical tokens than ``max_tokens`` (what it was parsed with).
@@ -91,22 +112,25 @@ class Analysis:
         """The operation that will execute for ``operationName`` = ``name``.
 
         None when there is none to run (the view reports why). With several
-        operations and no name, the view refuses too; None as well.
+        operations and no name, the view refuses too; None as well. The name
+        ``"null"`` is no name, as graphene-django reads it.
         """
-        if isinstance(name, str) and name:
+        if isinstance(name, str) and name and name != "null":
             return next((op for op in self.operations if op.name == name), None)
         return self.operations[0] if len(self.operations) == 1 else None
 
     def worst(self) -> Cost:
-        """The highest of each count over all operations (for a document that names none)."""
+        """The highest of each count over every operation and fragment of the document,
+        executed or not: the parser and the validator read all of them."""
         if self.problem is not None and not self.operations:
             # A syntax error, or a parse stopped at max_tokens: the view (or that limit) answers it.
             return UNMEASURABLE if self.problem in ("cycle", "too deep") else Cost(0, 0, 0)
-        ops = self.operations
+        costs = [op.cost for op in self.operations] + list(self.fragments)
         return Cost(
-            max((op.cost.depth for op in ops), default=0),
-            max((op.cost.aliases for op in ops), default=0),
-            max((op.cost.fields for op in ops), default=0),
+            max((c.depth for c in costs), default=0),
+            max((c.aliases for c in costs), default=0),
+            max((c.fields for c in costs), default=0),
+            max((c.directives for c in costs), default=0),
         )
 
 
@@ -125,6 +149,7 @@ class _Measure:
         self.fragments = fragments
         self.done: dict[str, Cost] = {}
         self.visiting: set[str] = set()
+        self.calls_done: dict[str, dict[str, RootCalls]] = {}
 
     def fragment(self, name: str) -> Cost:
         cost = self.done.get(name)
@@ -141,15 +166,17 @@ class _Measure:
         return cost
 
     def selections(self, selection_set: SelectionSetNode | None) -> Cost:
-        depth = aliases = fields = 0
+        depth = aliases = fields = directives = 0
         if selection_set is None:
             return Cost(0, 0, 0)
         for selection in selection_set.selections:
+            directives += len(selection.directives or ())
             if isinstance(selection, FieldNode):
                 below = self.selections(selection.selection_set)
                 depth = max(depth, below.depth + 1)
                 aliases += below.aliases + (selection.alias is not None)
                 fields += below.fields + 1
+                directives += below.directives
                 continue
             if isinstance(selection, InlineFragmentNode):
                 below = self.selections(selection.selection_set)
@@ -160,33 +187,49 @@ class _Measure:
             depth = max(depth, below.depth)
             aliases += below.aliases
             fields += below.fields
-        return Cost(_cap(depth), _cap(aliases), _cap(fields))
+            directives += below.directives
+        return Cost(_cap(depth), _cap(aliases), _cap(fields), _cap(directives))
 
-    def root_fields(self, selection_set: SelectionSetNode, found: list[RootField]) -> bool:
-        """Every root field as it will execute, fragments expanded; False past ``MAX_ROOT_FIELDS``."""
-        for selection in selection_set.selections:
-            if len(found) >= MAX_ROOT_FIELDS:
-                return False
+    def root_calls(self, selection_set: SelectionSetNode | None) -> dict[str, RootCalls]:
+        """Every root field by name as it will execute, fragments expanded and each counted
+        where it is spread (a fragment's are worked out once), the first occurrences kept."""
+        calls: dict[str, RootCalls] = {}
+        for selection in selection_set.selections if selection_set is not None else ():
             if isinstance(selection, FieldNode):
                 args = tuple((a.name.value, a.value) for a in selection.arguments or ())
-                found.append(RootField(selection.name.value, args))
-                continue
-            if isinstance(selection, InlineFragmentNode):
-                below: SelectionSetNode | None = selection.selection_set
+                _add(calls, {selection.name.value: RootCalls(1, (RootField(selection.name.value, args),))})
+            elif isinstance(selection, InlineFragmentNode):
+                _add(calls, self.root_calls(selection.selection_set))
             elif isinstance(selection, FragmentSpreadNode):
-                definition = self.fragments.get(selection.name.value)
-                # A cycle was refused by selections() before this runs.
-                below = definition.selection_set if definition is not None else None
-            else:  # pragma: no cover
-                below = None
-            if below is not None and not self.root_fields(below, found):
-                return False
-        return True
+                name = selection.name.value
+                if name not in self.calls_done:
+                    definition = self.fragments.get(name)
+                    # A cycle was refused by selections() before this runs.
+                    self.calls_done[name] = self.root_calls(definition.selection_set if definition else None)
+                _add(calls, self.calls_done[name])
+        return calls
+
+
+def _add(calls: dict[str, RootCalls], more: dict[str, RootCalls]) -> None:
+    for name, found in more.items():
+        before = calls.get(name)
+        if before is None:
+            calls[name] = found
+        else:
+            kept = before.kept + found.kept[: max(MAX_ROOT_FIELDS - len(before.kept), 0)]
+            calls[name] = RootCalls(_cap(before.count + found.count), kept)
 
 
 def _parse(text: str, max_tokens: int | None, stop: bool) -> tuple[DocumentNode | None, str | None, bool]:
     """``(document or None, problem, over max_tokens)``: parsing stops at ``max_tokens``
-    lexical tokens (comments not counted) and, unless ``stop``, starts again in full."""
+    lexical tokens and, unless ``stop``, starts again in full. The parser counts no
+    comment and a string as one token, so a text longer than ``CHARACTERS_PER_TOKEN``
+    characters a token allowed is over the limit before it is read."""
+    if max_tokens is not None and len(text) > max_tokens * CHARACTERS_PER_TOKEN:
+        if stop:
+            return None, "tokens", True
+        document, problem, _ = _parse(text, None, stop)
+        return document, problem, True
     try:
         return parse(text, no_location=True, max_lexical_tokens=max_tokens), None, False
     except GraphQLError as exc:
@@ -206,7 +249,7 @@ def _analyse(text: str, max_tokens: int | None = None, stop: bool = True) -> Ana
     sha256 = document_hash(text)
     document, problem, over = _parse(text, max_tokens, stop)
     if document is None:
-        return Analysis(sha256, (), problem, over, max_tokens, stop)
+        return Analysis(sha256, (), (), problem, over, max_tokens, stop)
     fragments = {d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)}
     measure = _Measure(fragments)
     operations = []
@@ -214,17 +257,28 @@ def _analyse(text: str, max_tokens: int | None = None, stop: bool = True) -> Ana
         for definition in document.definitions:
             if not isinstance(definition, OperationDefinitionNode):
                 continue
-            cost = measure.selections(definition.selection_set)
+            below = measure.selections(definition.selection_set)
+            variables = definition.variable_definitions or ()
+            own = len(definition.directives or ()) + sum(len(v.directives or ()) for v in variables)
+            cost = Cost(below.depth, below.aliases, below.fields, _cap(below.directives + own))
             kind = definition.operation.value
-            found: list[RootField] = []
-            complete = kind != "mutation" or measure.root_fields(definition.selection_set, found)
+            calls = measure.root_calls(definition.selection_set) if kind == "mutation" else {}
+            defaults = {v.variable.name.value: v.default_value for v in variables if v.default_value is not None}
             name = definition.name.value if definition.name is not None else None
-            operations.append(Operation(name, kind, cost, tuple(found), not complete))
+            operations.append(Operation(name, kind, cost, calls, defaults))
+        standalone = tuple(
+            _with_directives(measure.fragment(name), len(definition.directives or ()))
+            for name, definition in fragments.items()
+        )
     except _Cycle:
-        return Analysis(sha256, (), "cycle", over, max_tokens, stop)
+        return Analysis(sha256, (), (), "cycle", over, max_tokens, stop)
     except RecursionError:
-        return Analysis(sha256, (), "too deep", over, max_tokens, stop)
-    return Analysis(sha256, tuple(operations), None, over, max_tokens, stop)
+        return Analysis(sha256, (), (), "too deep", over, max_tokens, stop)
+    return Analysis(sha256, tuple(operations), standalone, None, over, max_tokens, stop)
+
+
+def _with_directives(cost: Cost, more: int) -> Cost:
+    return Cost(cost.depth, cost.aliases, cost.fields, _cap(cost.directives + more))
 
 
 def document_hash(text: str) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from gql_audit.conf import conf
-from gql_audit.protect.counters import ThrottleUnavailable, count, hit, rate
+from gql_audit.protect.counters import ThrottleUnavailable, address_key, count, hit, rate
 from gql_audit.protect.refusal import Refusal, cache_unavailable, throttled
 
 if TYPE_CHECKING:
@@ -20,18 +20,13 @@ if TYPE_CHECKING:
 FAILURE_KINDS = frozenset({"token_invalid", "cert_failed", "login_failed"})
 
 
-def address(ctx: context.RequestContext) -> str:
-    """What a client address is counted as."""
-    return ctx.remote_addr or "unknown"
-
-
 def check_address(ctx: context.RequestContext) -> Refusal | None:
     """Refuse every request from an address past its ``auth_failures`` rate, before it authenticates."""
     limit = rate("auth_failures") if conf.THROTTLE else None
     if limit is None:
         return None
     try:
-        failures, left = count("auth_failures", limit, address(ctx))
+        failures, left = count("auth_failures", limit, address_key(ctx.remote_addr))
     except ThrottleUnavailable as exc:
         cache_unavailable(exc)
         return None
@@ -51,6 +46,6 @@ def count_failures(ctx: context.RequestContext) -> None:
             failures += event["details"].get("count", 1) if event["kind"] == "login_failed" else 1
     if failures:
         try:
-            hit("auth_failures", limit, address(ctx), failures)
+            hit("auth_failures", limit, address_key(ctx.remote_addr), failures)
         except ThrottleUnavailable as exc:
             cache_unavailable(exc)
