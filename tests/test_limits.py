@@ -230,3 +230,81 @@ def test_the_allow_list_refuses_an_unlisted_document_without_parsing_it(client, 
     ):
         response = post_graphql(client, HUGE)
     assert response.status_code == 400 and response.json()["errors"][0]["extensions"]["code"] == "OPERATION_NOT_ALLOWED"
+
+
+# --- max_cost, max_directives, max_request_bytes -----------------------------------------
+
+
+def estimated(query, variables=None, **limits):
+    from example_service.schema import schema
+
+    from gql_audit.protect.cost import estimate
+
+    with configured(QUERY_LIMITS={"max_cost": 10**6, **limits}):
+        return estimate(query, document.document_hash(query), schema.graphql_schema, variables).worst
+
+
+def test_the_cost_of_an_operation_follows_the_cost_specification():
+    assert estimated("{ serviceStatus { ok name } }") == 1  # one object, scalars free
+    assert estimated("{ documents { title } }") == 100  # a list without a size: default_list_size objects
+    assert estimated("{ documents { title } }", default_list_size=20) == 20
+    # Nested lists multiply: 100 documents x (1 + owner (1 + a connection of 100 edges x (edge + node))).
+    nested = "{ documents { owner { documents { edges { node { title } } } } } }"
+    assert estimated(nested) == 100 * (1 + 1 + 1 + 100 * 2)
+    # A connection's slicing argument sizes its edges, inline or from a variable (or its default).
+    connection = "query Q($n: Int = 4) { documentsConnection(first: $n) { edges { node { title } } } }"
+    assert estimated(connection) == 1 + 4 * 2
+    assert estimated(connection, {"n": 10}) == 1 + 10 * 2
+    # A mutation's root field costs 10; introspection costs nothing (its depth is graphql-core's to bound).
+    assert estimated('mutation { tokenAuth(username: "a", password: "b") { token } }') == 10
+    assert estimated("{ __schema { types { fields { name } } } }") == 0
+    # Per-field overrides.
+    costs = {"Query.documents": {"assumed_size": 5, "cost": 3}, "DocumentNode.owner": 7}
+    assert estimated("{ documents { owner { username } } }", costs=costs) == 5 * (3 + 7)
+
+
+def test_max_cost_refuses_and_the_cost_is_on_the_records(client, users):
+    token = make_token("alice")
+    cheap = "query Cheap { documentsConnection(first: 2) { edges { node { title } } } }"
+    expensive = "query Dear { documents { owner { documents { edges { node { title } } } } } }"
+    with configured(QUERY_LIMITS={"max_cost": 1000}):
+        ok = post_graphql(client, cheap, token=token, headers={"X-Request-ID": "cost-ok"})
+        refused = post_graphql(client, expensive, token=token, headers={"X-Request-ID": "cost-over"})
+    assert ok.status_code == 200 and ok.json()["data"]["documentsConnection"]["edges"]
+    (read, *_) = request_trail("cost-ok").reads
+    from gql_audit.models import RequestReads
+
+    if RequestReads.objects.filter(request_id="cost-ok").exists():
+        assert RequestReads.objects.get(request_id="cost-ok").data["cost"] == 5
+    else:  # the auditlog store: the "gql_audit" object of each ACCESS entry
+        from auditlog.models import LogEntry
+
+        entry = LogEntry.objects.filter(cid="cost-ok").first()
+        assert entry.additional_data["gql_audit"]["cost"] == 5
+    assert refused.status_code == 400
+    (event,) = limit_events("cost-over")
+    assert (event.details["limit"], event.details["value"], event.details["max"]) == ("max_cost", 20300, 1000)
+
+
+def test_max_directives_counts_every_directive_as_executed(client, users):
+    many = "query Q($t: Boolean = true) { ...F ...F } fragment F on Query { serviceStatus @include(if: $t) { ok @skip(if: false) } }"
+    assert analyse(many).worst().directives == 4
+    with configured(QUERY_LIMITS={"max_directives": 3}):
+        response = post_graphql(client, many, headers={"X-Request-ID": "directives"})
+    assert response.status_code == 400
+    (event,) = limit_events("directives")
+    assert (event.details["limit"], event.details["value"]) == ("max_directives", 4)
+
+
+def test_max_request_bytes_refuses_before_the_body_is_parsed(client, users, settings):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 10_000_000
+    body = json.dumps({"query": "{ serviceStatus { ok } }", "padding": "x" * 1_000_000})
+    with (
+        configured(QUERY_LIMITS={"max_request_bytes": 100_000}),
+        mock.patch("json.loads", side_effect=AssertionError("parsed")),
+    ):
+        response = client.post("/graphql/", body, content_type="application/json", headers={"X-Request-ID": "big"})
+    assert response.status_code == 413
+    assert response.json()["errors"][0]["extensions"] == {"code": "QUERY_TOO_COMPLEX", "rule": "QUERY_LIMITS"}
+    (event,) = limit_events("big")
+    assert (event.details["limit"], event.details["value"]) == ("max_request_bytes", len(body))

@@ -317,3 +317,85 @@ def test_mask_errors_all_masks_an_exception_outside_the_resolvers(client, users)
         response = post_graphql(client, "{ serviceStatus { ok } }", headers={"X-Request-ID": "all"})
     assert "secret.py" not in response.content.decode()
     assert response.json()["errors"][0]["extensions"]["code"] == "INTERNAL_ERROR"
+
+
+# --- a hostile run, then every row and log line scanned ---------------------------------
+
+ALL_ON = {
+    "QUERY_LIMITS": {
+        "max_depth": 8,
+        "max_aliases": 10,
+        "max_fields": 100,
+        "max_directives": 5,
+        "max_tokens": 500,
+        "max_cost": 2000,
+        "max_request_bytes": 200_000,
+        "max_batch": 3,
+        "mode": "enforce",
+    },
+    "THROTTLE": {"login": "2/300s", "login_username": "4/300s", "auth_failures": "6/60s", "operations": "40/60s"},
+}
+
+
+def test_a_hostile_run_leaves_no_secret_in_any_row_or_log_line(client, users, caplog):
+    from auditlog.models import LogEntry
+
+    from gql_audit.models import RequestReads
+
+    caplog.set_level("DEBUG")
+    password = "Hostile-Run-Password-731"
+    inline = "Inline-Hostile-Secret-562"
+    token = make_token("alice")
+    cookie = "Cookie-Value-Hostile-908"
+    client.cookies["sessionid"] = cookie
+    client.cookies["JWT"] = token
+    requests = [
+        # Logins by every route around the throttle, each carrying the password.
+        {"query": LOGIN, "variables": {"u": "alice", "p": password}, "operationName": "null"},
+        {
+            "query": "mutation { "
+            + " ".join(f"t{i}: __typename" for i in range(5))
+            + f' tokenAuth(username: "alice", password: "{inline}") {{ token }} }}'
+        },
+        {"query": f'mutation {{ tokenAuth(username: "alice" password "{inline}") {{ token }} }}'},  # a syntax error
+        {"query": LOGIN, "variables": {"u": "alice\x00\ud800", "p": password + "\x00"}},
+        {"query": LOGIN, "variables": {"u": "ALICE", "p": password}},  # the third try at alice: refused
+        {"query": LOGIN, "variables": {"u": ["alice"] * 500, "p": {"nested": [[[password]]]}}},
+        # Aliases, fragments, directives, comments, huge and deep values.
+        {"query": "{ " + " ".join(f"a{i}: serviceStatus {{ ok }}" for i in range(40)) + " }"},
+        {
+            "query": "query { ...F ...F ...F } fragment F on Query { serviceStatus @include(if: true) @skip(if: false) { ok } }"
+        },
+        {"query": "# " + password + "\n" + "#" * 50_000 + "\n{ serviceStatus { ok } }"},
+        {"query": "{ me { username } }", "variables": {"deep": [[[[[[[[[[password]]]]]]]]]], "x": "y" * 100_000}},
+        {"query": "{ documents { owner { documents { edges { node { owner { username } } } } } } }"},
+    ]
+    with configured(**ALL_ON):
+        for n, body in enumerate(requests):
+            response = client.post(
+                "/graphql/",
+                json.dumps(body),
+                content_type="application/json",
+                headers={"Authorization": f"JWT {token}", "X-Request-ID": f"hostile-{n}"},
+                REMOTE_ADDR=f"2001:db8:9:9::{n + 1:x}",
+            )
+            assert response.status_code in (200, 400, 413, 429) and b"Traceback" not in response.content
+        batch = [{"query": LOGIN, "variables": {"u": "alice", "p": password}}] * 3 + ["oops"]
+        client.post("/graphql-batch/", json.dumps(batch), content_type="application/json")
+        upload_body = {"query": LOGIN, "variables": {"u": "alice", "p": password}}
+        client.post("/graphql-upload/", {"operations": json.dumps(upload_body), "map": "{}"})
+    # Something was recorded, and refused, along the way.
+    kinds = set(SecurityEvent.objects.values_list("kind", flat=True))
+    assert {"throttled", "query_limit", "login_failed"} <= kinds
+    stored = json.dumps(
+        [
+            list(SecurityEvent.objects.values()),
+            list(LogEntry.objects.values()),
+            list(RequestReads.objects.values()),
+        ],
+        default=str,
+    )
+    logged = caplog.text + json.dumps([getattr(r, "gql_audit_payload", None) for r in caplog.records], default=str)
+    for secret in (password, inline, token, cookie, token.split(".")[2]):
+        assert secret not in stored, secret
+        assert secret not in logged, secret

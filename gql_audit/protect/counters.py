@@ -183,14 +183,18 @@ def _bounded(call: Callable[[], Any]) -> Any:
         with _state:
             outage.skipped += 1
         raise ThrottleUnavailable(f"{outage.reason}; not asked again for {RETRY_AFTER:g}s")
+
+    def answered() -> Any:
+        result = call()
+        if alias in _outages:  # it answered after all, if late (a first connection, a slow moment)
+            _came_back(alias)
+        return result
+
     try:
-        result = _pool.run(call, _time_left())
+        return _pool.run(answered, _time_left())
     except ThrottleUnavailable as exc:
         _went_down(alias, str(exc))
         raise
-    if outage is not None:
-        _came_back(alias)
-    return result
 
 
 def _time_left() -> float:
