@@ -237,7 +237,6 @@ def test_the_allow_list_refuses_an_unlisted_document_without_parsing_it(client, 
 
 def estimated(query, variables=None, **limits):
     from example_service.schema import schema
-
     from gql_audit.protect.cost import estimate
 
     with configured(QUERY_LIMITS={"max_cost": 10**6, **limits}):
@@ -287,7 +286,10 @@ def test_max_cost_refuses_and_the_cost_is_on_the_records(client, users):
 
 
 def test_max_directives_counts_every_directive_as_executed(client, users):
-    many = "query Q($t: Boolean = true) { ...F ...F } fragment F on Query { serviceStatus @include(if: $t) { ok @skip(if: false) } }"
+    many = (
+        "query Q($t: Boolean = true) { ...F ...F } "
+        "fragment F on Query { serviceStatus @include(if: $t) { ok @skip(if: false) } }"
+    )
     assert analyse(many).worst().directives == 4
     with configured(QUERY_LIMITS={"max_directives": 3}):
         response = post_graphql(client, many, headers={"X-Request-ID": "directives"})

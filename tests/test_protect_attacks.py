@@ -364,7 +364,8 @@ def test_a_hostile_run_leaves_no_secret_in_any_row_or_log_line(client, users, ca
         # Aliases, fragments, directives, comments, huge and deep values.
         {"query": "{ " + " ".join(f"a{i}: serviceStatus {{ ok }}" for i in range(40)) + " }"},
         {
-            "query": "query { ...F ...F ...F } fragment F on Query { serviceStatus @include(if: true) @skip(if: false) { ok } }"
+            "query": "query { ...F ...F ...F } "
+            "fragment F on Query { serviceStatus @include(if: true) @skip(if: false) { ok } }"
         },
         {"query": "# " + password + "\n" + "#" * 50_000 + "\n{ serviceStatus { ok } }"},
         {"query": "{ me { username } }", "variables": {"deep": [[[[[[[[[[password]]]]]]]]]], "x": "y" * 100_000}},

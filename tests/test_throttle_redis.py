@@ -9,6 +9,7 @@ or fails; elsewhere it is skipped, saying why, when no Redis answers.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 
@@ -56,9 +57,9 @@ def redis_prefix():
     client.close()
 
 
-@pytest.fixture
-def two_servers(tmp_path, redis_prefix):
-    settings = SETTINGS + REDIS_SETTINGS.format(url=REDIS_URL, prefix=redis_prefix, limit=LIMIT)
+@contextlib.contextmanager
+def servers_of(tmp_path, settings):
+    """Two gunicorn servers on ``settings``, always stopped."""
     servers = []
     try:
         for name in ("a", "b"):
@@ -71,6 +72,14 @@ def two_servers(tmp_path, redis_prefix):
     finally:
         for server in servers:
             server.stop()
+
+
+@pytest.fixture
+def two_servers(tmp_path, redis_prefix):
+    with servers_of(
+        tmp_path, SETTINGS + REDIS_SETTINGS.format(url=REDIS_URL, prefix=redis_prefix, limit=LIMIT)
+    ) as servers:
+        yield servers
 
 
 def login(server, password="wrong"):
@@ -190,14 +199,7 @@ def test_requests_flow_within_the_timeout_while_redis_is_down(tmp_path, users, o
 
     process, port = own_redis
     settings = SETTINGS + OUTAGE_SETTINGS.format(url=f"redis://127.0.0.1:{port}/0", limit=LIMIT)
-    servers = []
-    try:
-        for name in ("a", "b"):
-            directory = tmp_path / name
-            directory.mkdir()
-            servers.append(Gunicorn(directory, "sync", settings=settings))
-        for server in servers:
-            server.wait_ready()
+    with servers_of(tmp_path, settings) as servers:
         for n in range(LIMIT):
             assert login(servers[n % 2]).status_code == 200
         assert login(servers[0], "alice-password").status_code == 429  # Redis counts across both
@@ -216,8 +218,5 @@ def test_requests_flow_within_the_timeout_while_redis_is_down(tmp_path, users, o
             # One line for the outage (a first connection slower than the timeout may have said so once before).
             assert said and len(said) <= 2, said
             assert said[-1]["level"] == "WARNING" and "not throttled" in said[-1]["message"]
-    finally:
-        for server in servers:
-            server.stop()
     unavailable = SecurityEvent.objects.filter(kind="throttle_unavailable")
     assert unavailable.count() >= 4 and all(e.details["cache"] == "throttle" for e in unavailable)
