@@ -182,7 +182,8 @@ class RequestContext:
             values.extend(str(v) for v in request.COOKIES.values() if v)
         except Exception:  # noqa: BLE001 - a cookie header Django cannot parse: kept whole above
             pass
-        query, variables = graphql_params(request)
+        # A request refused before it ran echoes nothing of its body, which may be huge: not read.
+        query, variables = graphql_params(request) if not self.refused else (None, None)
         if self._document_nodes:
             names, literals = self._secrets_in_operation()
         elif self.refused:  # nothing to find, and a refused document may be huge

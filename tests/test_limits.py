@@ -48,8 +48,19 @@ def test_fragments_are_expanded_and_every_spread_counted():
     assert got.depth == 5
     # F has 2 aliases: used once directly, once below owner, and twice through G.
     assert got.aliases == 2 * 4
-    # F = 4 fields; G = documents + F = 5.
-    assert got.fields == (1 + 4 + 1 + 1 + 4) + (1 + 5 + 5)
+    # F = 4 fields; G = documents + F = 5. Validation compares fields of one name merged into
+    # one selection set: the `owner` beside ...F with F's own, the second ...G's `documents`
+    # with the first's: one more each.
+    assert got.fields == (1 + 4 + 1 + 1 + 1 + 4) + (1 + 5 + 5 + 1)
+
+
+def test_fields_merged_under_one_name_count_as_the_validator_compares_them():
+    # k fields of one response name in a selection set (directly, through inline fragments
+    # or spreads) cost graphql-core's validation k * (k - 1) / 2 comparisons: the n-th counts n.
+    assert cost("{ a a a }").fields == 1 + 2 + 3
+    assert cost("{ a ... { a } ... on T { a } }").fields == 1 + 2 + 3
+    assert cost("{ ...F ...F ...F } fragment F on T { a }").fields == 1 + 2 + 3
+    assert cost("{ a b: a c: a }").fields == 3  # aliased: three names, nothing to compare
 
 
 def test_inline_fragments_count_their_selections_without_adding_depth():

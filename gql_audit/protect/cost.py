@@ -143,8 +143,9 @@ class _Estimate:
 
     def field(self, node: FieldNode, parent: Any, sized: int | None, root: bool) -> int:
         name = node.name.value
-        definition = getattr(parent, "fields", {}).get(name) if not name.startswith("__") else None
-        if definition is None:  # introspection, or a field validation will refuse
+        introspection = name.startswith("__") or getattr(parent, "name", "").startswith("__")
+        definition = getattr(parent, "fields", {}).get(name) if not introspection else None
+        if definition is None:  # introspection (a field of __Schema, __Type...), or one validation will refuse
             return 0
         override = self.model.costs.get(f"{parent.name}.{name}") or FieldCost()
         named = get_named_type(definition.type)
@@ -200,7 +201,8 @@ class _Estimate:
 
 @dataclass(frozen=True)
 class Estimate:
-    """The estimated cost of each operation (by name) and the highest of the whole document."""
+    """The estimated cost of each operation (by name), and of the whole document (every
+    operation, and every fragment as if it were one, added up: an upper bound)."""
 
     operations: dict[str | None, int]
     worst: int
@@ -250,28 +252,31 @@ def _estimate(text: str, schema: Any, variables: dict[str, Any]) -> tuple[Estima
     costs: dict[str | None, int] = {}
     used: set[str] = set()
     worst = 0
+    spread: set[str] = set()
     try:
         for definition in document.definitions:
-            if isinstance(definition, OperationDefinitionNode):
-                defaults = {
-                    v.variable.name.value: value_from_ast_untyped(v.default_value)
-                    for v in definition.variable_definitions or ()
-                    if v.default_value is not None
-                }
-                walk = _Estimate(schema, fragments, {**defaults, **variables})
-                kind = definition.operation.value
-                roots = {"query": schema.query_type, "mutation": schema.mutation_type}
-                root = roots.get(kind, schema.subscription_type)
-                cost = walk.selections(definition.selection_set, root, None, kind == "mutation")
-                name = definition.name.value if definition.name is not None else None
-                costs[name] = max(cost, costs.get(name, 0))
-            elif isinstance(definition, FragmentDefinitionNode):
-                walk = _Estimate(schema, fragments, variables)
-                cost = walk.fragment(definition.name.value, None, False)
-            else:
+            if not isinstance(definition, OperationDefinitionNode):
                 continue
+            defaults = {
+                v.variable.name.value: value_from_ast_untyped(v.default_value)
+                for v in definition.variable_definitions or ()
+                if v.default_value is not None
+            }
+            walk = _Estimate(schema, fragments, {**defaults, **variables})
+            kind = definition.operation.value
+            roots = {"query": schema.query_type, "mutation": schema.mutation_type}
+            cost = walk.selections(
+                definition.selection_set, roots.get(kind, schema.subscription_type), None, kind == "mutation"
+            )
+            name = definition.name.value if definition.name is not None else None
+            costs[name] = max(cost, costs.get(name, 0))
             used |= walk.used
-            worst = max(worst, cost)
+            spread.update(key[0] for key in walk.done)
+            worst = _cap(worst + cost)
+        for name in fragments.keys() - spread:  # read by the validator, though no operation runs it
+            walk = _Estimate(schema, fragments, variables)
+            worst = _cap(worst + walk.fragment(name, None, False))
+            used |= walk.used
     except RecursionError:
         return Estimate(costs, CAP), frozenset(used)
     return Estimate(costs, worst), frozenset(used)

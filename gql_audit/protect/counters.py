@@ -5,12 +5,13 @@ A rate is ``"<count>/<period>"`` with the period in seconds (``"5/300s"``,
 under a key naming the rate, the window's start and a keyed hash (BLAKE2b,
 keyed from ``SECRET_KEY``) of what is counted: no username or address is ever
 written to the cache, and the keys are safe for any value (NUL, surrogates).
-``cache.add`` then ``cache.incr`` are atomic in Django's Redis and local-memory
-caches, so concurrent requests never lose a count.
+``cache.incr`` (and ``cache.add`` when a window starts) are atomic in Django's
+Redis and local-memory caches, so concurrent requests never lose a count.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import logging
@@ -110,11 +111,13 @@ def hit(name: str, rate: Rate, value: str, amount: int = 1) -> tuple[int, int]:
     def add_and_count() -> int:
         cache = _cache()
         for _ in range(3):
-            cache.add(key, 0, timeout=left + 1)
-            try:
+            try:  # the common case, one call: the window's count exists
                 return int(cache.incr(key, amount))
-            except ValueError:  # expired between add and incr: add again
-                continue
+            except ValueError:  # a new window (or the count just expired)
+                pass
+            if cache.add(key, amount, timeout=left + 1):
+                return amount
+            # another request created it first: count on it
         raise ThrottleUnavailable("the count kept expiring")
 
     return _bounded(add_and_count), left
@@ -127,6 +130,7 @@ def count(name: str, rate: Rate, value: str) -> tuple[int, int]:
     return (found if isinstance(found, int) else 0), left
 
 
+@functools.lru_cache(maxsize=4096)
 def address_key(address: str | None) -> str:
     """What a client address is counted as: an IPv6 address by its /64 (one subscriber's
     network, within which a client picks addresses at will), any other as it is."""

@@ -13,6 +13,7 @@ documents are parsed and measured once per process.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import threading
 from collections import OrderedDict
@@ -97,8 +98,8 @@ class Analysis:
     sha256: str
     #: Operations in document order; empty when the document does not parse.
     operations: tuple[Operation, ...]
-    #: Each fragment definition, measured as if it were an operation: validation reads it
-    #: whether or not an operation spreads it.
+    #: Each fragment definition no operation spreads, measured as if it were an operation:
+    #: validation reads it all the same.
     fragments: tuple[Cost, ...] = ()
     #: Why the document could not be measured ("syntax", "cycle", "too deep", "tokens"), or None.
     problem: str | None = None
@@ -119,18 +120,28 @@ class Analysis:
             return next((op for op in self.operations if op.name == name), None)
         return self.operations[0] if len(self.operations) == 1 else None
 
+    @functools.cached_property
+    def _worst(self) -> Cost:
+        return self._measure_worst()
+
     def worst(self) -> Cost:
-        """The highest of each count over every operation and fragment of the document,
-        executed or not: the parser and the validator read all of them."""
+        """See :meth:`_measure_worst` (worked out once per document)."""
+        return self._worst
+
+    def _measure_worst(self) -> Cost:
+        """What the whole document asks of the parser and the validator, every operation
+        counted, executed or not: the deepest depth, and the aliases, fields and directives
+        of every operation as it executes, added up (with those of the fragments no
+        operation spreads, which the validator reads as well)."""
         if self.problem is not None and not self.operations:
             # A syntax error, or a parse stopped at max_tokens: the view (or that limit) answers it.
             return UNMEASURABLE if self.problem in ("cycle", "too deep") else Cost(0, 0, 0)
         costs = [op.cost for op in self.operations] + list(self.fragments)
         return Cost(
             max((c.depth for c in costs), default=0),
-            max((c.aliases for c in costs), default=0),
-            max((c.fields for c in costs), default=0),
-            max((c.directives for c in costs), default=0),
+            _cap(sum(c.aliases for c in costs)),
+            _cap(sum(c.fields for c in costs)),
+            _cap(sum(c.directives for c in costs)),
         )
 
 
@@ -148,47 +159,65 @@ class _Measure:
     def __init__(self, fragments: dict[str, FragmentDefinitionNode]) -> None:
         self.fragments = fragments
         self.done: dict[str, Cost] = {}
+        #: Each fragment's fields by response name (what a spread merges into its selection set).
+        self.names: dict[str, dict[str, int]] = {}
         self.visiting: set[str] = set()
         self.calls_done: dict[str, dict[str, RootCalls]] = {}
 
     def fragment(self, name: str) -> Cost:
+        return self._fragment(name)[0]
+
+    def _fragment(self, name: str) -> tuple[Cost, dict[str, int]]:
         cost = self.done.get(name)
         if cost is not None:
-            return cost
+            return cost, self.names[name]
         definition = self.fragments.get(name)
         if definition is None:  # validation reports the unknown fragment
-            return Cost(0, 0, 0)
+            return Cost(0, 0, 0), {}
         if name in self.visiting:
             raise _Cycle(name)
         self.visiting.add(name)
-        cost = self.done[name] = self.selections(definition.selection_set)
+        cost, self.names[name] = self._selections(definition.selection_set)
+        self.done[name] = cost
         self.visiting.discard(name)
-        return cost
+        return cost, self.names[name]
 
     def selections(self, selection_set: SelectionSetNode | None) -> Cost:
+        return self._selections(selection_set)[0]
+
+    def _selections(self, selection_set: SelectionSetNode | None) -> tuple[Cost, dict[str, int]]:
+        """The counts of a selection set, and how many fields of each response name it merges.
+
+        graphql-core's validation compares every two fields of one response name that a
+        selection set merges (its own, its inline fragments', the fragments it spreads):
+        the n-th field of a name counts n, so that ``max_fields`` bounds that work too.
+        """
         depth = aliases = fields = directives = 0
-        if selection_set is None:
-            return Cost(0, 0, 0)
-        for selection in selection_set.selections:
-            directives += len(selection.directives or ())
-            if isinstance(selection, FieldNode):
-                below = self.selections(selection.selection_set)
-                depth = max(depth, below.depth + 1)
-                aliases += below.aliases + (selection.alias is not None)
-                fields += below.fields + 1
-                directives += below.directives
-                continue
-            if isinstance(selection, InlineFragmentNode):
-                below = self.selections(selection.selection_set)
-            elif isinstance(selection, FragmentSpreadNode):
-                below = self.fragment(selection.name.value)
-            else:  # pragma: no cover - graphql-core has no other selection
-                continue
-            depth = max(depth, below.depth)
-            aliases += below.aliases
-            fields += below.fields
-            directives += below.directives
-        return Cost(_cap(depth), _cap(aliases), _cap(fields), _cap(directives))
+        names: dict[str, int] = {}
+        pending = [selection_set.selections] if selection_set is not None else []
+        while pending:
+            for selection in pending.pop():
+                directives += len(selection.directives or ())
+                if isinstance(selection, FieldNode):
+                    key = (selection.alias or selection.name).value
+                    seen = names[key] = names.get(key, 0) + 1
+                    below = self.selections(selection.selection_set)
+                    depth = max(depth, below.depth + 1)
+                    aliases += below.aliases + (selection.alias is not None)
+                    fields += below.fields + seen
+                    directives += below.directives
+                elif isinstance(selection, InlineFragmentNode):
+                    pending.append(selection.selection_set.selections)  # merged with this set's fields
+                elif isinstance(selection, FragmentSpreadNode):
+                    below, spread = self._fragment(selection.name.value)
+                    for key, count in spread.items():
+                        fields += count * names.get(key, 0)  # compared with each field of that name here
+                        names[key] = names.get(key, 0) + count
+                    depth = max(depth, below.depth)
+                    aliases += below.aliases
+                    fields += below.fields
+                    directives += below.directives
+        return Cost(_cap(depth), _cap(aliases), _cap(fields), _cap(directives)), names
 
     def root_calls(self, selection_set: SelectionSetNode | None) -> dict[str, RootCalls]:
         """Every root field by name as it will execute, fragments expanded and each counted
@@ -266,9 +295,11 @@ def _analyse(text: str, max_tokens: int | None = None, stop: bool = True) -> Ana
             defaults = {v.variable.name.value: v.default_value for v in variables if v.default_value is not None}
             name = definition.name.value if definition.name is not None else None
             operations.append(Operation(name, kind, cost, calls, defaults))
+        spread = set(measure.done)  # the fragments the operations reached
         standalone = tuple(
             _with_directives(measure.fragment(name), len(definition.directives or ()))
             for name, definition in fragments.items()
+            if name not in spread
         )
     except _Cycle:
         return Analysis(sha256, (), (), "cycle", over, max_tokens, stop)

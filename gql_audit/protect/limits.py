@@ -61,7 +61,8 @@ def check_batch(entries: int, limits: dict[str, Any], enforced: bool) -> Refusal
 def check_documents(
     analyses: list[Analysis], costs: list[int], limits: dict[str, Any], enforced: bool
 ) -> Refusal | None:
-    """Depth, aliases, fields, directives, tokens and cost: the highest of every document."""
+    """Depth (the deepest), aliases, fields, directives and cost (added up over every
+    operation of every document of the request), and tokens (per document)."""
     found: dict[str, int] = {}
     problem = None
     for analysis in analyses:
@@ -69,8 +70,8 @@ def check_documents(
             # The parser stopped counting there: the value says "more than max".
             found["max_tokens"] = limits["max_tokens"] + 1
         for name, value in analysis.worst().as_dict().items():
-            found[name] = max(found.get(name, 0), value)
+            found[name] = max(found.get(name, 0), value) if name == "max_depth" else found.get(name, 0) + value
         problem = problem or analysis.problem
     if costs:
-        found["max_cost"] = max(costs)
+        found["max_cost"] = sum(costs)
     return refusal(exceeded(found, limits, enforced, problem), enforced)
