@@ -106,6 +106,11 @@ class RequestContext:
     instrumented: bool = False
     #: Refused before the view ran (a limit, the allow-list, a throttle): no message echoes its document.
     refused: bool = False
+    #: Hashes of the documents admission checked (``gql_audit.protect``); None when it did not
+    #: run. A document executed outside this set is checked when its first root field resolves.
+    admitted: set[str] | None = None
+    #: What that late check refused (every root field of the operation gets it).
+    refusal: Any = None
     #: Database aliases whose connection had already failed when the request began.
     failed_databases: frozenset[str] = frozenset()
     #: The view executes GraphQL (its request was admitted by ``gql_audit.protect``).

@@ -239,17 +239,21 @@ class Scrubber:
             text = text.replace(form, REDACTED)
         return text
 
-    def data(self, value: Any) -> Any:
+    def data(self, value: Any, *, record: bool = True) -> Any:
         """A copy of JSON-like ``value`` with :meth:`text` applied to every string, except
-        under :data:`IDENTITY_KEYS`: a client must not choose what hides who was attacked."""
+        the record's own :data:`IDENTITY_KEYS` (at the top of ``value``, when ``record``):
+        a client must not choose what hides who was attacked."""
         if not self:
             return value
         if isinstance(value, str):
             return self.text(value)
         if isinstance(value, dict):
-            return {self.text(str(k)): v if k in IDENTITY_KEYS else self.data(v) for k, v in value.items()}
+            return {
+                self.text(str(k)): v if record and k in IDENTITY_KEYS else self.data(v, record=False)
+                for k, v in value.items()
+            }
         if isinstance(value, (list, tuple)):
-            return [self.data(v) for v in value]
+            return [self.data(v, record=False) for v in value]
         return value
 
 

@@ -400,3 +400,32 @@ def test_a_hostile_run_leaves_no_secret_in_any_row_or_log_line(client, users, ca
     for secret in (password, inline, token, cookie, token.split(".")[2]):
         assert secret not in stored, secret
         assert secret not in logged, secret
+
+
+def test_a_document_the_view_reads_in_its_own_way_is_checked_when_it_executes(client, users, password_checks):
+    # The body is harmless; the view executes the header's document, which admission never saw.
+    harmless = json.dumps({"query": "{ serviceStatus { ok } }"})
+    logins = (
+        "mutation { "
+        + " ".join(f'l{i}: tokenAuth(username: "alice", password: "x{i}") {{ token }}' for i in range(3))
+        + " }"
+    )
+    with configured(QUERY_LIMITS={"max_aliases": 3}, THROTTLE={"login": "2/300s"}):
+        wide = client.post(
+            "/graphql-header/",
+            harmless,
+            content_type="application/json",
+            headers={"X-Document": WIDE, "X-Request-ID": "own-way"},
+        )
+        login_burst = client.post(
+            "/graphql-header/",
+            harmless,
+            content_type="application/json",
+            headers={"X-Document": logins, "X-Request-ID": "own-way-logins"},
+        )
+    assert wide.json()["errors"][0]["extensions"] == {"code": "QUERY_TOO_COMPLEX", "rule": "QUERY_LIMITS"}
+    assert wide.json()["data"] == {"serviceStatus": None}
+    (event,) = SecurityEvent.objects.filter(request_id="own-way", kind="query_limit")
+    assert event.details["value"] == 50
+    assert {e["extensions"]["code"] for e in login_burst.json()["errors"]} == {"THROTTLED"}
+    assert password_checks == []

@@ -156,7 +156,33 @@ def _admit(
             return refusal, size
     if any(substitutes):
         _substitute(request, found, substitutes)
+    ctx.admitted = {analysis.sha256 for _, analysis, _ in analyses}
     return None, None
+
+
+def admit_execution(ctx: context.RequestContext, document: str, variables: Any, schema: Any) -> Refusal | None:
+    """A document the view executes that admission did not see (a view that reads its
+    request in a way of its own): checked now, before its first root field resolves."""
+    protections = active()
+    sha256 = document_hash(document)
+    ctx.admitted = {*(ctx.admitted or ()), sha256}
+    if protections is None:
+        return None
+    entry = Entry({"query": document}, document, None, variables)
+    refusal, _, measured = _entry(ctx.request, entry, protections) if ctx.request is not None else (None, None, None)
+    if refusal is None and measured is not None:
+        analysis, text = measured
+        configured = protections.limits or {}
+        if configured:
+            costs = _costs(ctx, schema, [(entry, analysis, text)]) if "max_cost" in configured else []
+            refusal = limits.check_documents([analysis], costs, configured, protections.limits_enforced)
+        if refusal is None and protections.throttle:
+            attempted = [(op, variables) for op in analysis.operations if op.type == "mutation"]
+            refusal = logins.check_logins(ctx, schema, attempted) if attempted else None
+    if refusal is not None:
+        ctx.error_codes.add(refusal.code)
+        ctx.refusal = refusal
+    return refusal
 
 
 def _entry(

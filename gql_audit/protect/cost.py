@@ -238,7 +238,8 @@ def estimate(text: str, sha256: str, schema: Any, variables: Any) -> Estimate:
 
 
 def _hashable(value: Any) -> Any:
-    return value if isinstance(value, (int, str, type(None))) and not isinstance(value, bool) else repr(value)[:64]
+    """What a variable's value adds to a cache key: a size is an int; anything else sizes nothing."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _estimate(text: str, schema: Any, variables: dict[str, Any]) -> tuple[Estimate, frozenset[str]]:
