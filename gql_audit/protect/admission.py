@@ -26,6 +26,7 @@ from gql_audit.compat import replace_body, replace_query_params
 from gql_audit.conf import conf
 from gql_audit.errors import BAD_REQUEST, OPERATION_NOT_ALLOWED, PERSISTED_QUERY_NOT_FOUND
 from gql_audit.events import record_event
+from gql_audit.params import content_type
 from gql_audit.protect import cost, csrf, limits, logins, operations
 from gql_audit.protect.document import Analysis, Operation, analyse, document_hash
 from gql_audit.protect.manifest import lookup, manifest, requested_hash
@@ -97,10 +98,10 @@ def admit(request: HttpRequest, ctx: context.RequestContext, view_func: Any) -> 
 def _plain(request: HttpRequest, ctx: context.RequestContext, batch_view: bool) -> tuple[Refusal | None, int | None]:
     """With no protection configured: the CSRF rule, and a batch whose entries are not objects."""
     csrf.check_session(request, ctx)
-    if batch_view:
+    if batch_view or content_type(request) == "multipart/form-data":
         found = read(request)
         if found.problem is not None:
-            return _malformed(found), found.size
+            return _malformed(found), found.size if found.batch else None
     return None, None
 
 

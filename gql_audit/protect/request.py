@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from gql_audit.params import body_data
+from gql_audit.params import body_data, content_type
 
 if TYPE_CHECKING:
     from django.http import HttpRequest
@@ -55,10 +55,28 @@ def _variables(value: Any) -> Any:
     return value
 
 
+def _shape(request: HttpRequest, body: Any) -> str | None:
+    """What is wrong with a body no view can run (graphene-file-upload's answers a 500), or None."""
+    if isinstance(body, list):
+        return "an empty batch" if not body else None
+    if body is None:
+        if content_type(request) == "multipart/form-data":
+            try:
+                if request.POST.get("operations") is not None:
+                    return "the operations field is not JSON"
+            except Exception:  # noqa: BLE001 - a form Django refuses: the view answers it
+                return None
+        return None  # no body, or JSON the view refuses in its own words
+    return None if hasattr(body, "get") else "the body is not a GraphQL request object"
+
+
 def read(request: HttpRequest) -> GraphQLRequest:
     """The GraphQL requests ``request`` holds, as the view will read them."""
     body = body_data(request)
     batch = isinstance(body, list)
+    problem = _shape(request, body)
+    if problem is not None:
+        return GraphQLRequest([], batch, problem, len(body) if batch else 1)
     objects = body if batch else [body if hasattr(body, "get") else {}]
     try:
         query_string = request.GET
