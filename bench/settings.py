@@ -31,3 +31,8 @@ AUTHENTICATION_BACKENDS = [
     "graphql_jwt.backends.JSONWebTokenBackend",
     "django.contrib.auth.backends.ModelBackend",
 ]
+
+# The example turns the protections on; bench/protections.py measures them, the other
+# benchmarks measure gql_audit without them.
+GQL_AUDIT = {k: v for k, v in GQL_AUDIT.items() if k not in ("QUERY_LIMITS", "THROTTLE")}  # noqa: F405
+SILENCED_SYSTEM_CHECKS = []

@@ -12,10 +12,14 @@ class GqlAuditConfig(AppConfig):
         from auditlog import get_logentry_model
         from django.apps import apps
         from django.contrib.auth import get_user_model
+        from django.core.checks import Tags, register
         from django.db.backends.signals import connection_created
         from django.db.models.signals import post_save, pre_delete, pre_save
 
         from gql_audit import checks, db, receivers  # noqa: F401  (registers checks)
+        from gql_audit.protect.checks import check_protections
+
+        register(check_protections, Tags.security)
 
         connection_created.connect(db.on_connection_created, dispatch_uid="gql_audit.on_connection_created")
 

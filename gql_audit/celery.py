@@ -22,6 +22,7 @@ ignored (the task runs without a request context).
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import Any
 
@@ -33,10 +34,12 @@ from gql_audit.auth import describe_dependency_failure
 from gql_audit.conf import conf
 from gql_audit.events import classify_resolver_error, record_event
 from gql_audit.net import REQUEST_ID_PATTERN
-from gql_audit.redaction import safe_text
+from gql_audit.redaction import Scrubber, safe_text, secret_leaves
 from gql_audit.store import flush
 
 HEADER = "gql_audit"
+#: An error's text is looked at up to here (an event keeps 2,000 characters of it).
+MAX_MESSAGE = 4000
 
 logger = logging.getLogger("gql_audit.celery")
 
@@ -74,6 +77,25 @@ def _header(task: Any) -> dict[str, Any] | None:
     return value
 
 
+#: What a header may say of the publishing request's operation (GraphQL's own name syntax).
+_OPERATION_TYPES = frozenset({"query", "mutation", "subscription"})
+_NAME = re.compile(r"[_A-Za-z][_0-9A-Za-z]{0,254}")
+_HASH = re.compile(r"[0-9a-f]{64}")
+
+
+def _operation(value: Any) -> dict[str, Any] | None:
+    """The operation a header names, each part kept only when well formed: whoever can
+    publish to the broker chooses it, and a record must not carry what it likes."""
+    if not isinstance(value, dict) or value.get("type") not in _OPERATION_TYPES:
+        return None
+    name, sha256 = value.get("name"), value.get("hash")
+    return {
+        "type": value["type"],
+        "name": name if isinstance(name, str) and _NAME.fullmatch(name) else None,
+        "hash": sha256 if isinstance(sha256, str) and _HASH.fullmatch(sha256) else None,
+    }
+
+
 def _actor(snapshot: Any) -> Any:
     """The user a task acts for: the publishing request's, loaded again (None if gone)."""
     if not isinstance(snapshot, dict) or snapshot.get("id") is None:
@@ -100,9 +122,7 @@ def enter_task(sender: Any = None, task_id: str | None = None, task: Any = None,
         acting_user=_actor(header.get("actor")),
         task={"id": safe_text(str(task_id))[:255], "name": safe_text(str(getattr(task, "name", "")))[:255]},
     )
-    operation = header.get("operation")
-    if isinstance(operation, dict):
-        ctx.operation = {k: operation.get(k) for k in ("type", "name", "hash")}
+    ctx.operation = _operation(header.get("operation"))
     if conf.ACCESS_LOG:
         ctx.accessed = {}
         ctx.audited = registered_models()
@@ -110,7 +130,12 @@ def enter_task(sender: Any = None, task_id: str | None = None, task: Any = None,
 
 
 def task_failed(
-    sender: Any = None, task_id: str | None = None, exception: BaseException | None = None, **kwargs: Any
+    sender: Any = None,
+    task_id: str | None = None,
+    exception: BaseException | None = None,
+    args: Any = None,
+    kwargs: Any = None,
+    **rest: Any,
 ) -> None:
     """``task_failure``: the failure, as an event of the publishing request."""
     if task_id not in _running or not isinstance(exception, Exception):
@@ -120,7 +145,10 @@ def task_failed(
         # A worker's connection errors name hosts and users: the class, SQLSTATE and server's words only.
         message = describe_dependency_failure(exception)[0]
     else:
-        kind, message = "task_failed", str(exception)
+        # An error echoes what the task was given (a password passed to it): every argument is
+        # scrubbed from its text, as the secrets of a request are.
+        given = secret_leaves([args, kwargs], secret=True)
+        kind, message = "task_failed", Scrubber(given).text(str(exception)[:MAX_MESSAGE])
     record_event(
         kind,
         message=message,

@@ -20,11 +20,7 @@ from gql_audit.conf import (
     EVENT_SINKS,
     INTROSPECTION_CHOICES,
     MASK_ERRORS_CHOICES,
-    PERSISTED_MODES,
-    QUERY_LIMIT_KEYS,
-    QUERY_LIMIT_MODES,
     SETTINGS_NAME,
-    THROTTLE_RATES,
     conf,
 )
 from gql_audit.net import REQUEST_ID_PATTERN, parse_networks
@@ -193,107 +189,6 @@ def _check_tamper_evidence(value: Any) -> list[Any]:
         if not isinstance(key, str) or len(key) < MIN_KEY_LENGTH:
             errors.append(_invalid(name, f"keys must be strings of at least {MIN_KEY_LENGTH} characters."))
             break
-    return errors
-
-
-def _protection_error(key: str, problem: str, check_id: str) -> Error:
-    return Error(f"{SETTINGS_NAME}[{key!r}] {problem}", hint="See docs/protections.md.", id=check_id)
-
-
-def _check_query_limits(value: dict[str, Any]) -> list[Any]:
-    errors: list[Any] = []
-    for key, limit in value.items():
-        least = 0 if key == "max_aliases" else 1
-        if key == "mode" and limit not in QUERY_LIMIT_MODES:
-            problem = f"mode must be one of {QUERY_LIMIT_MODES}."
-        elif key != "mode" and key not in QUERY_LIMIT_KEYS:
-            problem = f"has an unknown key {key!r}."
-        elif (
-            key != "mode"
-            and limit is not None
-            and (isinstance(limit, bool) or not isinstance(limit, int) or limit < least)
-        ):
-            problem = f"{key} must be None or an integer of at least {least}."
-        else:
-            continue
-        errors.append(_protection_error("QUERY_LIMITS", problem, "gql_audit.E020"))
-    return errors
-
-
-def _check_persisted(value: dict[str, Any]) -> list[Any]:
-    from gql_audit.persisted import ManifestError, read_manifest
-
-    if set(value) - {"manifest", "mode"}:
-        return [_protection_error("PERSISTED_OPERATIONS", "takes only 'manifest' and 'mode'.", "gql_audit.E021")]
-    errors: list[Any] = []
-    if value.get("mode", "observe") not in PERSISTED_MODES:
-        errors.append(
-            _protection_error("PERSISTED_OPERATIONS", f"mode must be one of {PERSISTED_MODES}.", "gql_audit.E021")
-        )
-    try:
-        read_manifest(value.get("manifest"))
-    except ManifestError as exc:
-        errors.append(_protection_error("PERSISTED_OPERATIONS", f"manifest {exc}.", "gql_audit.E021"))
-    return errors
-
-
-def _check_throttle(value: dict[str, Any]) -> list[Any]:
-    from gql_audit.throttle import parse_rate
-
-    errors: list[Any] = []
-    for key, rate in value.items():
-        try:
-            if key not in THROTTLE_RATES:
-                raise ValueError(f"has an unknown key {key!r} (known: {', '.join(THROTTLE_RATES)})")
-            parse_rate(rate)
-        except ValueError as exc:
-            errors.append(_protection_error("THROTTLE", f"{key}: {exc}.", "gql_audit.E022"))
-    return errors
-
-
-def _check_throttle_cache(throttle: Any, alias: Any) -> list[Any]:
-    caches = getattr(_settings(), "CACHES", None) or {"default": {}}
-    if alias not in caches:
-        return [_protection_error("THROTTLE_CACHE", f"{alias!r} is not a cache in CACHES.", "gql_audit.E023")]
-    backend = str(caches[alias].get("BACKEND", "django.core.cache.backends.locmem.LocMemCache"))
-    if not throttle or backend.rsplit(".", 1)[-1] not in ("LocMemCache", "DummyCache"):
-        return []
-    return [
-        Warning(
-            f"{SETTINGS_NAME}['THROTTLE'] counts in cache {alias!r} ({backend}), which each process "
-            "keeps to itself (or forgets): every worker counts on its own.",
-            hint="Point THROTTLE_CACHE at a cache every worker and server shares, such as Django's "
-            "RedisCache. See docs/protections.md.",
-            id="gql_audit.W020",
-        )
-    ]
-
-
-#: Setting -> (its check id, the check of its value when it is a dict).
-_PROTECTIONS = {
-    "QUERY_LIMITS": ("gql_audit.E020", _check_query_limits),
-    "PERSISTED_OPERATIONS": ("gql_audit.E021", _check_persisted),
-    "THROTTLE": ("gql_audit.E022", _check_throttle),
-}
-
-
-@register(Tags.compatibility)
-def check_protections(app_configs: Any = None, **kwargs: Any) -> list[Any]:
-    """QUERY_LIMITS, PERSISTED_OPERATIONS, THROTTLE and THROTTLE_CACHE."""
-    raw = getattr(_settings(), SETTINGS_NAME, {})
-    if not isinstance(raw, dict):
-        return []  # E001
-    errors: list[Any] = []
-    for key, (check_id, check) in _PROTECTIONS.items():
-        value = raw.get(key)
-        if value is None:
-            continue
-        if not isinstance(value, dict):
-            errors.append(_protection_error(key, "must be a dict or None.", check_id))
-            continue
-        errors.extend(check(value))
-    throttle = raw.get("THROTTLE")
-    errors.extend(_check_throttle_cache(throttle, raw.get("THROTTLE_CACHE", DEFAULTS["THROTTLE_CACHE"])))
     return errors
 
 

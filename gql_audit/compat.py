@@ -181,3 +181,27 @@ def pending_on_commit(connection: Any, callback: Any) -> bool:
     """
     return any(entry[1] is callback for entry in connection.run_on_commit)
 
+
+def received_body_size(request: HttpRequest) -> int | None:
+    """The size of the body ``request`` received, without reading it, or None if unknown.
+
+    ``Content-Length`` when sent: Django's WSGI request reads no more than it
+    says. Without it, an ASGI request's body is already spooled whole into the
+    file Django keeps as ``_stream``, whose size is read by seeking.
+    """
+    length = request.META.get("CONTENT_LENGTH")
+    if length:
+        try:
+            return max(int(length), 0)
+        except ValueError:
+            return None
+    stream = getattr(request, "_stream", None)
+    if stream is None or not hasattr(stream, "seek") or not hasattr(stream, "tell"):
+        return None
+    try:
+        here = stream.tell()
+        size = stream.seek(0, 2)
+        stream.seek(here)
+    except (OSError, ValueError):
+        return None
+    return int(size) - int(here)

@@ -59,6 +59,8 @@ DEFAULTS: dict[str, Any] = {
     "THROTTLE_CACHE": "default",
     # gql_audit.auth.bearer_authenticator: how a bearer JWT is verified.
     "JWT": None,
+    # Seconds a request may wait on the throttle cache before it passes unthrottled.
+    "THROTTLE_TIMEOUT": 0.25,
 }
 
 #: Settings whose value may be a dotted import path, resolved on first use.
@@ -68,11 +70,22 @@ INTROSPECTION_CHOICES = ("public", "authenticated", "disabled")
 EVENT_SINKS = ("database", "logs", "both")
 MASK_ERRORS_CHOICES = ("database", "all", "none")
 ACCESS_STORES = ("gql_audit", "auditlog")
-QUERY_LIMIT_KEYS = ("max_depth", "max_aliases", "max_fields", "max_tokens")
+QUERY_LIMIT_KEYS = (
+    "max_depth",
+    "max_aliases",
+    "max_fields",
+    "max_tokens",
+    "max_directives",
+    "max_cost",
+    "max_request_bytes",
+    "max_batch",
+)
+#: ``QUERY_LIMITS`` keys that tune the cost estimate rather than limit anything.
+QUERY_COST_KEYS = ("default_list_size", "costs")
 QUERY_LIMIT_MODES = ("enforce", "measure")
 PERSISTED_MODES = ("observe", "enforce")
 #: ``THROTTLE`` keys: what is counted, per what.
-THROTTLE_RATES = ("login", "login_address", "auth_failures")
+THROTTLE_RATES = ("login", "login_username", "login_address", "auth_failures", "operations")
 CLIENT_CERT_SOURCES = (None, "nginx", "envoy", "traefik", "aws-alb", "rfc9440", "environ")
 
 

@@ -24,6 +24,7 @@ from gql_audit.redaction import (
     safe_data,
     safe_text,
     secret_leaves,
+    string_literals,
 )
 from gql_audit.tracing import annotate_operation
 
@@ -105,6 +106,24 @@ class RequestContext:
     instrumented: bool = False
     #: Refused before the view ran (a limit, the allow-list, a throttle): no message echoes its document.
     refused: bool = False
+    #: Hashes of the documents admission checked (``gql_audit.protect``); None when it did not
+    #: run. A document executed outside this set is checked when its first root field resolves.
+    admitted: set[str] | None = None
+    #: What that late check refused (every root field of the operation gets it).
+    refusal: Any = None
+    #: Database aliases whose connection had already failed when the request began.
+    failed_databases: frozenset[str] = frozenset()
+    #: The view executes GraphQL (its request was admitted by ``gql_audit.protect``).
+    graphql_view: bool = False
+    #: ``AUTHENTICATOR`` decided who the request is (a user, or a bad token): a session
+    #: cookie is then not who it is.
+    authenticated_by_token: bool = False
+    #: ``time.monotonic()`` past which this request no longer waits on the throttle cache.
+    throttle_deadline: float | None = None
+    #: The estimated cost (``QUERY_LIMITS["max_cost"]``) of each operation admitted, by
+    #: ``(document hash, operation name)``; ``cost`` is the one of ``operation``.
+    costs: dict[tuple[str, str | None], int] = field(default_factory=dict)
+    cost: int | None = None
     _operation_node: Any = field(default=None, repr=False)
     #: The operation and the named fragments it may spread: where secret arguments are looked for.
     _document_nodes: tuple[Any, ...] = field(default=(), repr=False)
@@ -168,7 +187,8 @@ class RequestContext:
             values.extend(str(v) for v in request.COOKIES.values() if v)
         except Exception:  # noqa: BLE001 - a cookie header Django cannot parse: kept whole above
             pass
-        query, variables = graphql_params(request)
+        # A request refused before it ran echoes nothing of its body, which may be huge: not read.
+        query, variables = graphql_params(request) if not self.refused else (None, None)
         if self._document_nodes:
             names, literals = self._secrets_in_operation()
         elif self.refused:  # nothing to find, and a refused document may be huge
@@ -176,6 +196,9 @@ class RequestContext:
         else:  # never executed (a 400): the document as sent, if it parses
             document = _parse_quietly(query) if isinstance(query, str) else None
             names, literals = operation_secrets(document) if document is not None else (frozenset(), [])
+            if document is None and isinstance(query, str):
+                # A syntax error quotes a token of its own choosing: every string of the text is a secret.
+                literals = [*literals, *string_literals(query)]
         values.extend(secret_leaves(literals, secret=True))
         if isinstance(variables, dict):
             values.extend(secret_leaves(variables))
@@ -199,6 +222,8 @@ class RequestContext:
         }
         if self.client_request_id is not None:
             data["client_request_id"] = self.client_request_id
+        if self.cost is not None:
+            data["cost"] = self.cost
         if self.trace is not None:
             data.update(self.trace)
         if self.task is not None:
@@ -304,6 +329,8 @@ class RequestContext:
             "name": name,
             "hash": hashlib.sha256(body.encode("utf-8", "surrogatepass")).hexdigest(),
         }
+        if self.costs:
+            self.cost = self.costs.get((self.operation["hash"], name))
         annotate_operation(self.operation)
 
 

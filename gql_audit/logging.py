@@ -88,7 +88,9 @@ def log_request(ctx: context.RequestContext, status: int) -> None:
     variables = ctx.variables
     if isinstance(variables, dict):
         logged: Any = (
-            ctx.scrubber().data(ctx.redacted_variables()) if conf.LOG_VARIABLE_VALUES else sorted(variables)[:50]
+            ctx.scrubber().data(ctx.redacted_variables(), record=False)
+            if conf.LOG_VARIABLE_VALUES
+            else sorted(variables)[:50]
         )
     else:
         logged = None

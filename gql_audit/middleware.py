@@ -19,17 +19,19 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_asy
 from django.contrib.auth.models import AnonymousUser
 from django.http import JsonResponse
 
-from gql_audit import context, guard
+from gql_audit import context
 from gql_audit.access import registered_models
 from gql_audit.auth import authenticate, refuse_cookie_without_csrf
 from gql_audit.compat import mark_jwt_credentials_handled, set_session_user_cache
 from gql_audit.conf import conf
-from gql_audit.errors import AUDIT_UNAVAILABLE, BAD_REQUEST, MESSAGES
+from gql_audit.errors import AUDIT_UNAVAILABLE, BAD_REQUEST, INTERNAL_ERROR, MESSAGES
 from gql_audit.events import record_event
 from gql_audit.logging import log_aborted, log_request
 from gql_audit.mtls import client_identity, read_client_certificate
 from gql_audit.net import client_address, client_port, is_trusted, parse_ip, request_ids
 from gql_audit.params import FORM_TYPES, content_type
+from gql_audit.protect import admission, failures
+from gql_audit.protect.refusal import Refused, respond
 from gql_audit.store import flush
 from gql_audit.tracing import trace_ids
 
@@ -66,22 +68,17 @@ def begin(request: HttpRequest) -> context.RequestContext:
     if conf.ACCESS_LOG:
         ctx.accessed = {}
         ctx.audited = registered_models()
+    ctx.failed_databases = _failed_databases()
     setattr(request, context.REQUEST_ATTRIBUTE, ctx)
     return ctx
 
 
-class Refused(JsonResponse):
-    """A request refused before the view ran (a limit, the allow-list, a throttle): already on record."""
+def _failed_databases() -> frozenset[str]:
+    """Connections that saw a database error (Django's ``errors_occurred``, reset when a
+    connection is checked at the start of a request)."""
+    from django.db import connections
 
-
-def refused(ctx: context.RequestContext, refusal: guard.Refusal, entries: int | None = None) -> Refused:
-    """The answer to a refused request (``entries``: the size of a refused batch)."""
-    ctx.error_codes.add(refusal.code)
-    ctx.refused = True
-    response = Refused(refusal.body(entries), status=refusal.status, safe=False)
-    if refusal.retry_after is not None:
-        response["Retry-After"] = str(refusal.retry_after)
-    return response
+    return frozenset(c.alias for c in connections.all(initialized_only=True) if c.errors_occurred)
 
 
 def prepare(request: HttpRequest, ctx: context.RequestContext) -> HttpResponseBase | None:
@@ -89,9 +86,9 @@ def prepare(request: HttpRequest, ctx: context.RequestContext) -> HttpResponseBa
     a response when the request is refused before it authenticates."""
     read_certificate(request, ctx)
     if conf.THROTTLE:
-        refusal = guard.check_address(ctx)
+        refusal = failures.check_address(ctx)
         if refusal is not None:
-            return refused(ctx, refusal)
+            return respond(ctx, refusal)
     reason = refuse_cookie_without_csrf(request)
     if reason is not None:
         record_event(
@@ -129,6 +126,7 @@ def authenticate_request(request: HttpRequest, ctx: context.RequestContext) -> N
         user = AnonymousUser()
     elif user is None:
         return
+    ctx.authenticated_by_token = True
     request.user = user
     # graphql_jwt's middleware, if kept, asks Django for the session user on
     # every field (JWT_ALLOW_ARGUMENT) and must get this one; and its backend
@@ -139,10 +137,10 @@ def authenticate_request(request: HttpRequest, ctx: context.RequestContext) -> N
 
 def finish(response: HttpResponseBase, ctx: context.RequestContext) -> HttpResponseBase:
     """Write what the request recorded (outside the view's transaction), echo the id."""
-    if response.status_code == 400 and not isinstance(response, Refused):
+    if response.status_code in (400, 405) and not isinstance(response, Refused):
         response = inspect_rejected(ctx, response)
     if conf.THROTTLE:
-        guard.count_failures(ctx)
+        failures.count_failures(ctx)
     if conf.WRITE_AFTER_RESPONSE:
         response[conf.REQUEST_ID_HEADER] = ctx.request_id
         write_when_closed(response, ctx)
@@ -185,7 +183,7 @@ def inspect_rejected(ctx: context.RequestContext, response: HttpResponseBase) ->
     mistake); with ``INTROSPECTION`` other than ``"public"`` the schema-revealing
     "Did you mean ...?" suggestions are cut from the messages the client gets.
     """
-    if getattr(response, "streaming", False):
+    if getattr(response, "streaming", False) or (response.status_code == 405 and not ctx.graphql_view):
         return response
     if not response.get("Content-Type", "").startswith("application/json"):
         # Refused before any GraphQL was read (Django's own 400 page): still on record.
@@ -205,20 +203,25 @@ def inspect_rejected(ctx: context.RequestContext, response: HttpResponseBase) ->
         return response
     if not isinstance(errors, list) or not errors:
         return response
+    changed = ctx.graphql_view and mask_unlocated(ctx, errors)
     messages = [str(e.get("message", "")) if isinstance(e, dict) else str(e) for e in errors]
     first = errors[0] if isinstance(errors[0], dict) else {}
     code = (first.get("extensions") or {}).get("code") if isinstance(first.get("extensions"), dict) else None
     ctx.error_codes.add(str(code) if code else "GRAPHQL_VALIDATION_FAILED")
-    record_event(
-        "graphql_error",
-        message=messages[0],
-        details={"status": 400, "errors": messages[:MAX_REPORTED_ERRORS], "errors_total": len(messages)},
-        severity="warning",
-    )
-    if conf.INTROSPECTION == "public":
+    if code != INTERNAL_ERROR:  # a masked error is recorded as what it was
+        record_event(
+            "graphql_error",
+            message=messages[0],
+            details={
+                "status": response.status_code,
+                "errors": messages[:MAX_REPORTED_ERRORS],
+                "errors_total": len(messages),
+            },
+            severity="warning",
+        )
+    if conf.INTROSPECTION == "public" and not changed:
         return response
-    changed = False
-    for error in errors:
+    for error in errors if conf.INTROSPECTION != "public" else ():
         if isinstance(error, dict) and isinstance(error.get("message"), str):
             cut = _SUGGESTION.sub("", error["message"])
             if cut != error["message"]:
@@ -229,6 +232,46 @@ def inspect_rejected(ctx: context.RequestContext, response: HttpResponseBase) ->
         if response.has_header("Content-Length"):
             response["Content-Length"] = str(len(response.content))  # type: ignore[attr-defined]
     return response
+
+
+#: What graphene-django's view says on purpose about a request it refuses (its ``HttpError``
+#: texts): anything else without a location or a path is an exception's own text.
+_VIEW_MESSAGES = re.compile(
+    r"GraphQL only supports GET and POST requests\.|Must provide query string\.|Variables are invalid JSON\."
+    r"|POST body sent invalid JSON\.|Batch requests should receive a list|Received an empty list in the batch"
+    r"|The received data is not a valid JSON query\.|Can only perform a \w+ operation from a POST request\."
+)
+
+
+def mask_unlocated(ctx: context.RequestContext, errors: list[Any]) -> bool:
+    """Mask, under ``MASK_ERRORS``, the errors an exception raised outside every resolver
+    (opening the connection or the transaction of a mutation, committing it): graphene-django
+    answers them with the exception's own text, which for a database names hosts and ports.
+    Whether the database failed in this request is what Django's connections say
+    (``errors_occurred``). Whether anything was masked."""
+    mode = conf.MASK_ERRORS
+    if mode == "none":
+        return False
+    database = bool(_failed_databases() - ctx.failed_databases)
+    changed = False
+    for index, error in enumerate(errors):
+        if not isinstance(error, dict) or set(error) != {"message"} or not isinstance(error["message"], str):
+            continue
+        if not database and (mode != "all" or _VIEW_MESSAGES.match(error["message"])):
+            continue
+        record_event(
+            "db_error" if database else "graphql_error",
+            message="a database error outside any resolver (its text withheld: it names hosts)"
+            if database
+            else error["message"],
+            details={"outside": "resolvers"},
+        )
+        errors[index] = {
+            "message": f"{MESSAGES[INTERNAL_ERROR]} Request id: {ctx.request_id}",
+            "extensions": {"code": INTERNAL_ERROR, "request_id": ctx.request_id},
+        }
+        changed = True
+    return changed
 
 
 #: Methods of graphene-django's ``GraphQLView`` that decide which schema a request executes.
@@ -282,6 +325,28 @@ def bad_body(request: HttpRequest, exc: Exception) -> JsonResponse | None:
     return JsonResponse({"errors": [{"message": message, "extensions": {"code": BAD_REQUEST}}]}, status=400)
 
 
+class Aborted(JsonResponse):
+    """The 500 of a request whose worker is being killed: it carries the request id, then the
+    ``SystemExit`` goes on once the server has sent it (the worker still exits)."""
+
+    def __init__(self, ctx: context.RequestContext, exit: SystemExit) -> None:
+        body = {
+            "errors": [
+                {
+                    "message": f"{MESSAGES[INTERNAL_ERROR]} Request id: {ctx.request_id}",
+                    "extensions": {"code": INTERNAL_ERROR, "request_id": ctx.request_id},
+                }
+            ]
+        }
+        super().__init__(body, status=500)
+        self[conf.REQUEST_ID_HEADER] = ctx.request_id
+        self.exit = exit
+
+    def __iter__(self) -> Any:
+        yield from super().__iter__()
+        raise self.exit
+
+
 class AuditContextMiddleware:
     """Binds the audit context for the request and authenticates before the view.
 
@@ -311,10 +376,13 @@ class AuditContextMiddleware:
             if response is None:
                 response = self.get_response(request)  # type: ignore[assignment]
             response = finish(response, ctx)  # type: ignore[arg-type]
+        except SystemExit as exc:
+            # A worker timeout (gunicorn's SIGABRT): the request dies here, and leaves its trace
+            # in the log on the way, and its id on the 500 the client gets.
+            log_aborted(ctx, type(exc).__name__)
+            return Aborted(ctx, exc)
         except BaseException as exc:
-            # SystemExit from a worker timeout (gunicorn's SIGABRT), KeyboardInterrupt:
-            # the request dies here, and leaves its trace in the log on the way.
-            if not isinstance(exc, Exception):
+            if not isinstance(exc, Exception):  # KeyboardInterrupt
                 log_aborted(ctx, type(exc).__name__)
             raise
         finally:
@@ -346,11 +414,7 @@ class AuditContextMiddleware:
             return None
         if conf.INSTRUMENT_SCHEMA:
             ctx.view_schema = view_schema(view_func)
-        protections = guard.active()
-        if protections is None:
-            return None
-        found = guard.check_operation(request, ctx, view_func, protections)
-        return refused(ctx, *found) if found is not None else None
+        return admission.admit(request, ctx, view_func)
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> JsonResponse | None:
         return bad_body(request, exception)

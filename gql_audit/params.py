@@ -17,11 +17,15 @@ FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 
 def content_type(request: HttpRequest) -> str:
-    return (request.META.get("CONTENT_TYPE") or "").split(";", 1)[0].strip().lower()
+    """The media type, as graphene-django reads it."""
+    meta = request.META
+    return str(meta.get("CONTENT_TYPE", meta.get("HTTP_CONTENT_TYPE", "")) or "").split(";", 1)[0].strip().lower()
 
 
 def body_data(request: HttpRequest) -> Any:
-    """The parsed body: a dict for JSON and forms, the query for ``application/graphql``, else None."""
+    """The parsed body: a dict (or a list, for a batch) for JSON, the query for
+    ``application/graphql``, the form, or the ``operations`` of a multipart form
+    (the GraphQL multipart request specification, graphene-file-upload's), else None."""
     kind = content_type(request)
     try:
         if kind == "application/json":
@@ -29,7 +33,8 @@ def body_data(request: HttpRequest) -> Any:
         if kind == "application/graphql":
             return {"query": request.body.decode("utf-8")}
         if kind in FORM_TYPES:
-            return request.POST
+            operations = request.POST.get("operations")
+            return json.loads(operations) if operations is not None else request.POST
     except Exception:  # noqa: BLE001 - invalid JSON, too deep, not UTF-8, a broken form: no data
         return None
     return None

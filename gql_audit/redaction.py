@@ -35,6 +35,11 @@ MIN_SCRUB_LENGTH = 4
 SCRUB_ANCHOR = 8
 #: Values of a request looked at for secrets, at most.
 MAX_VISITED = 20_000
+#: Keys of a record's details that name who acted or who was attacked (the username a
+#: login tried, the actor's snapshot): never scrubbed by value. Every value of a request
+#: is the client's choice (a cookie ``pref=alice``, a password ``alice``), and scrubbing
+#: them there would let a client hide which account it attacked.
+IDENTITY_KEYS = frozenset({"username", "actor"})
 
 
 def _pattern() -> re.Pattern[str]:
@@ -153,6 +158,26 @@ def operation_secrets(nodes: Any) -> tuple[frozenset[str], list[Any]]:
     return frozenset(names), literals
 
 
+def string_literals(text: str) -> list[str]:
+    """The string values of a document that does not parse, up to where the lexer stops:
+    a syntax error quotes the token it stopped at, and it may be an inline password."""
+    from graphql import GraphQLError, Source
+    from graphql.language import Lexer, TokenKind
+
+    found: list[str] = []
+    lexer = Lexer(Source(text))
+    try:
+        for _ in range(MAX_VISITED):
+            token = lexer.advance()
+            if token.kind == TokenKind.EOF:
+                break
+            if token.kind in (TokenKind.STRING, TokenKind.BLOCK_STRING) and token.value:
+                found.append(token.value)
+    except GraphQLError:
+        pass
+    return found
+
+
 def redact_variables(variables: Any, secret_names: frozenset[str]) -> Any:
     """GraphQL variables, redacted by their own names and by the arguments they feed."""
     if not isinstance(variables, dict):
@@ -214,16 +239,21 @@ class Scrubber:
             text = text.replace(form, REDACTED)
         return text
 
-    def data(self, value: Any) -> Any:
-        """A copy of JSON-like ``value`` with :meth:`text` applied to every string."""
+    def data(self, value: Any, *, record: bool = True) -> Any:
+        """A copy of JSON-like ``value`` with :meth:`text` applied to every string, except
+        the record's own :data:`IDENTITY_KEYS` (at the top of ``value``, when ``record``):
+        a client must not choose what hides who was attacked."""
         if not self:
             return value
         if isinstance(value, str):
             return self.text(value)
         if isinstance(value, dict):
-            return {self.text(str(k)): self.data(v) for k, v in value.items()}
+            return {
+                self.text(str(k)): v if record and k in IDENTITY_KEYS else self.data(v, record=False)
+                for k, v in value.items()
+            }
         if isinstance(value, (list, tuple)):
-            return [self.data(v) for v in value]
+            return [self.data(v, record=False) for v in value]
         return value
 
 

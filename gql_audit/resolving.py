@@ -242,6 +242,8 @@ def resolve_root(resolve: Callable[..., Any], root: Any, info: Any, args: dict[s
         ctx.path = [info.path.key]
         if ctx.variables is None:
             ctx.variables = info.variable_values  # redacted when written, not per request
+        if ctx.admitted is not None and (ctx.refusal is not None or _hash(ctx) not in ctx.admitted):
+            unadmitted(ctx, info)
     name = info.field_name
     if name == "__typename":
         pass
@@ -261,6 +263,23 @@ def resolve_root(resolve: Callable[..., Any], root: Any, info: Any, args: dict[s
             raise
         raise replacement from exc
     return value
+
+
+def _hash(ctx: context.RequestContext) -> str | None:
+    return ctx.operation["hash"] if ctx.operation is not None else None
+
+
+def unadmitted(ctx: context.RequestContext, info: Any) -> None:
+    """The view executes a document admission did not see: check it now; raise its refusal."""
+    from gql_audit.protect.admission import admit_execution
+
+    if ctx.refusal is None:
+        loc = getattr(info.operation, "loc", None)
+        document = loc.source.body if loc is not None else ""
+        admit_execution(ctx, document, info.variable_values, info.schema)
+    refusal = ctx.refusal
+    if refusal is not None:
+        raise GraphQLError(MESSAGES[refusal.code], extensions={"code": refusal.code, "rule": refusal.rule})
 
 
 def check_introspection(info: Any) -> None:

@@ -127,3 +127,31 @@ class SQLRecorder(list):
     def __call__(self, execute, sql, params, many, context):
         self.append(sql)
         return execute(sql, params, many, context)
+
+
+@pytest.fixture
+def password_checks():
+    """How many times Django's ModelBackend was asked to check a password."""
+    from unittest import mock
+
+    from django.contrib.auth.backends import ModelBackend
+
+    calls = []
+    original = ModelBackend.authenticate
+
+    def counting(self, request, username=None, password=None, **kwargs):
+        calls.append(username)
+        return original(self, request, username=username, password=password, **kwargs)
+
+    with mock.patch.object(ModelBackend, "authenticate", counting):
+        yield calls
+
+
+@pytest.fixture
+def empty_cache():
+    """Django's default cache (the throttle's in the tests) empty before and after."""
+    from django.core.cache import caches
+
+    caches["default"].clear()
+    yield
+    caches["default"].clear()

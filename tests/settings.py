@@ -50,3 +50,7 @@ GQL_AUDIT = {**GQL_AUDIT, "TRUSTED_PROXIES": ["127.0.0.1/32"]}  # noqa: F405
 # both access stores (tests/test_access_log.py, the concurrency and rollback
 # tests) run once per store.
 GQL_AUDIT = {**GQL_AUDIT, "ACCESS_STORE": "auditlog"}
+
+# The example turns the protections on; the tests that exercise them configure their own.
+GQL_AUDIT = {k: v for k, v in GQL_AUDIT.items() if k not in ("QUERY_LIMITS", "THROTTLE")}
+SILENCED_SYSTEM_CHECKS = []

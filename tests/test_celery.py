@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from urllib.parse import urlsplit
 
 import graphene
 import pytest
@@ -21,7 +22,9 @@ from tests.conftest import make_token, post_graphql
 celery = pytest.importorskip("celery")
 
 REDIS_URL = os.environ.get("GQL_AUDIT_TEST_REDIS", "redis://127.0.0.1:6379")
-app = celery.Celery("gql_audit_tests", broker=f"{REDIS_URL}/5")
+# The broker's database is this file's own (5), whichever one GQL_AUDIT_TEST_REDIS names.
+_server = REDIS_URL if urlsplit(REDIS_URL).path in ("", "/") else REDIS_URL[: REDIS_URL.rindex("/")]
+app = celery.Celery("gql_audit_tests", broker=f"{_server}/5")
 app.conf.update(task_default_queue=f"gql-audit-tests-{uuid.uuid4().hex}", worker_hijack_root_logger=False)
 
 
@@ -148,3 +151,28 @@ def test_a_forged_header_is_ignored(users):
     task = type("Task", (), {"name": "t", "request": type("R", (), {"gql_audit": {"request_id": "bad id\n"}})()})()
     ours.enter_task(task_id="1", task=task)
     assert context.current() is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failing_task_stores_none_of_its_arguments_and_a_forged_operation_is_bounded(users):
+    import json
+
+    from gql_audit import celery as ours
+    from gql_audit import context
+    from gql_audit.models import SecurityEvent
+
+    secret = "Task-Argument-Secret-77"
+    forged = {"type": "mutation", "name": "x" * 100_000, "hash": {"nested": [1] * 1000}}
+    header = {"request_id": "task-forged", "operation": forged}
+    task = type("Task", (), {"name": "t", "request": type("R", (), {"gql_audit": header})()})()
+    ours.enter_task(task_id="forged-1", task=task)
+    try:
+        assert context.current().operation == {"type": "mutation", "name": None, "hash": None}
+        error = ValueError(f"cannot log in alice with {secret}")
+        ours.task_failed(sender=task, task_id="forged-1", exception=error, args=("alice", secret), kwargs={})
+    finally:
+        ours.leave_task(task_id="forged-1")
+    (event,) = SecurityEvent.objects.filter(request_id="task-forged")
+    assert event.kind == "task_failed" and "cannot log in" in event.message
+    assert secret not in event.message + json.dumps(event.details)
+    assert len(json.dumps(event.operation)) < 200

@@ -109,3 +109,22 @@ def test_replaced_query_params_are_what_the_view_reads(asgi):
     params["query"] = "new"
     compat.replace_query_params(request, params)
     assert request.GET["query"] == "new"
+
+
+def test_the_received_body_size_is_read_without_reading_the_body():
+    import tempfile
+
+    from django.core.handlers.asgi import ASGIRequest
+
+    # WSGI: the Content-Length Django reads up to.
+    request = RequestFactory().post("/", b"x" * 1000, content_type="application/json")
+    assert compat.received_body_size(request) == 1000
+    # ASGI without a Content-Length: the size of the body Django spooled into ``_stream``.
+    body = tempfile.SpooledTemporaryFile()
+    body.write(b"y" * 5000)
+    body.seek(0)
+    scope = {"type": "http", "method": "POST", "path": "/", "headers": [], "query_string": b""}
+    request = ASGIRequest(scope, body)
+    assert "CONTENT_LENGTH" not in request.META
+    assert compat.received_body_size(request) == 5000
+    assert request.body == b"y" * 5000  # nothing read: the view still gets all of it

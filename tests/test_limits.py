@@ -12,10 +12,10 @@ from django.conf import settings
 from django.db import connection
 from django.test import override_settings
 
-from gql_audit import limits
 from gql_audit.history import request_trail
-from gql_audit.limits import analyse
 from gql_audit.models import SecurityEvent
+from gql_audit.protect import document
+from gql_audit.protect.document import analyse
 from tests.conftest import SQLRecorder, make_token, post_graphql
 
 pytestmark = pytest.mark.django_db
@@ -33,8 +33,8 @@ def cost(text, name=None):
 
 
 def test_depth_aliases_and_fields_of_plain_selections():
-    assert cost("{ a }") == limits.Cost(1, 0, 1)
-    assert cost("{ a { b { c } } x: a }") == limits.Cost(3, 1, 4)
+    assert cost("{ a }") == document.Cost(1, 0, 1)
+    assert cost("{ a { b { c } } x: a }") == document.Cost(3, 1, 4)
 
 
 def test_fragments_are_expanded_and_every_spread_counted():
@@ -48,12 +48,23 @@ def test_fragments_are_expanded_and_every_spread_counted():
     assert got.depth == 5
     # F has 2 aliases: used once directly, once below owner, and twice through G.
     assert got.aliases == 2 * 4
-    # F = 4 fields; G = documents + F = 5.
-    assert got.fields == (1 + 4 + 1 + 1 + 4) + (1 + 5 + 5)
+    # F = 4 fields; G = documents + F = 5. Validation compares fields of one name merged into
+    # one selection set: the `owner` beside ...F with F's own, the second ...G's `documents`
+    # with the first's: one more each.
+    assert got.fields == (1 + 4 + 1 + 1 + 1 + 4) + (1 + 5 + 5 + 1)
+
+
+def test_fields_merged_under_one_name_count_as_the_validator_compares_them():
+    # k fields of one response name in a selection set (directly, through inline fragments
+    # or spreads) cost graphql-core's validation k * (k - 1) / 2 comparisons: the n-th counts n.
+    assert cost("{ a a a }").fields == 1 + 2 + 3
+    assert cost("{ a ... { a } ... on T { a } }").fields == 1 + 2 + 3
+    assert cost("{ ...F ...F ...F } fragment F on T { a }").fields == 1 + 2 + 3
+    assert cost("{ a b: a c: a }").fields == 3  # aliased: three names, nothing to compare
 
 
 def test_inline_fragments_count_their_selections_without_adding_depth():
-    assert cost("{ a { ... on T { x: b y: b ... { z: b { c } } } } }") == limits.Cost(3, 3, 5)
+    assert cost("{ a { ... on T { x: b y: b ... { z: b { c } } } } }") == document.Cost(3, 3, 5)
 
 
 def test_doubling_fragments_are_measured_in_linear_time_and_saturate():
@@ -64,19 +75,19 @@ def test_doubling_fragments_are_measured_in_linear_time_and_saturate():
     started = time.perf_counter()
     got = cost(text)
     assert time.perf_counter() - started < 1
-    assert got.aliases == limits.CAP and got.fields == limits.CAP and got.depth == 2
+    assert got.aliases == document.CAP and got.fields == document.CAP and got.depth == 2
 
 
 def test_fragment_cycles_terminate():
     analysis = analyse("{ a { ...A } } fragment A on T { ...B } fragment B on T { x ...A }")
     assert analysis.problem == "cycle" and analysis.operations == ()
     # Unknown fragments count nothing: validation will refuse them.
-    assert cost("{ a { ...Missing } }") == limits.Cost(1, 0, 1)
+    assert cost("{ a { ...Missing } }") == document.Cost(1, 0, 1)
 
 
 def test_documents_nested_past_the_parser_are_unmeasurable():
     analysis = analyse("{ a " * 3000 + "}" * 3000)
-    assert analysis.problem == "too deep" and analysis.worst() == limits.UNMEASURABLE
+    assert analysis.problem == "too deep" and analysis.worst() == document.UNMEASURABLE
     assert analyse("{ a ").problem == "syntax"
 
 
@@ -127,7 +138,7 @@ def test_enforce_refuses_before_anything_runs(client, users, query, limit, value
     assert event.details["limit"] == name and event.details["value"] == value
     assert event.details["max"] == limit[name] and event.details["enforced"] is True
     assert event.details["rule"] == "QUERY_LIMITS" and event.severity == "warning"
-    assert event.actor_id == users["alice"].pk and event.operation["hash"] == limits.document_hash(query)
+    assert event.actor_id == users["alice"].pk and event.operation["hash"] == document.document_hash(query)
     # The refusal is the only event: not also a graphql_error for the 400.
     assert [e.kind for e in trail.events] == ["query_limit"]
 
@@ -192,7 +203,7 @@ def test_a_refusal_has_its_request_line(client, users, caplog):
         post_graphql(client, WIDE, headers={"X-Request-ID": "limit-log"})
     (line,) = [json.loads(r.getMessage()) for r in caplog.records if r.name == "gql_audit.request"]
     assert (line["request_id"], line["status"], line["error_codes"]) == ("limit-log", 400, ["QUERY_TOO_COMPLEX"])
-    assert line["operation"]["hash"] == limits.document_hash(WIDE)
+    assert line["operation"]["hash"] == document.document_hash(WIDE)
 
 
 HUGE = "{ " + "x: serviceStatus { ok } " * 100_000 + "}"  # 2.4 MB, 500,000 tokens
@@ -223,10 +234,90 @@ def test_max_tokens_in_measure_mode_parses_in_full_and_measures_the_rest(client,
 def test_the_allow_list_refuses_an_unlisted_document_without_parsing_it(client, users, settings, tmp_path):
     settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 10_000_000
     manifest = tmp_path / "manifest.json"
-    manifest.write_text(json.dumps({limits.document_hash(WIDE): WIDE}))
+    manifest.write_text(json.dumps({document.document_hash(WIDE): WIDE}))
     with (
         configured(PERSISTED_OPERATIONS={"manifest": str(manifest), "mode": "enforce"}),
-        mock.patch.object(limits, "_analyse", side_effect=AssertionError("parsed")),
+        mock.patch.object(document, "_analyse", side_effect=AssertionError("parsed")),
     ):
         response = post_graphql(client, HUGE)
     assert response.status_code == 400 and response.json()["errors"][0]["extensions"]["code"] == "OPERATION_NOT_ALLOWED"
+
+
+# --- max_cost, max_directives, max_request_bytes -----------------------------------------
+
+
+def estimated(query, variables=None, **limits):
+    from example_service.schema import schema
+    from gql_audit.protect.cost import estimate
+
+    with configured(QUERY_LIMITS={"max_cost": 10**6, **limits}):
+        return estimate(query, document.document_hash(query), schema.graphql_schema, variables).worst
+
+
+def test_the_cost_of_an_operation_follows_the_cost_specification():
+    assert estimated("{ serviceStatus { ok name } }") == 1  # one object, scalars free
+    assert estimated("{ documents { title } }") == 100  # a list without a size: default_list_size objects
+    assert estimated("{ documents { title } }", default_list_size=20) == 20
+    # Nested lists multiply: 100 documents x (1 + owner (1 + a connection of 100 edges x (edge + node))).
+    nested = "{ documents { owner { documents { edges { node { title } } } } } }"
+    assert estimated(nested) == 100 * (1 + 1 + 1 + 100 * 2)
+    # A connection's slicing argument sizes its edges, inline or from a variable (or its default).
+    connection = "query Q($n: Int = 4) { documentsConnection(first: $n) { edges { node { title } } } }"
+    assert estimated(connection) == 1 + 4 * 2
+    assert estimated(connection, {"n": 10}) == 1 + 10 * 2
+    # A mutation's root field costs 10; introspection costs nothing (its depth is graphql-core's to bound).
+    assert estimated('mutation { tokenAuth(username: "a", password: "b") { token } }') == 10
+    assert estimated("{ __schema { types { fields { name } } } }") == 0
+    # Per-field overrides.
+    costs = {"Query.documents": {"assumed_size": 5, "cost": 3}, "DocumentNode.owner": 7}
+    assert estimated("{ documents { owner { username } } }", costs=costs) == 5 * (3 + 7)
+
+
+def test_max_cost_refuses_and_the_cost_is_on_the_records(client, users):
+    token = make_token("alice")
+    cheap = "query Cheap { documentsConnection(first: 2) { edges { node { title } } } }"
+    expensive = "query Dear { documents { owner { documents { edges { node { title } } } } } }"
+    with configured(QUERY_LIMITS={"max_cost": 1000}):
+        ok = post_graphql(client, cheap, token=token, headers={"X-Request-ID": "cost-ok"})
+        refused = post_graphql(client, expensive, token=token, headers={"X-Request-ID": "cost-over"})
+    assert ok.status_code == 200 and ok.json()["data"]["documentsConnection"]["edges"]
+    (read, *_) = request_trail("cost-ok").reads
+    from gql_audit.models import RequestReads
+
+    if RequestReads.objects.filter(request_id="cost-ok").exists():
+        assert RequestReads.objects.get(request_id="cost-ok").data["cost"] == 5
+    else:  # the auditlog store: the "gql_audit" object of each ACCESS entry
+        from auditlog.models import LogEntry
+
+        entry = LogEntry.objects.filter(cid="cost-ok").first()
+        assert entry.additional_data["gql_audit"]["cost"] == 5
+    assert refused.status_code == 400
+    (event,) = limit_events("cost-over")
+    assert (event.details["limit"], event.details["value"], event.details["max"]) == ("max_cost", 20300, 1000)
+
+
+def test_max_directives_counts_every_directive_as_executed(client, users):
+    many = (
+        "query Q($t: Boolean = true) { ...F ...F } "
+        "fragment F on Query { serviceStatus @include(if: $t) { ok @skip(if: false) } }"
+    )
+    assert analyse(many).worst().directives == 4
+    with configured(QUERY_LIMITS={"max_directives": 3}):
+        response = post_graphql(client, many, headers={"X-Request-ID": "directives"})
+    assert response.status_code == 400
+    (event,) = limit_events("directives")
+    assert (event.details["limit"], event.details["value"]) == ("max_directives", 4)
+
+
+def test_max_request_bytes_refuses_before_the_body_is_parsed(client, users, settings):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 10_000_000
+    body = json.dumps({"query": "{ serviceStatus { ok } }", "padding": "x" * 1_000_000})
+    with (
+        configured(QUERY_LIMITS={"max_request_bytes": 100_000}),
+        mock.patch("json.loads", side_effect=AssertionError("parsed")),
+    ):
+        response = client.post("/graphql/", body, content_type="application/json", headers={"X-Request-ID": "big"})
+    assert response.status_code == 413
+    assert response.json()["errors"][0]["extensions"] == {"code": "QUERY_TOO_COMPLEX", "rule": "QUERY_LIMITS"}
+    (event,) = limit_events("big")
+    assert (event.details["limit"], event.details["value"]) == ("max_request_bytes", len(body))

@@ -11,8 +11,8 @@ from django.core.management import CommandError, call_command
 from django.test import override_settings
 
 from gql_audit.history import request_trail
-from gql_audit.limits import document_hash
 from gql_audit.models import SecurityEvent
+from gql_audit.protect.document import document_hash
 from tests.conftest import make_token, post_graphql
 
 pytestmark = pytest.mark.django_db

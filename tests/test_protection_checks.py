@@ -7,13 +7,13 @@ import json
 import pytest
 from django.core import checks
 
-from gql_audit.limits import document_hash
+from gql_audit.protect.document import document_hash
 
 REDIS = {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": "redis://127.0.0.1:6379"}
 
 
 def ids():
-    return sorted(m.id for m in checks.run_checks(tags=[checks.Tags.compatibility]) if m.id.startswith("gql_audit."))
+    return sorted(m.id for m in checks.run_checks(tags=[checks.Tags.security]) if m.id.startswith("gql_audit."))
 
 
 @pytest.fixture
@@ -43,6 +43,26 @@ def manifests(tmp_path):
         ({"QUERY_LIMITS": {"mode": "warn"}}, ["gql_audit.E020"]),
         ({"QUERY_LIMITS": {"depth": 5}}, ["gql_audit.E020"]),
         ({"QUERY_LIMITS": 10}, ["gql_audit.E020"]),
+        (
+            {
+                "QUERY_LIMITS": {
+                    "max_cost": 5000,
+                    "max_directives": 0,
+                    "max_request_bytes": 100_000,
+                    "max_batch": 10,
+                    "default_list_size": 20,
+                    "costs": {"Query.documents": {"assumed_size": 50}, "Mutation.tokenAuth": 100},
+                }
+            },
+            [],
+        ),
+        ({"QUERY_LIMITS": {"max_cost": 0}}, ["gql_audit.E020"]),
+        ({"QUERY_LIMITS": {"costs": {"documents": 5}}}, ["gql_audit.E020"]),
+        ({"QUERY_LIMITS": {"costs": {"Query.documents": {"weight": 5}}}}, ["gql_audit.E020"]),
+        ({"QUERY_LIMITS": {"costs": {"Query.documents": {"slicing_arguments": "first"}}}}, ["gql_audit.E020"]),
+        ({"THROTTLE_TIMEOUT": 0}, ["gql_audit.E024"]),
+        ({"THROTTLE_TIMEOUT": "1s"}, ["gql_audit.E024"]),
+        ({"THROTTLE": {"login_username": "20/h", "operations": "600/60s"}, "THROTTLE_TIMEOUT": 0.1}, []),
         ({"THROTTLE": {"login": "5/300s", "login_address": "50/5m", "auth_failures": "30/60s"}}, []),
         ({"THROTTLE": {"login": "5 per minute"}}, ["gql_audit.E022"]),
         ({"THROTTLE": {"login": "0/60s"}}, ["gql_audit.E022"]),

@@ -9,6 +9,7 @@ or fails; elsewhere it is skipped, saying why, when no Redis answers.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 
@@ -56,9 +57,9 @@ def redis_prefix():
     client.close()
 
 
-@pytest.fixture
-def two_servers(tmp_path, redis_prefix):
-    settings = SETTINGS + REDIS_SETTINGS.format(url=REDIS_URL, prefix=redis_prefix, limit=LIMIT)
+@contextlib.contextmanager
+def servers_of(tmp_path, settings):
+    """Two gunicorn servers on ``settings``, always stopped."""
     servers = []
     try:
         for name in ("a", "b"):
@@ -71,6 +72,14 @@ def two_servers(tmp_path, redis_prefix):
     finally:
         for server in servers:
             server.stop()
+
+
+@pytest.fixture
+def two_servers(tmp_path, redis_prefix):
+    with servers_of(
+        tmp_path, SETTINGS + REDIS_SETTINGS.format(url=REDIS_URL, prefix=redis_prefix, limit=LIMIT)
+    ) as servers:
+        yield servers
 
 
 def login(server, password="wrong"):
@@ -101,3 +110,113 @@ def test_the_login_limit_holds_across_two_servers(two_servers, users, redis_pref
     # The count is in Redis, under this run's prefix, and names no user.
     keys = [k.decode() for k in redis.Redis.from_url(REDIS_URL).scan_iter(match=f"{redis_prefix}:*")]
     assert len(keys) == 1 and "alice" not in keys[0] and ":gql_audit:throttle:login:300:" in keys[0]
+
+
+# --- a Redis that stops answering mid-run ---------------------------------------------------
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    """A redis-server of this test's own, on a free port: it can be frozen and killed."""
+    import shutil
+    import signal
+    import subprocess
+    import time
+
+    import redis
+
+    from tests.test_worker_timeout import free_port
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI=true and no redis-server: .ci/run installs Debian's redis-server")
+        pytest.skip("needs redis-server (apt-get install redis-server)")
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            binary,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    client = redis.Redis(port=port, socket_connect_timeout=1)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.RedisError:
+            if time.monotonic() > deadline:
+                process.kill()
+                pytest.fail("redis-server did not start")
+            time.sleep(0.05)
+    try:
+        yield process, port
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGCONT)
+            process.kill()
+            process.wait(timeout=10)
+
+
+OUTAGE_SETTINGS = """
+CACHES = {{
+    "default": {{"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}},
+    "throttle": {{"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": {url!r}}},
+}}
+GQL_AUDIT = {{  # noqa: F405
+    **GQL_AUDIT,  # noqa: F405
+    "THROTTLE": {{"login": "{limit}/300s"}},
+    "THROTTLE_CACHE": "throttle",
+    "THROTTLE_TIMEOUT": 0.25,
+}}
+"""
+
+
+def timed_login(server, password="wrong"):
+    import time
+
+    started = time.monotonic()
+    response = login(server, password)
+    return response, time.monotonic() - started
+
+
+@pytest.mark.parametrize("outage", ["frozen", "killed"])
+def test_requests_flow_within_the_timeout_while_redis_is_down(tmp_path, users, own_redis, outage):
+    import signal
+
+    process, port = own_redis
+    settings = SETTINGS + OUTAGE_SETTINGS.format(url=f"redis://127.0.0.1:{port}/0", limit=LIMIT)
+    with servers_of(tmp_path, settings) as servers:
+        for n in range(LIMIT):
+            assert login(servers[n % 2]).status_code == 200
+        assert login(servers[0], "alice-password").status_code == 429  # Redis counts across both
+        # Redis stops answering: frozen (connections hang) or killed (connections refused).
+        process.send_signal(signal.SIGSTOP if outage == "frozen" else signal.SIGKILL)
+        for server in (*servers, *servers):
+            response, seconds = timed_login(server, "alice-password")
+            assert response.status_code == 200 and response.json()["data"]["tokenAuth"]["token"], response.text
+            # THROTTLE_TIMEOUT bounds the wait, whatever the Redis client's own timeouts and retries.
+            assert seconds < 0.25 + 1.0, seconds
+        for server in servers:
+            lines = server.wait_for(
+                lambda lines: any("throttle cache 'throttle' unavailable" in line.get("message", "") for line in lines)
+            )
+            said = [x for x in lines if "unavailable" in x.get("message", "") and x["logger"] == "gql_audit.throttle"]
+            # One line for the outage (a first connection slower than the timeout may have said so once before).
+            assert said and len(said) <= 2, said
+            assert said[-1]["level"] == "WARNING" and "not throttled" in said[-1]["message"]
+    unavailable = SecurityEvent.objects.filter(kind="throttle_unavailable")
+    assert unavailable.count() >= 4 and all(e.details["cache"] == "throttle" for e in unavailable)

@@ -251,6 +251,8 @@ def hang(server: Gunicorn, token: str, request_id: str, outcome: dict) -> None:
             timeout=HANG - 5,
         )
         outcome[request_id] = ("response", response.status_code, time.monotonic() - started)
+        outcome[f"{request_id}:headers"] = dict(response.headers)
+        outcome[f"{request_id}:body"] = response.text
     except httpx.TimeoutException as exc:
         outcome[request_id] = ("timeout", repr(exc), time.monotonic() - started)
     except httpx.TransportError as exc:
@@ -282,9 +284,14 @@ def test_sync_worker_timeout_logs_the_request(gunicorn, users):
     hang(server, token, "hang-sync", outcome)
     kind, detail, seconds = outcome["hang-sync"]
     # gunicorn aborted the worker well before the resolver's sleep (or the
-    # client's own timeout) was over: the SystemExit reached gunicorn's sync
-    # worker, which answers a plain 500 of its own (or drops the connection).
-    assert (kind, detail) == ("response", 500) or kind == "dropped", outcome
+    # client's own timeout) was over: the SystemExit reached the middleware,
+    # which answers a 500 naming the request before the worker exits.
+    assert (kind, detail) == ("response", 500), outcome
+    assert outcome["hang-sync:headers"]["x-request-id"] == "hang-sync"
+    assert json.loads(outcome["hang-sync:body"])["errors"][0]["extensions"] == {
+        "code": "INTERNAL_ERROR",
+        "request_id": "hang-sync",
+    }
     assert TIMEOUT - 1 <= seconds < HANG - 5, outcome
 
     lines = server.wait_for(lambda lines: aborted(lines, "hang-sync"))

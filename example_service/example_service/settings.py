@@ -102,4 +102,26 @@ GQL_AUDIT = {
     "TRUSTED_PROXIES": [],
     "APPLICATION_NAME": "example-service",
     "SUBJECT_OBJECTS": "example_service.subjects.subject_objects",  # manage.py gql_audit_report --subject alice
+    # Protections on and enforced, with limits GraphiQL's own queries pass (its introspection
+    # query has depth 15 and about 230 fields, and costs nothing): see docs/protections.md.
+    "QUERY_LIMITS": {
+        "max_depth": 15,
+        "max_aliases": 20,
+        "max_fields": 300,
+        "max_directives": 20,
+        "max_tokens": 3000,
+        "max_cost": 5000,  # a page of documents with their owners: 200; nested lists: refused
+        "max_request_bytes": 200_000,
+        "max_batch": 10,
+        "mode": "enforce",
+    },
+    "THROTTLE": {
+        "login": "5/300s",
+        "login_username": "30/3600s",
+        "auth_failures": "30/60s",
+        "operations": "600/60s",
+    },
 }
+# runserver is one process: its local-memory cache is every worker's. Behind gunicorn or
+# uvicorn, point THROTTLE_CACHE at a shared cache (Redis) and drop this line.
+SILENCED_SYSTEM_CHECKS = ["gql_audit.W020"]

@@ -158,23 +158,31 @@ def refuse_cookie_without_csrf(request: HttpRequest) -> str | None:
     such check: a cross-site page cannot set it. Returns the reason when the
     cookie was dropped, else None. Without django-graphql-jwt there is no such cookie.
     """
-    from gql_audit.compat import csrf_failure_reason
-
     found = django_graphql_jwt.names()
     if found is None:
         return None
     name = found.settings.JWT_COOKIE_NAME
     if name not in request.COOKIES or header_token_present(request):
         return None
-    if request.META.get("HTTP_SEC_FETCH_SITE") == "cross-site":
-        # A GET passes the CSRF check; a browser says when another site started it.
-        reason: str | None = "the browser marked the request cross-site (Sec-Fetch-Site)"
-    else:
-        reason = csrf_failure_reason(request)
+    reason = cookie_csrf_failure(request)
     if reason is None:
         return None
     del request.COOKIES[name]
     return reason
+
+
+def cookie_csrf_failure(request: HttpRequest) -> str | None:
+    """Why a cookie of ``request`` proves nothing about who sent it, or None.
+
+    It fails Django's CSRF check, or the browser marked it as started by another
+    site (``Sec-Fetch-Site: cross-site``: a link or a form GET from elsewhere
+    passes the CSRF check).
+    """
+    from gql_audit.compat import csrf_failure_reason
+
+    if request.META.get("HTTP_SEC_FETCH_SITE") == "cross-site":
+        return "the browser marked the request cross-site (Sec-Fetch-Site)"
+    return csrf_failure_reason(request)
 
 
 def jwt_credentials(request: HttpRequest) -> str | None:

@@ -9,7 +9,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from graphql import GraphQLError, OperationDefinitionNode, parse
 
-from gql_audit.limits import document_hash
+from gql_audit.protect.document import document_hash
 
 
 def build_manifest(directory: Path) -> dict[str, str]:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from gql_audit.conf import conf
-from gql_audit.limits import document_hash
+from gql_audit.protect.document import document_hash
 
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 

@@ -1,0 +1,289 @@
+"""Fixed-window counters in Django's cache, shared by every worker and server.
+
+A rate is ``"<count>/<period>"`` with the period in seconds (``"5/300s"``,
+``"30/60"``) or one unit (``"10/m"``, ``"100/h"``, ``"1000/d"``). A count lives
+under a key naming the rate, the window's start and a keyed hash (BLAKE2b,
+keyed from ``SECRET_KEY``) of what is counted: no username or address is ever
+written to the cache, and the keys are safe for any value (NUL, surrogates).
+``cache.incr`` (and ``cache.add`` when a window starts) are atomic in Django's
+Redis and local-memory caches, so concurrent requests never lose a count.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import ipaddress
+import logging
+import queue
+import re
+import reprlib
+import threading
+import time
+import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from gql_audit import context
+from gql_audit.conf import conf
+from gql_audit.net import parse_ip
+
+logger = logging.getLogger("gql_audit.throttle")
+
+RATE = re.compile(r"\s*(\d+)\s*/\s*(\d*)\s*([smhd]?)\s*")
+UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+KEY_PREFIX = "gql_audit:throttle"
+#: Values hashed for a key are cut here: longer ones still count, as their prefix.
+MAX_VALUE = 1024
+
+
+class ThrottleUnavailable(Exception):
+    """The throttle cache could not be read or written."""
+
+
+@dataclass(frozen=True)
+class Rate:
+    limit: int
+    period: int
+    text: str
+
+
+def parse_rate(text: Any) -> Rate:
+    """``"5/300s"`` -> ``Rate(5, 300)``; ``ValueError`` for anything else."""
+    match = RATE.fullmatch(text) if isinstance(text, str) else None
+    if match is None:
+        raise ValueError(f"{text!r} is not a rate such as '5/300s'")
+    limit, multiple, unit = int(match[1]), int(match[2] or 1), UNITS[match[3]]
+    if limit < 1 or multiple < 1:
+        raise ValueError(f"{text!r}: the count and the period must be at least 1")
+    return Rate(limit, multiple * unit, text)
+
+
+def rate(name: str) -> Rate | None:
+    """The configured rate ``name`` of ``THROTTLE``, or None when it is not set."""
+
+    def build() -> dict[str, Rate]:
+        rates: dict[str, Rate] = {}
+        for key, value in (conf.THROTTLE or {}).items():
+            try:
+                rates[key] = parse_rate(value)
+            except ValueError:
+                continue  # the system check reports it
+        return rates
+
+    rates: dict[str, Rate] = conf.derived("throttle_rates", build)
+    return rates.get(name)
+
+
+def normalised(value: Any) -> str:
+    """What is counted for ``value``: usernames compared as Django normalises them, and case-folded."""
+    # reprlib: bounded in depth and length, whatever a client nested in a variable.
+    text = value if isinstance(value, str) else reprlib.repr(value)
+    return unicodedata.normalize("NFKC", text[:MAX_VALUE]).casefold()
+
+
+def _key(name: str, rate: Rate, value: str, now: float) -> tuple[str, int]:
+    """The cache key of ``value`` in the current window, and the seconds the window has left."""
+    from django.conf import settings
+
+    def build() -> bytes:
+        secret = str(getattr(settings, "SECRET_KEY", "")).encode("utf-8", "surrogatepass")
+        return hashlib.sha256(b"gql_audit.throttle:" + secret).digest()
+
+    secret: bytes = conf.derived("throttle_key", build)
+    digest = hashlib.blake2b(value.encode("utf-8", "surrogatepass"), key=secret, digest_size=16).hexdigest()
+    start = int(now) // rate.period * rate.period
+    left = start + rate.period - int(now)
+    return f"{KEY_PREFIX}:{name}:{rate.period}:{start}:{digest}", max(left, 1)
+
+
+def _cache() -> Any:
+    from django.core.cache import caches
+
+    return caches[conf.THROTTLE_CACHE]
+
+
+def hit(name: str, rate: Rate, value: str, amount: int = 1) -> tuple[int, int]:
+    """Count ``amount`` more for ``value``: ``(count in this window, seconds left)``."""
+    key, left = _key(name, rate, value, time.time())
+
+    def add_and_count() -> int:
+        cache = _cache()
+        for _ in range(3):
+            try:  # the common case, one call: the window's count exists
+                return int(cache.incr(key, amount))
+            except ValueError:  # a new window (or the count just expired)
+                pass
+            if cache.add(key, amount, timeout=left + 1):
+                return amount
+            # another request created it first: count on it
+        raise ThrottleUnavailable("the count kept expiring")
+
+    return _bounded(add_and_count), left
+
+
+def count(name: str, rate: Rate, value: str) -> tuple[int, int]:
+    """The count of ``value`` in this window, without adding to it, and the seconds left."""
+    key, left = _key(name, rate, value, time.time())
+    found = _bounded(lambda: _cache().get(key, 0))
+    return (found if isinstance(found, int) else 0), left
+
+
+@functools.lru_cache(maxsize=4096)
+def address_key(address: str | None) -> str:
+    """What a client address is counted as: an IPv6 address by its /64 (one subscriber's
+    network, within which a client picks addresses at will), any other as it is."""
+    ip = parse_ip(address)  # an IPv4 address mapped into IPv6 comes back as IPv4
+    if ip is None:
+        return address or "unknown"
+    if isinstance(ip, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
+    return str(ip)
+
+
+# --- a cache that does not answer -------------------------------------------------------
+
+#: Seconds the cache is left alone after it failed to answer, before one request tries it again.
+RETRY_AFTER = 1.0
+#: Threads waiting on a network cache at once, at most; past it, requests go unthrottled.
+WORKERS = 32
+
+_state = threading.Lock()
+
+
+@dataclass
+class _Outage:
+    """A throttle cache that failed to answer: left alone until ``until`` (``time.monotonic()``)."""
+
+    until: float
+    reason: str
+    skipped: int = 0
+
+
+#: Cache alias -> its outage, while it lasts.
+_outages: dict[str, _Outage] = {}
+
+
+def _bounded(call: Callable[[], Any]) -> Any:
+    """``call()``, given at most ``THROTTLE_TIMEOUT`` seconds of the request's time.
+
+    A cache in this process (local memory, dummy) cannot block and is asked inline.
+    Any other is asked from a worker thread: a cache that hangs, or a client that
+    retries with backoff, delays no request past the timeout. Once the cache has
+    failed, it is left alone for :data:`RETRY_AFTER` seconds (requests pass at once,
+    unthrottled), then tried again; both changes are logged.
+    """
+    if _local():
+        try:
+            return call()
+        except ThrottleUnavailable:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a custom cache raises its own
+            raise ThrottleUnavailable(type(exc).__name__) from exc
+    alias = conf.THROTTLE_CACHE
+    outage = _outages.get(alias)
+    if outage is not None and time.monotonic() < outage.until:
+        with _state:
+            outage.skipped += 1
+        raise ThrottleUnavailable(f"{outage.reason}; not asked again for {RETRY_AFTER:g}s")
+
+    def answered() -> Any:
+        result = call()
+        if alias in _outages:  # it answered after all, if late (a first connection, a slow moment)
+            _came_back(alias)
+        return result
+
+    try:
+        return _pool.run(answered, _time_left())
+    except ThrottleUnavailable as exc:
+        _went_down(alias, str(exc))
+        raise
+
+
+def _time_left() -> float:
+    """Seconds this request may still wait on the cache: ``THROTTLE_TIMEOUT`` in all."""
+    timeout = float(conf.THROTTLE_TIMEOUT)
+    ctx = context.current()
+    if ctx is None:
+        return timeout
+    now = time.monotonic()
+    if ctx.throttle_deadline is None:
+        ctx.throttle_deadline = now + timeout
+    return max(ctx.throttle_deadline - now, 0.0)
+
+
+def _local() -> bool:
+    def build() -> bool:
+        from django.core.cache.backends.dummy import DummyCache
+        from django.core.cache.backends.locmem import LocMemCache
+
+        return isinstance(_cache(), (LocMemCache, DummyCache))
+
+    local: bool = conf.derived("throttle_cache_local", build)
+    return local
+
+
+def _went_down(alias: str, reason: str) -> None:
+    with _state:
+        outage = _outages.get(alias)
+        if outage is not None:
+            outage.until, outage.reason = time.monotonic() + RETRY_AFTER, reason
+            return
+        _outages[alias] = _Outage(time.monotonic() + RETRY_AFTER, reason)
+    logger.warning("throttle cache %r unavailable (%s): requests are not throttled until it answers", alias, reason)
+
+
+def _came_back(alias: str) -> None:
+    with _state:
+        outage = _outages.pop(alias, None)
+    if outage is not None:
+        logger.warning("throttle cache %r answers again (%d requests went unthrottled)", alias, outage.skipped)
+
+
+class _Pool:
+    """Daemon threads that ask the cache for requests which will not wait past a deadline."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.busy = 0
+        self.threads = 0
+        self.lock = threading.Lock()
+        self.jobs: queue.SimpleQueue[tuple[Callable[[], Any], list[Any], threading.Event]] = queue.SimpleQueue()
+
+    def run(self, call: Callable[[], Any], timeout: float) -> Any:
+        if timeout <= 0:
+            raise ThrottleUnavailable("the request's THROTTLE_TIMEOUT is spent")
+        with self.lock:
+            if self.busy >= self.size:  # every worker is stuck on the cache: do not queue behind them
+                raise ThrottleUnavailable("every throttle worker is waiting on the cache")
+            self.busy += 1
+            if self.threads < self.busy:
+                self.threads += 1
+                threading.Thread(target=self._work, name="gql_audit-throttle", daemon=True).start()
+        box: list[Any] = []
+        done = threading.Event()
+        self.jobs.put((call, box, done))
+        if not done.wait(timeout):
+            raise ThrottleUnavailable(f"no answer within THROTTLE_TIMEOUT ({timeout:g}s)")
+        ok, value = box[0]
+        if ok:
+            return value
+        if isinstance(value, ThrottleUnavailable):
+            raise value
+        raise ThrottleUnavailable(type(value).__name__) from value
+
+    def _work(self) -> None:
+        while True:
+            call, box, done = self.jobs.get()
+            try:
+                box.append((True, call()))
+            except Exception as exc:  # noqa: BLE001 - redis, memcached and database caches raise their own
+                box.append((False, exc))
+            finally:
+                with self.lock:
+                    self.busy -= 1
+                done.set()
+
+
+_pool = _Pool(WORKERS)
