@@ -3,17 +3,21 @@ table, the request's context shown alike, and who may see which records."""
 
 from __future__ import annotations
 
+import copy
 from functools import cached_property
 from typing import Any
 
 from auditlog import get_logentry_model
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.contrib.admin.options import IncorrectLookupParameters
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse, QueryDict
 from django.urls import reverse
 from django.utils.safestring import SafeString
 
-from gql_audit.admin.display import operation_label, render_data, short_trail_link, trail_link
+from gql_audit.admin.audited import trail_accessed
+from gql_audit.admin.display import operation_label, render_data, short_trail_link, trail_link, visible
 
 LogEntry = get_logentry_model()
 
@@ -90,7 +94,37 @@ class AuditRecordAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
         context = {"trail_url": reverse("admin:gql_audit_trail"), **(extra_context or {})}
-        return super().changelist_view(request, context)
+        response = super().changelist_view(request, context)
+        trail_accessed(request, response, self.url_name("changelist"))
+        return response
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        response = super().change_view(request, object_id, form_url, extra_context)
+        trail_accessed(request, response, self.url_name("change"), object_id=object_id)
+        return response
+
+    def get_changelist_instance(self, request: HttpRequest) -> Any:
+        """A filter that cannot be applied (a mistyped value, an unknown parameter) lists nothing and
+        says why: never the whole unfiltered list, as Django's own redirect to ``?e=1`` shows."""
+        try:
+            return super().get_changelist_instance(request)
+        except IncorrectLookupParameters as exc:
+            reason = visible(str(exc))[:300] or "a filter cannot be applied"
+            messages.error(request, f"Nothing is listed: {reason}. Correct the filter, or clear it.")
+        refused = copy.copy(request)
+        refused.GET = QueryDict()
+        refused.gql_audit_refused = True  # type: ignore[attr-defined]
+        return super().get_changelist_instance(refused)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+        rows = super().get_queryset(request)
+        return rows.none() if getattr(request, "gql_audit_refused", False) else rows
+
+    def url_name(self, view: str) -> str:
+        """``admin:<app_label>_<model>_<view>``: how a page of this list is named."""
+        return f"admin:{self.opts.app_label}_{self.opts.model_name}_{view}"
 
     operation_display = context_field("operation", "operation")
     operation_short = context_field("operation", "operation", operation_label)

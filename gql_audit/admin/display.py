@@ -122,15 +122,56 @@ def user_link(snapshot: Any, user: Any = None) -> SafeString:
     return format_html('<a href="{}">{}</a> (id {})', url, name, visible(user_id))
 
 
-def object_link(model_label: str, object_pk: str) -> SafeString:
-    """``app_label.Model pk``, linked to the object's admin page when there is one."""
-    text = f"{visible(model_label)} {visible(object_pk)}"
+def object_link(model_label: str, object_pk: str, name: str | None = None) -> SafeString:
+    """The object's name (its ``__str__``, when known) beside ``app_label.Model pk``, linked to the
+    object's admin page when there is one."""
+    key = f"{visible(model_label)} {visible(object_pk)}"
     app_label, _, model_name = model_label.partition(".")
     try:
         url = reverse(f"admin:{app_label}_{model_name.lower()}_change", args=[object_pk])
     except NoReverseMatch:
-        return format_html("{}", text)
-    return format_html('<a href="{}">{}</a>', url, text)
+        url = ""
+    if name:
+        if url:
+            return format_html('<a href="{}">{}</a> <span class="gql-audit-key">({})</span>', url, name, key)
+        return format_html('{} <span class="gql-audit-key">({})</span>', name, key)
+    return format_html('<a href="{}">{}</a>', url, key) if url else format_html("{}", key)
+
+
+#: Objects named at most on one page (one query a model).
+MAX_NAMED = 500
+
+
+def object_names(objects: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    """``(model label, pk) -> str(object)`` of the objects still there, in one query a model
+    (a deleted object, or one whose ``__str__`` fails, has no name)."""
+    from django.apps import apps
+
+    by_model: dict[str, set[str]] = {}
+    for label, object_pk in objects:
+        by_model.setdefault(label, set()).add(object_pk)
+    names: dict[tuple[str, str], str] = {}
+    budget = MAX_NAMED
+    for label, pks in by_model.items():
+        try:
+            model = apps.get_model(label)
+        except (LookupError, ValueError):
+            continue
+        values = {}
+        for object_pk in sorted(pks)[:budget]:
+            try:
+                values[model._meta.pk.to_python(object_pk)] = object_pk
+            except Exception:  # noqa: BLE001 - a key this model cannot hold names nothing
+                continue
+        budget -= len(values)
+        for value, instance in model._default_manager.in_bulk(list(values)).items():
+            try:
+                names[(label, values.get(value, str(value)))] = visible(str(instance))[:200]
+            except Exception:  # noqa: BLE001 - a broken __str__ leaves the object unnamed
+                continue
+        if budget <= 0:
+            break
+    return names
 
 
 def entry_context(entry: Any) -> dict[str, Any]:
@@ -162,21 +203,42 @@ def table(headers: Iterable[str], rows: Iterable[Iterable[Any]], *, css: str) ->
     )
 
 
+#: Column -> (title, cell of a read, given the objects' names).
 READ_COLUMNS: dict[str, tuple[str, Any]] = {
-    "at": ("time", lambda r: at_seconds(r.at)),
-    "object": ("object", lambda r: object_link(r.model, r.object_pk)),
-    "reader": ("reader", lambda r: actor_name(r.actor, nobody="anonymous")),
-    "fields": ("fields read", lambda r: render_data(r.fields)),
-    "paths": ("paths", lambda r: render_data(r.paths)),
-    "address": ("address", lambda r: r.remote_addr or "-"),
-    "request": ("request", lambda r: trail_link(r.request_id)),
-    "operation": ("operation", lambda r: operation_label(r.operation)),
+    "at": ("time", lambda r, names: at_seconds(r.at)),
+    "object": ("object", lambda r, names: object_link(r.model, r.object_pk, names.get((r.model, r.object_pk)))),
+    "reader": ("reader", lambda r, names: actor_name(r.actor, nobody="anonymous")),
+    "fields": ("fields read", lambda r, names: render_data(r.fields)),
+    "paths": ("paths", lambda r, names: render_data(r.paths)),
+    "address": ("address", lambda r, names: r.remote_addr or "-"),
+    "request": ("request", lambda r, names: trail_link(r.request_id)),
+    "operation": ("operation", lambda r, names: operation_label(r.operation)),
 }
 
 
 def reads_table(reads: Iterable[Read], *, columns: Iterable[str]) -> SafeString:
     chosen = [READ_COLUMNS[name] for name in columns]
-    return table([title for title, _ in chosen], ([cell(read) for _, cell in chosen] for read in reads), css="reads")
+    reads = list(reads)
+    names = object_names((read.model, read.object_pk) for read in reads) if "object" in columns else {}
+    rows = ([cell(read, names) for _, cell in chosen] for read in reads)
+    return table([title for title, _ in chosen], rows, css="reads")
+
+
+def reads_summary(reads: list[Read], names: dict[tuple[str, str], str], *, first: int = 3) -> SafeString:
+    """A list's cell: the first objects read, each by name and key with the fields read on it."""
+    shown = [
+        format_html(
+            "<li>{}: {}</li>",
+            object_link(read.model, read.object_pk, names.get((read.model, read.object_pk))),
+            ", ".join(visible(name) for name in read.fields) or "-",
+        )
+        for read in reads[:first]
+    ]
+    more = len(reads) - len(shown)
+    tail = format_html("<li>and {} more</li>", more) if more > 0 else ""
+    return format_html(
+        '<ul class="gql-audit-objects">{}{}</ul>', format_html_join("", "{}", ((s,) for s in shown)), tail
+    )
 
 
 def record_link(record: Model, text: str) -> SafeString:

@@ -10,7 +10,7 @@ from django.utils.safestring import SafeString
 
 from gql_audit.admin.base import CONTEXT_FIELDSETS, AuditRecordAdmin
 from gql_audit.admin.display import at_seconds, render_data, user_link, visible
-from gql_audit.admin.filters import ActorOfEventFilter, RequestFilter, time_filters
+from gql_audit.admin.filters import USERNAME_KINDS, ActorOfEventFilter, RequestFilter, time_filters
 from gql_audit.models import SecurityEvent
 
 #: Characters of a security event's message in the list (the page shows it whole).
@@ -53,8 +53,13 @@ class SecurityEventAdmin(AuditRecordAdmin):
 
     @admin.display(description="username")
     def username(self, obj: SecurityEvent) -> SafeString:
-        snapshot = self.context_of(obj).get("actor")
+        context = self.context_of(obj)
+        snapshot = context.get("actor")
+        tried = context.get("username") if obj.kind in USERNAME_KINDS else None
         if obj.actor is None and not snapshot:
+            if isinstance(tried, str) and tried:
+                # A login: nobody was logged in, the username tried says who it was about.
+                return format_html('{} <span class="gql-audit-tried">(tried)</span>', visible(tried))
             return format_html("{}", self.nobody)
         return user_link(snapshot, obj.actor)
 

@@ -4,25 +4,27 @@
 from __future__ import annotations
 
 import datetime
-import json
 from collections.abc import Iterator
 from typing import Any
 
 from auditlog import get_logentry_model
 from auditlog.registry import auditlog as auditlog_registry
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.auth import get_user_model
 from django.contrib.contenttypes.models import ContentType
-from django.db import connections
-from django.db.models import Model, QuerySet
+from django.core.exceptions import ValidationError
+from django.db import DataError, connections
+from django.db.models import BooleanField, Model, Q, QuerySet
+from django.db.models.expressions import RawSQL
 from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
+from gql_audit.admin.display import visible
 from gql_audit.dbcontext import POSTGRES_VENDORS
 from gql_audit.history import entries_of_request
-from gql_audit.models import ReadObject
+from gql_audit.models import ReadObject, RequestReads
 from gql_audit.store import object_key
 
 LogEntry = get_logentry_model()
@@ -56,10 +58,38 @@ class InputFilter(admin.SimpleListFilter):
             return queryset
         if "\x00" in value:  # no record holds one, and PostgreSQL refuses it in a query
             raise IncorrectLookupParameters(f"{self.parameter_name} holds a NUL character")
+        self.request = request
         return self.filter(queryset, value.strip())
 
     def filter(self, queryset: QuerySet[Any], value: str) -> QuerySet[Any]:
         raise NotImplementedError
+
+    def note(self, text: str) -> None:
+        """Tell the person what the filter's value named (a warning above the list)."""
+        messages.warning(self.request, f"{str(self.title).capitalize()}: {text}")
+
+
+#: Security event kinds whose ``details.username`` is a username tried (nobody was logged in).
+USERNAME_KINDS = ("login_failed", "login_succeeded", "throttled")
+
+
+def shown(value: str) -> str:
+    """A typed-in value as a message quotes it: control characters visible, at most 100 characters."""
+    text = visible(value)
+    return repr(text if len(text) <= 100 else text[:100] + "…")
+
+
+def no_user(username: str) -> str:
+    return f"no user has the username {shown(username)} now: listed are the records naming it (a user since deleted)."
+
+
+def object_exists(model: type[Model], object_pk: str) -> bool:
+    """Whether the object is there now; IncorrectLookupParameters when ``object_pk`` cannot be a key of ``model``."""
+    try:
+        value = model._meta.pk.to_python(object_pk)
+        return bool(model._default_manager.filter(pk=value).exists())
+    except (ValidationError, ValueError, TypeError, OverflowError, DataError) as exc:
+        raise IncorrectLookupParameters(f"{shown(object_pk)} is not a primary key of {model._meta.label}") from exc
 
 
 def user_ids(username: str) -> list[Any]:
@@ -80,9 +110,14 @@ class ActorFilter(InputFilter):
         by_id, by_snapshot = self.lookups_for
         ids = user_ids(value)
         if ids:
-            return queryset.filter(**{by_id: ids})
+            return queryset.filter(Q(**{by_id: ids}) | self.tried(value))
         # A deleted user (the foreign key is now NULL): only the snapshot names them (not indexed).
-        return queryset.filter(**{by_snapshot: value})
+        self.note(no_user(value))
+        return queryset.filter(Q(**{by_snapshot: value}) | self.tried(value))
+
+    def tried(self, value: str) -> Q:
+        """Records naming ``value`` other than as their actor (nothing, but on security events)."""
+        return Q(pk__in=[])
 
 
 class ActorOfEntryFilter(ActorFilter):
@@ -90,7 +125,12 @@ class ActorOfEntryFilter(ActorFilter):
 
 
 class ActorOfEventFilter(ActorFilter):
+    """Also the events of a login tried with that username (no actor: nobody was logged in)."""
+
     lookups_for = ("actor_id__in", "details__actor__username")
+
+    def tried(self, value: str) -> Q:
+        return Q(kind__in=USERNAME_KINDS, details__username=value)
 
 
 class ReaderFilter(ActorFilter):
@@ -98,7 +138,10 @@ class ReaderFilter(ActorFilter):
     found in the newest read naming them, then all their reads by the index."""
 
     def filter(self, queryset: QuerySet[Any], value: str) -> QuerySet[Any]:
-        ids = user_ids(value) or list(queryset.filter(actor__username=value).values_list("actor_id", flat=True)[:1])
+        ids = user_ids(value)
+        if not ids:
+            self.note(no_user(value))
+            ids = list(queryset.filter(actor__username=value).values_list("actor_id", flat=True)[:1])
         return queryset.filter(actor_id__in=[str(pk) for pk in ids])
 
 
@@ -123,7 +166,7 @@ def parse_object(value: str) -> tuple[type[Model], str]:
             raise LookupError(value)
         return apps.get_model(label), object_pk
     except (LookupError, ValueError) as exc:
-        raise IncorrectLookupParameters(f"an object is app_label.Model:pk, not {value!r}") from exc
+        raise IncorrectLookupParameters(f"an object is app_label.Model:pk, not {shown(value)}") from exc
 
 
 class ObjectFilter(InputFilter):
@@ -133,6 +176,11 @@ class ObjectFilter(InputFilter):
 
     def filter(self, queryset: QuerySet[Any], value: str) -> QuerySet[Any]:
         model, object_pk = parse_object(value)
+        if not object_exists(model, object_pk):
+            label = visible(model._meta.label)
+            self.note(
+                f"no {label} has the primary key {shown(object_pk)} now: listed are the records of one since deleted."
+            )
         if queryset.model is LogEntry:
             content_type = ContentType.objects.get_for_model(model)
             return queryset.filter(content_type=content_type, object_pk=object_pk)
@@ -143,14 +191,48 @@ class ObjectFilter(InputFilter):
 
 
 class FieldReadFilter(InputFilter):
-    """Reads of one GraphQL field (not indexed: the list stops at a page, newest first)."""
+    """Reads of one GraphQL field (not indexed: the list stops at a page, newest first); with the
+    object filter, the reads of that field on that object, not on another object of the request."""
 
     title = "by field read"
     parameter_name = "field"
     placeholder = "phone"
 
     def filter(self, queryset: QuerySet[Any], value: str) -> QuerySet[Any]:
-        return queryset.filter(shapes__icontains=json.dumps(value))
+        on = self.request.GET.get(ObjectFilter.parameter_name, "").strip()
+        key = object_key(*parse_object(on)) if on and "\x00" not in on else None
+        sql, params = field_read_sql(connections[queryset.db].vendor, value, key)
+        read = RawSQL(sql, params, output_field=BooleanField())
+        found: QuerySet[Any] = queryset.alias(gql_audit_field_read=read).filter(gql_audit_field_read=True)
+        return found
+
+
+def field_read_sql(vendor: str, field: str, key: str | None) -> tuple[str, list[str]]:
+    """SQL true for a ``RequestReads`` row that read ``field`` (on the object ``key``, when given)."""
+    table = connections[RequestReads.objects.db].ops.quote_name(RequestReads._meta.db_table)
+    if vendor in POSTGRES_VENDORS:
+        if key is None:
+            return f"{table}.shapes @> jsonb_build_array(jsonb_build_object('fields', jsonb_build_array(%s::text)))", [
+                field
+            ]
+        return (
+            f"EXISTS (SELECT 1 FROM jsonb_array_elements_text({table}.keys) WITH ORDINALITY AS k(key, n) "
+            f"WHERE k.key = %s AND ({table}.shapes -> (({table}.shape_of ->> (k.n - 1)::int)::int) -> 'fields') "
+            "@> jsonb_build_array(%s::text))",
+            [key, field],
+        )
+    if key is None:
+        return (
+            f"EXISTS (SELECT 1 FROM json_each({table}.shapes) AS s, json_each(s.value, '$.fields') AS f "
+            "WHERE f.value = %s)",
+            [field],
+        )
+    return (
+        f"EXISTS (SELECT 1 FROM json_each({table}.keys) AS k, json_each({table}.shapes, "
+        f"'$[' || json_extract({table}.shape_of, '$[' || k.key || ']') || '].fields') AS f "
+        "WHERE k.value = %s AND f.value = %s)",
+        [key, field],
+    )
 
 
 def parse_moment(value: str, *, end: bool) -> datetime.datetime:
@@ -162,7 +244,7 @@ def parse_moment(value: str, *, end: bool) -> datetime.datetime:
         except ValueError:
             day = None
         if day is None:
-            raise IncorrectLookupParameters(f"not a date or date-time: {value!r}")
+            raise IncorrectLookupParameters(f"not a date or date-time: {shown(value)}")
         moment = datetime.datetime.combine(day, datetime.time.max if end else datetime.time.min)
     if timezone.is_naive(moment):
         moment = timezone.make_aware(moment)
@@ -201,9 +283,13 @@ class RecentFilter(admin.SimpleListFilter):
         return [("1h", "Last hour"), ("24h", "Last 24 hours"), ("7d", "Last 7 days"), ("30d", "Last 30 days")]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any] | None:
+        if not self.value():
+            return queryset
         span = self.SPANS.get(self.value() or "")
         if span is None:
-            return queryset
+            raise IncorrectLookupParameters(
+                f"{self.parameter_name} is one of {', '.join(self.SPANS)}, not {shown(self.value() or '')}"
+            )
         return queryset.filter(**{f"{self.time_field}__gte": timezone.now() - span})
 
 

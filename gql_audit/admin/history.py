@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
 from django.db.models import Model
@@ -13,8 +15,10 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 
+from gql_audit.admin.audited import trail_accessed
 from gql_audit.admin.base import PAGE_LIMIT, LogEntry, may_view
 from gql_audit.admin.display import changes_table, reads_table
+from gql_audit.admin.filters import parse_moment
 from gql_audit.conf import conf
 from gql_audit.history import reads_of
 
@@ -69,17 +73,22 @@ class AccessHistoryAdminMixin(_ModelAdmin):
         if not self.has_view_or_change_permission(request, obj) or not (may["reads"] or may["changes"]):
             raise PermissionDenied
         limit = self.access_history_limit
-        reads = reads_of(obj, limit=limit) if may["reads"] else []
-        changes = (
-            list(
-                LogEntry.objects.get_for_object(obj)
-                .exclude(action=LogEntry.Action.ACCESS)
-                .select_related("actor", "content_type")
-                .order_by("-timestamp")[:limit]
-            )
-            if may["changes"]
-            else []
-        )
+        window, problem = time_window(request)
+        if problem:
+            messages.error(request, problem)
+        reads: list[Any] = []
+        changes: list[Any] = []
+        if not problem:
+            since, until = window
+            if may["reads"]:
+                reads = reads_of(obj, limit=limit, since=since, until=until)
+            if may["changes"]:
+                entries = LogEntry.objects.get_for_object(obj).exclude(action=LogEntry.Action.ACCESS)
+                if since is not None:
+                    entries = entries.filter(timestamp__gte=since)
+                if until is not None:
+                    entries = entries.filter(timestamp__lte=until)
+                changes = list(entries.select_related("actor", "content_type").order_by("-timestamp")[:limit])
         opts = self.model._meta
         context = {
             **self.admin_site.each_context(request),
@@ -88,18 +97,42 @@ class AccessHistoryAdminMixin(_ModelAdmin):
             "opts": opts,
             "may": may,
             "limit": limit,
+            "since": request.GET.get("since", ""),
+            "until": request.GET.get("until", ""),
             "reads": reads_table(reads, columns=("at", "reader", "fields", "paths", "address", "operation", "request")),
             "changes": changes_table(changes),
             "counts": {"reads": len(reads), "changes": len(changes)},
-            "reads_list_url": reads_list_url(obj),
+            "reads_list_url": reads_list_url(obj, request.GET),
         }
-        return TemplateResponse(request, self.access_history_template, context)
+        response = TemplateResponse(request, self.access_history_template, context)
+        label = f"{opts.app_label}.{opts.object_name}:{obj.pk}"
+        trail_accessed(request, response, f"admin:{opts.app_label}_{opts.model_name}_access_history", object=label)
+        return response
 
 
-def reads_list_url(obj: Model) -> str:
-    """The reads list (or, with ``ACCESS_STORE = "auditlog"``, the entries list) filtered to one object."""
-    value = f"{obj._meta.label}:{obj.pk}"
+def time_window(request: HttpRequest) -> tuple[tuple[datetime.datetime | None, datetime.datetime | None], str]:
+    """``((since, until), "")`` from the page's ``since`` and ``until`` (dates or date-times), or
+    ``((None, None), what is wrong)``."""
+    found: dict[str, datetime.datetime | None] = {"since": None, "until": None}
+    for name in found:
+        value = request.GET.get(name, "").strip()
+        if not value:
+            continue
+        try:
+            found[name] = parse_moment(value, end=name == "until")
+        except IncorrectLookupParameters as exc:
+            return (None, None), f"{name}: {exc}. Nothing is listed."
+    return (found["since"], found["until"]), ""
+
+
+def reads_list_url(obj: Model, window: Any = None) -> str:
+    """The reads list (or, with ``ACCESS_STORE = "auditlog"``, the entries list) filtered to one object
+    (and to the ``since`` and ``until`` of ``window``, a query dict, when given)."""
+    query: dict[str, Any] = {"object": f"{obj._meta.label}:{obj.pk}"}
+    for name in ("since", "until"):
+        if window and window.get(name, "").strip():
+            query[name] = window[name].strip()
     if conf.ACCESS_STORE == "auditlog":
         name = f"admin:{LogEntry._meta.app_label}_{LogEntry._meta.model_name}_changelist"
-        return reverse(name) + "?" + urlencode({"object": value, "action__exact": LogEntry.Action.ACCESS})
-    return reverse("admin:gql_audit_requestreads_changelist") + "?" + urlencode({"object": value})
+        return reverse(name) + "?" + urlencode({**query, "action__exact": LogEntry.Action.ACCESS})
+    return reverse("admin:gql_audit_requestreads_changelist") + "?" + urlencode(query)

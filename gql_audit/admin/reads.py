@@ -11,7 +11,7 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
 from gql_audit.admin.base import CONTEXT_FIELDSETS, AuditRecordAdmin
-from gql_audit.admin.display import at_seconds, reads_table, user_link, visible
+from gql_audit.admin.display import at_seconds, object_names, reads_summary, reads_table, user_link
 from gql_audit.admin.filters import FieldReadFilter, ObjectFilter, ReaderFilter, RequestFilter, time_filters
 from gql_audit.admin.trail import trail_view
 from gql_audit.history import reads_in_row
@@ -44,11 +44,25 @@ class RequestReadsAdmin(AuditRecordAdmin):
     def reader(self, obj: RequestReads) -> SafeString:
         return user_link(obj.actor) if obj.actor else format_html("{}", self.nobody)
 
-    @admin.display(description="objects read")
-    def objects_read(self, obj: RequestReads) -> str:
-        keys = [visible(key) for key in (obj.keys or [])[:3]]
-        more = len(obj.keys or []) - len(keys)
-        return ", ".join(keys) + (f" and {more} more" if more > 0 else "")
+    @admin.display(description="objects read: fields read")
+    def objects_read(self, obj: RequestReads) -> SafeString:
+        reads, names = getattr(obj, "gql_audit_reads", None) or (reads_in_row(obj), {})
+        return reads_summary(reads, names)
+
+    def get_changelist_instance(self, request: HttpRequest) -> Any:
+        """The page's rows with their objects named (one query a model), the object filtered on first."""
+        changelist = super().get_changelist_instance(request)
+        wanted = request.GET.get(ObjectFilter.parameter_name, "").strip().lower()
+        by_row = {}
+        for row in changelist.result_list:
+            reads = reads_in_row(row)
+            # The object filtered on first, so that its fields are the ones shown.
+            reads.sort(key=lambda read: f"{read.model}:{read.object_pk}".lower() != wanted)
+            by_row[row.pk] = reads
+        names = object_names((read.model, read.object_pk) for reads in by_row.values() for read in reads[:3])
+        for row in changelist.result_list:
+            row.gql_audit_reads = (by_row[row.pk], names)
+        return changelist
 
     @admin.display(description="objects read")
     def objects_table(self, obj: RequestReads) -> SafeString:

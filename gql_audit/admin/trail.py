@@ -9,6 +9,7 @@ from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 
+from gql_audit.admin.audited import trail_accessed
 from gql_audit.admin.base import PAGE_LIMIT, LogEntry, may_view
 from gql_audit.admin.display import (
     actor_name,
@@ -50,7 +51,9 @@ def trail_view(model_admin: admin.ModelAdmin[Any], request: HttpRequest) -> Http
             found=bool(reads or changes or events),
             summary=render_data(trail_summary(reads, changes, events, reads_context(request_id, reads))),
         )
-    return TemplateResponse(request, "gql_audit/admin/trail.html", context)
+    response = TemplateResponse(request, "gql_audit/admin/trail.html", context)
+    trail_accessed(request, response, "admin:gql_audit_trail")
+    return response
 
 
 def reads_context(request_id: str, reads: list[Read]) -> dict[str, Any]:
