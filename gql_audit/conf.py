@@ -57,6 +57,9 @@ DEFAULTS: dict[str, Any] = {
     "PERSISTED_OPERATIONS": None,
     "THROTTLE": None,
     "THROTTLE_CACHE": "default",
+    # Export to a SIEM (an outbox shipped by gql_audit_ship), and Prometheus metrics.
+    "EXPORT": None,
+    "METRICS": False,
 }
 
 #: Settings whose value may be a dotted import path, resolved on first use.
@@ -72,6 +75,8 @@ PERSISTED_MODES = ("observe", "enforce")
 #: ``THROTTLE`` keys: what is counted, per what.
 THROTTLE_RATES = ("login", "login_address", "auth_failures")
 CLIENT_CERT_SOURCES = (None, "nginx", "envoy", "traefik", "aws-alb", "rfc9440", "environ")
+#: ``EXPORT["format"]`` values.
+EXPORT_FORMATS = ("ocsf", "json")
 
 
 class Settings:

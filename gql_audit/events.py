@@ -61,7 +61,7 @@ def build_event(
         "actor_id": ctx.actor()[0] if ctx is not None else None,
         "remote_addr": ctx.remote_addr if ctx is not None else None,
         "operation": ctx.operation if ctx is not None else None,
-        "path": safe_text(path[:512]),
+        "path": safe_text(path)[:512],  # escapes lengthen the text: cut after them
         "message": safe_text(str(message)[:MAX_MESSAGE]),
         "sqlstate": (sqlstate or "")[:5],
         "details": redact(details),

@@ -110,9 +110,13 @@ def note_deleted_user(sender: Any, instance: Any, **kwargs: Any) -> None:
 
 def note_change_entry(sender: Any, instance: Any, created: bool = False, **kwargs: Any) -> None:
     """``TAMPER_EVIDENCE``: a ``LogEntry`` saved in a request is sealed with the request's
-    records; one saved elsewhere, when its transaction commits."""
+    records; one saved elsewhere, when its transaction commits. ``EXPORT``: it is put in the
+    outbox at once."""
     from gql_audit import sealing
+    from gql_audit.export import outbox
 
+    if created:
+        outbox.stage_entry(instance._state.db or "default", instance.pk)  # EXPORT: in the entry's transaction
     if not created or not sealing.enabled():
         return
     ctx = context.current()

@@ -16,6 +16,7 @@ from django.db import transaction
 
 from gql_audit import context, sealing
 from gql_audit.conf import conf
+from gql_audit.export import outbox
 from gql_audit.store import events as event_rows
 from gql_audit.store.backends import access_store
 from gql_audit.store.fallback import entries_for_log, log_records, log_unwritten, seal_failed
@@ -59,6 +60,7 @@ def _store(
                 unsaved.extend(left)
         if events:
             written[sealing.EVENT] = event_rows.insert_events(events, alias)
+        outbox.stage(alias, written)
         if sealed:
             written[sealing.ENTRY].extend(ctx.changes_to_seal if ctx is not None else [])
             sealing.seal(alias, written, insert=unsaved)

@@ -1,0 +1,186 @@
+"""The records an outbox names, loaded in a few queries and laid out as plain JSON.
+
+The plain layout is the ``"json"`` export format, and what the OCSF mapping reads.
+Every record says who, when, from where and in which operation, under the same
+keys whatever its kind. A change entry names the fields that changed, never their
+old or new values (a value may be a secret the auditlog registration did not
+exclude, as in the subject report).
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterable
+from typing import Any
+
+from django.db.models import Model
+
+from gql_audit.history import reads_in_row
+from gql_audit.models import OutboxEvent, RequestReads, SecurityEvent
+from gql_audit.redaction import safe_data
+
+#: Record kinds, as ``gql_audit_verify`` names them. Checkpoints (``gql_audit_checkpoint``'s
+#: signed tree heads) are exported once stored: a loader here and a class in the OCSF mapping.
+READS = "reads"
+ENTRY = "entry"
+EVENT = "event"
+KINDS = (READS, ENTRY, EVENT)
+
+#: Version of the plain layout (``"json"`` format); a change that removes or renames a key bumps it.
+LAYOUT = 1
+
+
+def uid(kind: str, pk: Any) -> str:
+    """A record's stable id: its kind and primary key (``metadata.uid`` in OCSF)."""
+    return f"{kind}:{pk}"
+
+
+def when(value: datetime.datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def load(rows: Iterable[OutboxEvent], alias: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """``(kind, record id) -> plain record`` of the records ``rows`` name that still exist,
+    in one query a kind."""
+    wanted: dict[str, set[str]] = {}
+    for row in rows:
+        wanted.setdefault(row.kind, set()).add(row.record_id)
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    for kind, ids in wanted.items():
+        loader = LOADERS.get(kind)
+        if loader is None:
+            continue
+        for record in loader(alias, sorted(ids)):
+            found[(kind, str(record["pk"]))] = record["data"]
+    return found
+
+
+def _reads(alias: str, ids: list[str]) -> Iterable[dict[str, Any]]:
+    for row in RequestReads.objects.using(alias).filter(pk__in=ids):
+        yield {"pk": row.pk, "data": reads_record(row)}
+
+
+def _entries(alias: str, ids: list[str]) -> Iterable[dict[str, Any]]:
+    from auditlog import get_logentry_model
+
+    LogEntry = get_logentry_model()
+    pks = []
+    for value in ids:
+        try:
+            pks.append(LogEntry._meta.pk.to_python(value))
+        except Exception:  # noqa: BLE001 - no entry has a key of another type
+            continue
+    for entry in LogEntry.objects.using(alias).filter(pk__in=pks).select_related("content_type"):
+        yield {"pk": entry.pk, "data": entry_record(entry)}
+
+
+def _events(alias: str, ids: list[str]) -> Iterable[dict[str, Any]]:
+    for event in SecurityEvent.objects.using(alias).filter(pk__in=ids):
+        yield {"pk": event.pk, "data": event_record(event)}
+
+
+LOADERS = {READS: _reads, ENTRY: _entries, EVENT: _events}
+
+
+def _actor(snapshot: Any, actor_id: Any) -> dict[str, Any] | None:
+    """``{"id", "username"}``: the snapshot taken when the record was written, else the key alone."""
+    if isinstance(snapshot, dict) and snapshot.get("id") is not None:
+        return {"id": str(snapshot["id"]), "username": snapshot.get("username")}
+    return {"id": str(actor_id), "username": None} if actor_id is not None else None
+
+
+def reads_record(row: RequestReads) -> dict[str, Any]:
+    """A request's reads: every object, with the fields read on it and the paths."""
+    context = dict(row.context) if isinstance(row.context, dict) else {}
+    result: dict[str, Any] = safe_data(
+        {
+            "layout": LAYOUT,
+            "uid": uid(READS, row.pk),
+            "record": READS,
+            "time": when(row.at),
+            "request_id": row.request_id,
+            "actor": _actor(row.actor, row.actor_id),
+            "remote_addr": row.remote_addr,
+            "operation": row.operation,
+            "objects": [
+                {"model": read.model, "pk": read.object_pk, "fields": read.fields, "paths": read.paths}
+                for read in reads_in_row(row)
+            ],
+            "context": context,
+        }
+    )
+    return result
+
+
+#: auditlog's actions, in English whatever the active language.
+ACTIONS = {0: "create", 1: "update", 2: "delete", 3: "access"}
+
+
+def entry_record(entry: Any) -> dict[str, Any]:
+    """An auditlog entry: a change (the fields changed, no values) or an ACCESS entry (the fields read)."""
+    data = entry.additional_data if isinstance(entry.additional_data, dict) else {}
+    found = data.get("gql_audit")
+    ours: dict[str, Any] = dict(found) if isinstance(found, dict) else {}
+    action = ACTIONS.get(entry.action, str(entry.action))
+    try:
+        changed = sorted(str(name) for name in (entry.changes_dict or {})) if action != "access" else []
+    except (ValueError, TypeError, AttributeError):  # a hand-written entry whose changes are not a dict
+        changed = []
+    model_class = entry.content_type.model_class() if entry.content_type_id else None
+    record = {
+        "layout": LAYOUT,
+        "uid": uid(ENTRY, entry.pk),
+        "record": ENTRY,
+        "action": action,
+        "time": when(entry.timestamp),
+        "request_id": ours.pop("request_id", None) or entry.cid or "",
+        "actor": _actor(ours.pop("actor", None), entry.actor_id),
+        "remote_addr": entry.remote_addr,
+        "operation": ours.pop("operation", None),
+        "object": {
+            "model": model_class._meta.label if model_class is not None else str(entry.content_type),
+            "pk": entry.object_pk,
+            "repr": entry.object_repr,
+        },
+        "changed_fields": changed,
+        "fields": ours.pop("fields", []) if action == "access" else [],
+        "paths": ours.pop("path", None) or [],
+        "context": ours,
+    }
+    ours.pop("remote_addr", None)
+    result: dict[str, Any] = safe_data(record)
+    return result
+
+
+def event_record(event: SecurityEvent) -> dict[str, Any]:
+    """A security event, its details as stored (redacted when written)."""
+    details = dict(event.details) if isinstance(event.details, dict) else {"value": event.details}
+    snapshot = details.pop("actor", None)
+    result: dict[str, Any] = safe_data(
+        {
+            "layout": LAYOUT,
+            "uid": uid(EVENT, event.pk),
+            "record": EVENT,
+            "kind": event.kind,
+            "severity": event.severity,
+            "time": when(event.created_at),
+            "request_id": event.request_id,
+            "actor": _actor(snapshot, event.actor_id),
+            "remote_addr": event.remote_addr,
+            "operation": event.operation,
+            "path": event.path,
+            "message": event.message,
+            "sqlstate": event.sqlstate,
+            "details": details,
+        }
+    )
+    return result
+
+
+def kind_of(instance: Model) -> str:
+    """The record kind of a model instance gql_audit writes."""
+    if isinstance(instance, RequestReads):
+        return READS
+    if isinstance(instance, SecurityEvent):
+        return EVENT
+    return ENTRY
