@@ -12,7 +12,7 @@ from typing import Any
 
 from django.utils import timezone
 
-from gql_audit import context
+from gql_audit import context, metrics
 from gql_audit.errors import sqlstate_of
 from gql_audit.kinds import SEVERITY
 from gql_audit.redaction import redact, safe_text
@@ -92,6 +92,7 @@ def record_event(
         raise ValueError(f"unknown security event kind {kind!r}")
     ctx = context.current()
     if ctx is None:
+        metrics.event_recorded(kind, details, sqlstate)
         write_now(
             events=[
                 build_event(
@@ -100,7 +101,10 @@ def record_event(
             ]
         )
         return
-    key = (kind,) if once or kind in ONCE_PER_REQUEST else (kind, path, message, sqlstate)
+    once = once or kind in ONCE_PER_REQUEST
+    key = (kind,) if once else (kind, path, message, sqlstate)
+    if not once or key not in ctx.events:  # a kind recorded once a request is counted once
+        metrics.event_recorded(kind, details, sqlstate)
     if not merge:
         key = (*key, len(ctx.events))
     if key not in ctx.events and len(ctx.events) >= MAX_EVENTS_PER_REQUEST:

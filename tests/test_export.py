@@ -120,7 +120,7 @@ def test_every_record_is_in_the_outbox_and_ships_as_valid_ocsf(client, users, dj
         r["type"] == "example_service.Profile" and r["data"]["fields"] == ["fullName", "phone"] for r in resources
     )
     [update] = [e for e in by_request["mix-change"] if e["class_uid"] == 6003 and e["activity_id"] == 3]
-    assert update["resources"][0]["data"] == {"changed_fields": ["phone"]} and "555" not in json.dumps(update)
+    assert update["resources"][0]["data"] == {"changed_fields": ["phone"]} and '"555"' not in json.dumps(update)
     [logon] = [e for e in by_request["mix-in"] if e["class_uid"] == 3002]
     assert (logon["activity_id"], logon["status_id"], logon["user"]["name"]) == (1, 1, "alice")
     [failed] = [e for e in by_request["mix-bad"] if e["class_uid"] == 3002]
@@ -193,7 +193,7 @@ def test_the_mapping_loads_every_kind_in_a_few_queries(client, users, exporting,
     for _ in range(5):
         post_graphql(client, "{ me { profile { phone } } }", token=make_token("alice"))
         post_graphql(client, "{ me { username } }", token="bad")
-    rows = list(OutboxEvent.objects.all())
+    rows = list(OutboxEvent.objects.values_list("kind", "record_id"))
     with django_assert_max_num_queries(4):
         found = load(rows, connection.alias)
     assert len(found) == len(rows)
@@ -233,3 +233,42 @@ def test_sink_urls_are_shown_without_their_credentials():
         "s3cret" not in repr(spec.public_url)
         and spec.key == parse_spec("https://siem.example.org:8088/services/collector").key
     )
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("sealed", [False, True])
+def test_on_postgresql_the_outbox_row_rides_in_the_reads_statement(client, users, settings, tmp_path, sealed):
+    """In autocommit, a request's reads row, its outbox row (and its seal) are one statement:
+    both are written, or neither."""
+    from gql_audit import sealing
+    from gql_audit.models import Seal
+
+    settings.GQL_AUDIT = {
+        **settings.GQL_AUDIT,
+        "ACCESS_STORE": "gql_audit",
+        "EXPORT": {"sinks": [f"file://{tmp_path / 'x.jsonl'}"]},
+        "TAMPER_EVIDENCE": {"key": "k" * 40} if sealed else None,
+    }
+    sealing._writer.__init__()
+    token = make_token("alice")
+    post_graphql(client, "{ documents { title } }", token=token)  # a chain starts: its own transaction
+    seen = []
+
+    def spy(execute, sql, params, many, context):
+        seen.append((sql, connection.in_atomic_block, connection.get_autocommit()))
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(spy):
+        post_graphql(client, "{ documents { title } }", token=token, headers={"X-Request-ID": "one-stmt"})
+    writes = [entry for entry in seen if not entry[0].lstrip().upper().startswith("SELECT")]
+    assert len(writes) == 1, [w[0][:120] for w in writes]
+    sql_text, in_atomic, autocommit = writes[0]
+    assert RequestReads._meta.db_table in sql_text and OutboxEvent._meta.db_table in sql_text
+    assert (Seal._meta.db_table in sql_text) is sealed and not in_atomic and autocommit
+    row = RequestReads.objects.get(request_id="one-stmt")
+    assert OutboxEvent.objects.filter(kind="reads", record_id=str(row.pk)).count() == 1
+    if sealed:
+        from gql_audit.verify import verify
+
+        assert verify().problems == []

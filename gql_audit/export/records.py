@@ -1,6 +1,8 @@
 """The records an outbox names, loaded in a few queries and laid out as plain JSON.
 
 The plain layout is the ``"json"`` export format, and what the OCSF mapping reads.
+Values are as stored (text made safe when it was written); every sink encodes them
+as data.
 Every record says who, when, from where and in which operation, under the same
 keys whatever its kind. A change entry names the fields that changed, never their
 old or new values (a value may be a secret the auditlog registration did not
@@ -16,8 +18,7 @@ from typing import Any
 from django.db.models import Model
 
 from gql_audit.history import reads_in_row
-from gql_audit.models import OutboxEvent, RequestReads, SecurityEvent
-from gql_audit.redaction import safe_data
+from gql_audit.models import RequestReads, SecurityEvent
 
 #: Record kinds, as ``gql_audit_verify`` names them. Checkpoints (``gql_audit_checkpoint``'s
 #: signed tree heads) are exported once stored: a loader here and a class in the OCSF mapping.
@@ -39,12 +40,12 @@ def when(value: datetime.datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def load(rows: Iterable[OutboxEvent], alias: str) -> dict[tuple[str, str], dict[str, Any]]:
-    """``(kind, record id) -> plain record`` of the records ``rows`` name that still exist,
-    in one query a kind."""
+def load(names: Iterable[tuple[str, str]], alias: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """``(kind, record id) -> plain record`` of the records ``names`` (``(kind, record id)`` pairs, as
+    outbox rows name them) that still exist, in one query a kind."""
     wanted: dict[str, set[str]] = {}
-    for row in rows:
-        wanted.setdefault(row.kind, set()).add(row.record_id)
+    for kind, record_id in names:
+        wanted.setdefault(kind, set()).add(record_id)
     found: dict[tuple[str, str], dict[str, Any]] = {}
     for kind, ids in wanted.items():
         loader = LOADERS.get(kind)
@@ -75,8 +76,8 @@ def _entries(alias: str, ids: list[str]) -> Iterable[dict[str, Any]]:
 
 
 def _events(alias: str, ids: list[str]) -> Iterable[dict[str, Any]]:
-    for event in SecurityEvent.objects.using(alias).filter(pk__in=ids):
-        yield {"pk": event.pk, "data": event_record(event)}
+    for row in SecurityEvent.objects.using(alias).filter(pk__in=ids).values(*EVENT_COLUMNS):
+        yield {"pk": row["id"], "data": event_record(row)}
 
 
 LOADERS = {READS: _reads, ENTRY: _entries, EVENT: _events}
@@ -92,24 +93,21 @@ def _actor(snapshot: Any, actor_id: Any) -> dict[str, Any] | None:
 def reads_record(row: RequestReads) -> dict[str, Any]:
     """A request's reads: every object, with the fields read on it and the paths."""
     context = dict(row.context) if isinstance(row.context, dict) else {}
-    result: dict[str, Any] = safe_data(
-        {
-            "layout": LAYOUT,
-            "uid": uid(READS, row.pk),
-            "record": READS,
-            "time": when(row.at),
-            "request_id": row.request_id,
-            "actor": _actor(row.actor, row.actor_id),
-            "remote_addr": row.remote_addr,
-            "operation": row.operation,
-            "objects": [
-                {"model": read.model, "pk": read.object_pk, "fields": read.fields, "paths": read.paths}
-                for read in reads_in_row(row)
-            ],
-            "context": context,
-        }
-    )
-    return result
+    return {
+        "layout": LAYOUT,
+        "uid": uid(READS, row.pk),
+        "record": READS,
+        "time": when(row.at),
+        "request_id": row.request_id,
+        "actor": _actor(row.actor, row.actor_id),
+        "remote_addr": row.remote_addr,
+        "operation": row.operation,
+        "objects": [
+            {"model": read.model, "pk": read.object_pk, "fields": read.fields, "paths": read.paths}
+            for read in reads_in_row(row)
+        ],
+        "context": context,
+    }
 
 
 #: auditlog's actions, in English whatever the active language.
@@ -148,33 +146,47 @@ def entry_record(entry: Any) -> dict[str, Any]:
         "context": ours,
     }
     ours.pop("remote_addr", None)
-    result: dict[str, Any] = safe_data(record)
-    return result
+    return record
 
 
-def event_record(event: SecurityEvent) -> dict[str, Any]:
-    """A security event, its details as stored (redacted when written)."""
-    details = dict(event.details) if isinstance(event.details, dict) else {"value": event.details}
+EVENT_COLUMNS = (
+    "id",
+    "kind",
+    "severity",
+    "created_at",
+    "request_id",
+    "actor_id",
+    "remote_addr",
+    "operation",
+    "path",
+    "message",
+    "sqlstate",
+    "details",
+)
+
+
+def event_record(event: SecurityEvent | dict[str, Any]) -> dict[str, Any]:
+    """A security event (a row, or its ``EVENT_COLUMNS`` as a dict), its details as stored (redacted when written)."""
+    row = event if isinstance(event, dict) else {name: getattr(event, name) for name in EVENT_COLUMNS}
+    stored = row["details"]
+    details = dict(stored) if isinstance(stored, dict) else {"value": stored}
     snapshot = details.pop("actor", None)
-    result: dict[str, Any] = safe_data(
-        {
-            "layout": LAYOUT,
-            "uid": uid(EVENT, event.pk),
-            "record": EVENT,
-            "kind": event.kind,
-            "severity": event.severity,
-            "time": when(event.created_at),
-            "request_id": event.request_id,
-            "actor": _actor(snapshot, event.actor_id),
-            "remote_addr": event.remote_addr,
-            "operation": event.operation,
-            "path": event.path,
-            "message": event.message,
-            "sqlstate": event.sqlstate,
-            "details": details,
-        }
-    )
-    return result
+    return {
+        "layout": LAYOUT,
+        "uid": uid(EVENT, row["id"]),
+        "record": EVENT,
+        "kind": row["kind"],
+        "severity": row["severity"],
+        "time": when(row["created_at"]),
+        "request_id": row["request_id"],
+        "actor": _actor(snapshot, row["actor_id"]),
+        "remote_addr": row["remote_addr"],
+        "operation": row["operation"],
+        "path": row["path"],
+        "message": row["message"],
+        "sqlstate": row["sqlstate"],
+        "details": details,
+    }
 
 
 def kind_of(instance: Model) -> str:

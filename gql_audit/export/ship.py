@@ -190,19 +190,21 @@ class Shipper:
                 OutboxEvent.objects.using(self.alias)
                 .filter(seq__gt=state.cursor)
                 .order_by("seq")
-                .only("id", "kind", "record_id", "seq")[: self.batch]
+                .values_list("id", "kind", "record_id", "seq")[: self.batch]
             )
             if not rows:
                 continue
-            missing = [row for row in rows if row.id not in rendered]
+            missing = [(kind, record_id) for row_id, kind, record_id, _ in rows if row_id not in rendered]
             if missing:
                 records = load(missing, self.alias)
-                for row in missing:
-                    record = records.get((row.kind, row.record_id))
-                    rendered[row.id] = render(record, self.format) if record is not None else None
+                for row_id, kind, record_id, _ in rows:
+                    if row_id in rendered:
+                        continue
+                    record = records.get((kind, record_id))
+                    rendered[row_id] = render(record, self.format) if record is not None else None
                     if record is None:
-                        logger.warning("exported record %s:%s no longer exists: skipped", row.kind, row.record_id)
-            messages = [message for row in rows if (message := rendered[row.id]) is not None]
+                        logger.warning("exported record %s:%s no longer exists: skipped", kind, record_id)
+            messages = [message for row in rows if (message := rendered[row[0]]) is not None]
             try:
                 state.sink.send(messages)
             except SinkError as exc:
@@ -215,7 +217,7 @@ class Shipper:
                 logger.warning("export to %s failed (%s); trying again in %.0fs", key, exc, pause)
                 continue
             state.failures = 0
-            state.cursor = rows[-1].seq or state.cursor
+            state.cursor = rows[-1][3] or state.cursor
             state.delivered += len(messages)
             result.delivered[key] = len(messages)
             OutboxCursor.objects.using(self.alias).filter(sink=state.spec.key).update(
