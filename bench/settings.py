@@ -8,7 +8,8 @@ from example_service.settings import *  # noqa: F403
 DEBUG = False
 INSTALLED_APPS = [*INSTALLED_APPS, "bench"]  # noqa: F405
 if os.environ.get("BENCH_DB") == "postgres":
-    DATABASES = {"default": postgres_from_environment("gql_audit_bench")}
+    # BENCH_PG_NAME: to run two benchmarks side by side on one server.
+    DATABASES = {"default": postgres_from_environment(os.environ.get("BENCH_PG_NAME", "gql_audit_bench"))}
 elif os.environ.get("BENCH_DB") == "sqlite-wal":
     # A file in WAL mode, as docs/access-log.md recommends: what a durable SQLite costs.
     import tempfile

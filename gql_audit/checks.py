@@ -469,3 +469,52 @@ def check_schema(app_configs: Any = None, **kwargs: Any) -> list[Any]:
         for name in rules.non_null_guarded
     )
     return warnings
+
+
+# -- EXPORT and METRICS ------------------------------------------------------------------------
+
+
+@register(Tags.compatibility)
+def check_export(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    """EXPORT: a dict with a known format and sinks that parse; METRICS: prometheus_client installed."""
+    from importlib.util import find_spec
+
+    from gql_audit.conf import EXPORT_FORMATS
+
+    raw = getattr(_settings(), SETTINGS_NAME, {})
+    if not isinstance(raw, dict):
+        return []  # E001
+    errors: list[Any] = []
+    export = raw.get("EXPORT")
+
+    def error(problem: str) -> Error:
+        return Error(f"{SETTINGS_NAME}['EXPORT'] {problem}", hint="See docs/export.md.", id="gql_audit.E040")
+
+    if export is not None:
+        if not isinstance(export, dict):
+            return [error("must be a dict or None.")]
+        unknown = set(export) - {"format", "sinks"}
+        if unknown:
+            errors.append(error(f"has unknown key(s) {sorted(unknown)}; known: format, sinks."))
+        if export.get("format", "ocsf") not in EXPORT_FORMATS:
+            errors.append(error(f"'format' is one of {', '.join(EXPORT_FORMATS)}, not {export.get('format')!r}."))
+        sinks = export.get("sinks")
+        if not isinstance(sinks, list | tuple) or not sinks:
+            errors.append(error("'sinks' is a non-empty list of sink URLs."))
+        else:
+            from gql_audit.export.sinks import parse_spec
+
+            for entry in sinks:
+                try:
+                    parse_spec(entry)
+                except (ValueError, TypeError) as exc:
+                    errors.append(error(f"sink: {exc}"))
+    if raw.get("METRICS") and find_spec("prometheus_client") is None:
+        errors.append(
+            Error(
+                f"{SETTINGS_NAME}['METRICS'] is on, but prometheus_client is not installed.",
+                hint="pip install 'gql-audit[prometheus]' (see docs/metrics.md).",
+                id="gql_audit.E041",
+            )
+        )
+    return errors

@@ -61,6 +61,9 @@ DEFAULTS: dict[str, Any] = {
     "JWT": None,
     # Seconds a request may wait on the throttle cache before it passes unthrottled.
     "THROTTLE_TIMEOUT": 0.25,
+    # Export to a SIEM (an outbox shipped by gql_audit_ship), and Prometheus metrics.
+    "EXPORT": None,
+    "METRICS": False,
 }
 
 #: Settings whose value may be a dotted import path, resolved on first use.
@@ -87,6 +90,8 @@ PERSISTED_MODES = ("observe", "enforce")
 #: ``THROTTLE`` keys: what is counted, per what.
 THROTTLE_RATES = ("login", "login_username", "login_address", "auth_failures", "operations")
 CLIENT_CERT_SOURCES = (None, "nginx", "envoy", "traefik", "aws-alb", "rfc9440", "environ")
+#: ``EXPORT["format"]`` values.
+EXPORT_FORMATS = ("ocsf", "json")
 
 
 class Settings:

@@ -12,7 +12,7 @@ from typing import Any
 
 from django.utils import timezone
 
-from gql_audit import context
+from gql_audit import context, metrics
 from gql_audit.errors import sqlstate_of
 from gql_audit.kinds import SEVERITY
 from gql_audit.redaction import redact, safe_text
@@ -61,7 +61,7 @@ def build_event(
         "actor_id": ctx.actor()[0] if ctx is not None else None,
         "remote_addr": ctx.remote_addr if ctx is not None else None,
         "operation": ctx.operation if ctx is not None else None,
-        "path": safe_text(path[:512]),
+        "path": safe_text(path)[:512],  # escapes lengthen the text: cut after them
         "message": safe_text(str(message)[:MAX_MESSAGE]),
         "sqlstate": (sqlstate or "")[:5],
         "details": redact(details),
@@ -92,6 +92,7 @@ def record_event(
         raise ValueError(f"unknown security event kind {kind!r}")
     ctx = context.current()
     if ctx is None:
+        metrics.event_recorded(kind, details, sqlstate)
         write_now(
             events=[
                 build_event(
@@ -100,7 +101,10 @@ def record_event(
             ]
         )
         return
-    key = (kind,) if once or kind in ONCE_PER_REQUEST else (kind, path, message, sqlstate)
+    once = once or kind in ONCE_PER_REQUEST
+    key = (kind,) if once else (kind, path, message, sqlstate)
+    if not once or key not in ctx.events:  # a kind recorded once a request is counted once
+        metrics.event_recorded(kind, details, sqlstate)
     if not merge:
         key = (*key, len(ctx.events))
     if key not in ctx.events and len(ctx.events) >= MAX_EVENTS_PER_REQUEST:

@@ -78,14 +78,20 @@ class Trail:
 
 
 def reads_of(
-    target: Model | type[Model], pk: Any = None, *, using: str | None = None, limit: int | None = None
+    target: Model | type[Model],
+    pk: Any = None,
+    *,
+    using: str | None = None,
+    limit: int | None = None,
+    since: datetime.datetime | None = None,
+    until: datetime.datetime | None = None,
 ) -> list[Read]:
     """The reads of one object, newest first: ``reads_of(instance)`` or ``reads_of(Model, pk)``;
-    the newest ``limit`` of them when given."""
+    the newest ``limit`` of them when given, written within ``since`` and ``until`` (both included) when given."""
     model, pk = (type(target), target.pk) if isinstance(target, Model) else (target, pk)
     if pk is None:
         raise ValueError("reads_of() needs an instance, or a model and a primary key")
-    return reads_of_objects([(model, pk)], using=using, limit=limit)
+    return reads_of_objects([(model, pk)], using=using, limit=limit, since=since, until=until)
 
 
 def reads_of_objects(
@@ -94,11 +100,12 @@ def reads_of_objects(
     since: datetime.datetime | None = None,
     using: str | None = None,
     limit: int | None = None,
+    until: datetime.datetime | None = None,
 ) -> list[Read]:
     """The reads of many objects, newest first, in a few queries whatever their number.
 
     ``targets`` holds instances or ``(Model, pk)`` pairs; an instance without a
-    primary key is skipped. ``since`` keeps the reads written at or after it;
+    primary key is skipped. ``since`` keeps the reads written at or after it, ``until`` at or before it;
     ``limit`` the newest that many: then only their rows are loaded whole, however
     many times the objects were read.
     """
@@ -111,6 +118,8 @@ def reads_of_objects(
     rows = RequestReads.objects.using(alias).order_by()
     if since is not None:
         rows = rows.filter(at__gte=since)
+    if until is not None:
+        rows = rows.filter(at__lte=until)
     matching: list[Any] = []
     postgres = connections[alias].vendor in POSTGRES_VENDORS
     for chunk in _chunks(sorted(keys)):
@@ -121,6 +130,8 @@ def reads_of_objects(
             index = ReadObject.objects.using(alias).filter(key__in=chunk)
             if since is not None:
                 index = index.filter(at__gte=since)
+            if until is not None:
+                index = index.filter(at__lte=until)
             found = rows.filter(id__in=index.values("reads_id"))
         matching.append(found)
     if limit is None:
@@ -133,17 +144,26 @@ def reads_of_objects(
         by_id = {row.id: row for chunk in _chunks(newest) for row in rows.filter(id__in=chunk)}
     wanted = frozenset(keys)
     reads = [read for row in by_id.values() for read in reads_in_row(row, only=wanted)]
-    reads.extend(reads_of_entries(_entries_of(objects, alias, since=since, access=True, limit=limit)))
+    reads.extend(reads_of_entries(_entries_of(objects, alias, since=since, until=until, access=True, limit=limit)))
     reads.sort(key=lambda read: read.at, reverse=True)
     return reads if limit is None else reads[:limit]
 
 
 def changes_of_objects(
-    targets: Iterable[Target], *, since: datetime.datetime | None = None, using: str | None = None
+    targets: Iterable[Target],
+    *,
+    since: datetime.datetime | None = None,
+    using: str | None = None,
+    until: datetime.datetime | None = None,
+    limit: int | None = None,
 ) -> list[Any]:
-    """The auditlog entries other than ACCESS (create, update, delete...) of many objects, newest first."""
-    entries = _entries_of(_objects(targets), using or audit_alias(), since=since, access=False)
-    return sorted(entries, key=lambda entry: (entry.timestamp, entry.pk), reverse=True)
+    """The auditlog entries other than ACCESS (create, update, delete...) of many objects, newest first
+    (the newest ``limit`` when given)."""
+    entries = _entries_of(
+        _objects(targets), using or audit_alias(), since=since, until=until, access=False, limit=limit
+    )
+    found = sorted(entries, key=lambda entry: (entry.timestamp, entry.pk), reverse=True)
+    return found if limit is None else found[:limit]
 
 
 def _objects(targets: Iterable[Target]) -> list[tuple[type[Model], Any]]:
@@ -171,6 +191,7 @@ def _entries_of(
     since: datetime.datetime | None,
     access: bool,
     limit: int | None = None,
+    until: datetime.datetime | None = None,
 ) -> list[Any]:
     """auditlog entries of these objects: only ACCESS ones, or all but those (the newest
     ``limit`` of each chunk of objects when given: enough for the newest ``limit`` overall)."""
@@ -183,6 +204,8 @@ def _entries_of(
     entries = entries.filter(is_access if access else ~is_access)
     if since is not None:
         entries = entries.filter(timestamp__gte=since)
+    if until is not None:
+        entries = entries.filter(timestamp__lte=until)
     pks_by_type: dict[Any, list[str]] = {}
     for model, pk in objects:
         content_type = ContentType.objects.db_manager(alias).get_for_model(model)

@@ -23,6 +23,9 @@ KINDS: dict[str, tuple[str, str]] = {
     "operation_unknown": ("operation not in the allow-list", "warning"),
     "throttled": ("throttled", "warning"),
     "throttle_unavailable": ("throttle cache unavailable", "error"),
+    # Who logged in, and who read the trail itself (PCI DSS 10.2.1.3, ASVS 16.3.1).
+    "login_succeeded": ("login succeeded", "info"),
+    "trail_accessed": ("audit trail accessed", "info"),
 }
 
 SEVERITIES = ("info", "warning", "error")

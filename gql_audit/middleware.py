@@ -19,7 +19,7 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_asy
 from django.contrib.auth.models import AnonymousUser
 from django.http import JsonResponse
 
-from gql_audit import context
+from gql_audit import context, metrics
 from gql_audit.access import registered_models
 from gql_audit.auth import authenticate, refuse_cookie_without_csrf
 from gql_audit.compat import mark_jwt_credentials_handled, set_session_user_cache
@@ -144,6 +144,7 @@ def finish(response: HttpResponseBase, ctx: context.RequestContext) -> HttpRespo
     if conf.WRITE_AFTER_RESPONSE:
         response[conf.REQUEST_ID_HEADER] = ctx.request_id
         write_when_closed(response, ctx)
+        count_request(ctx, response.status_code)
         return response
     if not flush(ctx) and conf.FAIL_CLOSED:
         response = JsonResponse(
@@ -152,7 +153,15 @@ def finish(response: HttpResponseBase, ctx: context.RequestContext) -> HttpRespo
         )
     response[conf.REQUEST_ID_HEADER] = ctx.request_id
     log_request(ctx, response.status_code)
+    count_request(ctx, response.status_code)
     return response
+
+
+def count_request(ctx: context.RequestContext, status: int) -> None:
+    """``METRICS``: a GraphQL request answered (as ``log_request`` has it: one that named an operation
+    or failed as one)."""
+    if conf.METRICS and (ctx.operation is not None or ctx.error_codes):
+        metrics.request_done(ctx.operation, ctx.error_codes, status)
 
 
 def write_when_closed(response: HttpResponseBase, ctx: context.RequestContext) -> None:

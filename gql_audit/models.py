@@ -138,3 +138,43 @@ class SealChain(models.Model):
 
     def __str__(self) -> str:
         return self.chain
+
+
+class OutboxEvent(models.Model):
+    """``EXPORT``: a record to ship, written in the same write as the record itself.
+
+    Names the record (its kind, as ``gql_audit_verify`` names them, and its key);
+    ``gql_audit_ship`` renders it when it ships it. ``seq`` is given by the shipper
+    in the order rows become visible, after their transaction committed, so that no
+    row committed late is passed over; each sink's cursor is a ``seq``. A row is
+    deleted once every sink has it.
+    """
+
+    # Random keys: sequential ones make a write hot spot on CockroachDB.
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    at = models.DateTimeField()
+    #: ``reads``, ``entry`` or ``event``.
+    kind = models.CharField(max_length=16)
+    record_id = models.CharField(max_length=64)
+    seq = models.BigIntegerField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["seq", "at"], name="gql_audit_outbox_seq_at")]
+        verbose_name = "outbox event"
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.record_id}"
+
+
+class OutboxCursor(models.Model):
+    """How far one export sink has been delivered (and, named ``sequence``, the last ``seq`` given)."""
+
+    #: The sink's key (a hash of its URL, credentials left out), or ``sequence``.
+    sink = models.CharField(max_length=64, primary_key=True)
+    #: The sink's URL without credentials, for people.
+    url = models.TextField(blank=True)
+    seq = models.BigIntegerField(default=0)
+    updated_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.url or self.sink} @ {self.seq}"

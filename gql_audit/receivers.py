@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextvars
 from typing import Any
 
-from gql_audit import context
+from gql_audit import context, metrics
 from gql_audit.compat import auditlog_block_values
 from gql_audit.logging import log_failed_entry
 
@@ -70,6 +70,7 @@ def log_failed_change_entry(
         return
     entry = _entry_being_saved.get()
     _entry_being_saved.set(None)
+    metrics.records_fallback("change", 1)
     log_failed_entry(sender, instance, action, kwargs.get("changes"), entry, error)
 
 
@@ -110,9 +111,14 @@ def note_deleted_user(sender: Any, instance: Any, **kwargs: Any) -> None:
 
 def note_change_entry(sender: Any, instance: Any, created: bool = False, **kwargs: Any) -> None:
     """``TAMPER_EVIDENCE``: a ``LogEntry`` saved in a request is sealed with the request's
-    records; one saved elsewhere, when its transaction commits."""
+    records; one saved elsewhere, when its transaction commits. ``EXPORT``: it is put in the
+    outbox at once."""
     from gql_audit import sealing
+    from gql_audit.export import outbox
 
+    if created:
+        outbox.stage_entry(instance._state.db or "default", instance.pk)  # EXPORT: in the entry's transaction
+        metrics.records_written("change", 1)
     if not created or not sealing.enabled():
         return
     ctx = context.current()

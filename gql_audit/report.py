@@ -30,6 +30,7 @@ from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from gql_audit.conf import SETTINGS_NAME, conf
+from gql_audit.events import record_event
 from gql_audit.history import Read, changes_of_objects, reads_of_objects
 from gql_audit.redaction import safe_data, safe_text
 
@@ -232,8 +233,15 @@ def subject_report(
     entries.sort(key=lambda entry: (entry.model, entry.object_pk, entry.action))
     entries.sort(key=lambda entry: entry.at, reverse=True)
     keys = dict.fromkeys(f"{item._meta.label}:{item.pk}" for item in objects)
+    subject_key = f"{instance._meta.label}:{instance.pk}"
+    # Reading the trail is itself on the trail (PCI DSS 10.2.1.3).
+    record_event(
+        "trail_accessed",
+        message="audit records shown: subject report",
+        details={"page": "subject_report", "filters": {"subject": subject_key, "since": cutoff and cutoff.isoformat()}},
+    )
     return SubjectReport(
-        subject=f"{instance._meta.label}:{instance.pk}",
+        subject=subject_key,
         subject_repr=_text(instance),
         since=cutoff,
         generated_at=now,

@@ -262,6 +262,8 @@ def resolve_root(resolve: Callable[..., Any], root: Any, info: Any, args: dict[s
         if replacement is None:
             raise
         raise replacement from exc
+    if ctx is not None and (info.parent_type.name, name) in rules.login_fields:
+        logged_in(info, args)
     return value
 
 
@@ -280,6 +282,14 @@ def unadmitted(ctx: context.RequestContext, info: Any) -> None:
     refusal = ctx.refusal
     if refusal is not None:
         raise GraphQLError(MESSAGES[refusal.code], extensions={"code": refusal.code, "rule": refusal.rule})
+def logged_in(info: Any, args: dict[str, Any]) -> None:
+    """A login field resolved without raising: the credentials were good."""
+    record_event(
+        "login_succeeded",
+        message="login succeeded",
+        path=plain_path(info.path),
+        details={"username": _username_tried(args)},
+    )
 
 
 def check_introspection(info: Any) -> None:

@@ -171,15 +171,6 @@ def test_security_events_username_seconds_whole_message_and_filters(client, root
     assert "Only the owner may change a document." in page and "alice" in page
 
 
-@pytest.mark.parametrize("query", ["since=yesterday", "until=2026-13-01", "object=nomodel", "object=auth.User"])
-def test_bad_filter_values_are_a_message_not_an_error(client, root, query):
-    for path in (READS, ENTRIES, EVENTS):
-        response = client.get(f"{path}?{query}")
-        if "object" in query and path == EVENTS:
-            continue  # events have no object filter: an unknown parameter
-        assert response.status_code == 302 and response["Location"].endswith("?e=1"), (path, query)
-
-
 @pytest.mark.django_db(transaction=True)
 def test_a_deleted_users_entries_name_them_and_system_means_no_actor(client, users, gql, django_user_model):
     root = django_user_model.objects.create_superuser("root", "root@example.org", "pw")
@@ -277,7 +268,7 @@ def test_hostile_operation_names_usernames_paths_render_escaped(client, root, us
 def test_lists_never_count_a_whole_table(client, root, users, gql, store, monkeypatch):
     for number in range(7):
         run(gql, "{ me { username } }", "alice", f"count-{number}")
-    monkeypatch.setattr(audit_admin, "COUNT_CAP", 5)
+    monkeypatch.setattr(audit_admin.base, "COUNT_CAP", 5)
     for path in (READS, ENTRIES, EVENTS, READS + "?actor=alice", ENTRIES + "?action__exact=3"):
         with CaptureQueriesContext(connection) as queries:
             page = text(client.get(path))

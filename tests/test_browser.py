@@ -189,8 +189,9 @@ def test_graphiql_runs_a_query_with_no_cdn_under_a_strict_csp(browser, live_serv
     find(browser, ".graphiql-container")
     find(browser, ".graphiql-execute-button").click()
     wait(browser).until(
-        lambda b: "example-service" in b.execute_script(
-            "var r = document.querySelector('.result-window'); return r ? r.innerText : '';"
+        lambda b: (
+            "example-service"
+            in b.execute_script("var r = document.querySelector('.result-window'); return r ? r.innerText : '';")
         )
     )
     resources = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
@@ -202,3 +203,44 @@ def test_graphiql_runs_a_query_with_no_cdn_under_a_strict_csp(browser, live_serv
         if entry["level"] == "SEVERE" or "Content Security Policy" in entry["message"]
     ]
     assert not problems, problems
+
+
+def test_an_auditor_narrows_history_by_time_and_sees_tried_usernames(browser, live_server, records):
+    # A failed login by someone who is nobody: its row names the username tried.
+    request = urllib.request.Request(
+        live_server.url + "/graphql/",
+        data=json.dumps({"query": 'mutation { tokenAuth(username: "mallory", password: "guess") { token } }'}).encode(),
+        headers={"Content-Type": "application/json", "X-Request-ID": "br-login"},
+    )
+    urllib.request.urlopen(request, timeout=WAIT).read()
+    log_in(browser, live_server)
+    browser.get(live_server.url + "/admin/gql_audit/securityevent/")
+    box = find(browser, 'input[type=search][name="actor"]')
+    box.send_keys("mallory\n")
+    wait(browser).until(lambda b: "actor=mallory" in b.current_url)
+    page_says(browser, "no user has the username 'mallory' now")
+    [row] = browser.find_elements("css selector", "#result_list tbody tr")
+    assert "mallory (tried)" in row.find_element("css selector", ".field-username").text and "br-login" in row.text
+
+    # The reads list: each object by name, with the fields read on it.
+    browser.get(live_server.url + "/admin/gql_audit/requestreads/?request_id=br-read")
+    cell = find(browser, "#result_list .field-objects_read").text
+    assert f"Profile of {records['alice'].pk}" in cell and "fullName, phone" in cell
+
+    # The access history, narrowed to a window with no reads, then widened again.
+    profile = records["alice"].profile
+    browser.get(live_server.url + f"/admin/example_service/profile/{profile.pk}/access-history/")
+    page_says(browser, "Reads (2)")
+    find(browser, "#history-until").send_keys("2000-01-01\n")
+    wait(browser).until(lambda b: "until=2000-01-01" in b.current_url)
+    page_says(browser, "Reads (0)")
+    box = find(browser, "#history-until")
+    box.clear()
+    box.send_keys("garbage\n")
+    page_says(browser, "not a date or date-time")
+
+    # Each page looked at is on the trail, the auditor its actor.
+    browser.get(live_server.url + "/admin/gql_audit/securityevent/?kind__exact=trail_accessed")
+    find(browser, "#result_list")
+    assert len(browser.find_elements("css selector", "#result_list tbody tr")) >= 4
+    assert "root" in find(browser, "#result_list tbody tr .field-username").text

@@ -240,7 +240,7 @@ def test_admin_is_read_only_with_filters(client, users, django_user_model):
     assert client.get(base + "?kind=forbidden&severity=warning").status_code == 200
     assert client.get(base + "?q=some-request-id").status_code == 200
     assert client.get(base + "add/").status_code == 403
-    event = SecurityEvent.objects.get()
+    event = SecurityEvent.objects.get(kind="forbidden")
     detail = client.get(f"{base}{event.pk}/change/")
     assert detail.status_code == 200 and b'name="_save"' not in detail.content
 

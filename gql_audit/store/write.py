@@ -10,12 +10,14 @@ complete, to the fallback log.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from django.db import transaction
 
-from gql_audit import context, sealing
+from gql_audit import context, metrics, sealing
 from gql_audit.conf import conf
+from gql_audit.export import outbox
 from gql_audit.store import events as event_rows
 from gql_audit.store.backends import access_store
 from gql_audit.store.fallback import entries_for_log, log_records, log_unwritten, seal_failed
@@ -48,6 +50,7 @@ def _store(
     if ctx is not None and len(groups) == 1 and not events:
         [(reader, group)] = groups
         if store.save_alone(ctx, group, alias, reader, sealed=sealed):
+            metrics.records_written("reads", len(group))
             return
     written: dict[str, list[Any]] = {sealing.READS: [], sealing.ENTRY: [], sealing.EVENT: []}
     unsaved: list[Any] = []
@@ -59,11 +62,14 @@ def _store(
                 unsaved.extend(left)
         if events:
             written[sealing.EVENT] = event_rows.insert_events(events, alias)
+        outbox.stage(alias, written)
         if sealed:
             written[sealing.ENTRY].extend(ctx.changes_to_seal if ctx is not None else [])
             sealing.seal(alias, written, insert=unsaved)
     if sealed and ctx is not None:
         ctx.changes_to_seal = []
+    metrics.records_written("reads", len(records) if ctx is not None else 0)
+    metrics.records_written("event", len(events))
 
 
 def seal_quietly(alias: str, written: dict[str, list[Any]]) -> None:
@@ -113,6 +119,16 @@ def _store_apart(
 
 def write(ctx: context.RequestContext | None, records: list[Any], events: list[dict[str, Any]], alias: str) -> bool:
     """Write both kinds; what cannot be written goes, complete, to the log. True when all was written."""
+    if not (records or events) or not metrics.enabled():
+        return _write(ctx, records, events, alias)
+    started = time.perf_counter()
+    try:
+        return _write(ctx, records, events, alias)
+    finally:
+        metrics.audit_write_took(time.perf_counter() - started)
+
+
+def _write(ctx: context.RequestContext | None, records: list[Any], events: list[dict[str, Any]], alias: str) -> bool:
     if not records and not events:
         if ctx is not None and ctx.changes_to_seal and sealing.enabled():
             try:
@@ -144,6 +160,8 @@ def write(ctx: context.RequestContext | None, records: list[Any], events: list[d
         if not records and not events:
             return True
         error = last or error
+    metrics.records_fallback("reads", len(records))
+    metrics.records_fallback("event", len(events))
     log_unwritten(entries_for_log(ctx, records, alias), events, error, ctx)
     return False
 

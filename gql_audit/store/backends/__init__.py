@@ -23,9 +23,9 @@ class AccessStore:
     def save(
         self, ctx: context.RequestContext, records: list[Any], alias: str, reader: context.Reader, *, sealed: bool
     ) -> tuple[list[Any], list[Any]]:
-        """Write ``records`` read by ``reader``. Returns what a seal lists of them (rows or
-        primary keys; nothing unless ``sealed``) and the rows left for the seal's own
-        statement to insert."""
+        """Write ``records`` read by ``reader``. Returns what a seal and the export's outbox list of
+        them (rows or primary keys; nothing when neither ``sealed`` nor ``EXPORT``) and the rows left
+        for the seal's own statement to insert."""
         raise NotImplementedError
 
     def save_alone(

@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from gql_audit import context, sealing
 from gql_audit.compat import other_receivers
+from gql_audit.export import outbox
 from gql_audit.store.backends import AccessStore
 from gql_audit.store.observe import notify, observers
 from gql_audit.store.records import access_data, model_data, object_repr, shape_key
@@ -33,7 +34,7 @@ class AuditlogStore(AccessStore):
     def save(
         self, ctx: context.RequestContext, records: list[Any], alias: str, reader: context.Reader, *, sealed: bool
     ) -> tuple[list[Any], list[Any]]:
-        return insert_access_entries(ctx, records, alias, reader, ids=sealed), []
+        return insert_access_entries(ctx, records, alias, reader, ids=sealed or outbox.enabled()), []
 
 
 def max_query_params(connection: Any) -> int:

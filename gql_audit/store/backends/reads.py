@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from gql_audit import context, sealing
 from gql_audit.dbcontext import POSTGRES_VENDORS
+from gql_audit.export import outbox
 from gql_audit.models import ReadObject, RequestReads
 from gql_audit.redaction import safe_data
 from gql_audit.store.backends import AccessStore
@@ -29,7 +30,7 @@ class ReadsStore(AccessStore):
         # Sealed on PostgreSQL, the row is inserted by the seal's own statement: one round trip.
         deferred = sealed and connections[alias].vendor in POSTGRES_VENDORS
         row = insert_request_reads(ctx, records, alias, reader, deferred=deferred)
-        return ([row] if sealed else []), ([row] if deferred else [])
+        return ([row] if sealed or outbox.enabled() else []), ([row] if deferred else [])
 
     def save_alone(
         self, ctx: context.RequestContext, records: list[Any], alias: str, reader: context.Reader, *, sealed: bool
@@ -41,8 +42,11 @@ class ReadsStore(AccessStore):
         # One statement, its own transaction: the row's INSERT (sealed: with its seal's
         # INSERT and the chain's UPDATE).
         row = insert_request_reads(ctx, records, alias, reader, deferred=True)
+        exported = outbox.rows({sealing.READS: [row]})  # EXPORT: its outbox row, in the same statement
         if sealed:
-            sealing.seal(alias, {sealing.READS: [row]}, insert=[row])
+            sealing.seal(alias, {sealing.READS: [row]}, insert=[row, *exported])
+        elif exported:
+            outbox.insert_together(alias, [row, *exported])
         else:
             sealing.insert(alias, row)
         return True
