@@ -18,8 +18,12 @@ def pytest_report_header(config):
     return f"gql_audit test database: {TEST_DB}"
 
 
+#: Passes on a PostgreSQL server: PostgreSQL's backend, and django-cockroachdb's on PostgreSQL.
+SERVER_PASSES = ("postgres", "cockroachdb")
+
+
 def pytest_collection_modifyitems(config, items):
-    if TEST_DB == "postgres":
+    if TEST_DB in SERVER_PASSES:
         return
     skip = pytest.mark.skip(
         reason="needs PostgreSQL: runs in the PostgreSQL pass of tests/run.sh (GQL_AUDIT_TEST_DB=postgres)"

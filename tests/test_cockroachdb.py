@@ -1,0 +1,114 @@
+"""CockroachDB: migrations that run where DDL cannot be rolled back, and the checks that guard what
+only a cluster would refuse.
+
+The tests marked ``postgres`` also run in the CockroachDB-backend pass (django-cockroachdb's own
+backend on PostgreSQL, ``GQL_AUDIT_TEST_DB=cockroachdb``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+from django.core import checks
+from django.db import connection, connections
+from django.db.migrations.executor import MigrationExecutor
+from django.db.migrations.recorder import MigrationRecorder
+from django.db.utils import load_backend
+
+from gql_audit.checks import AUDITLOG_JSON_MIGRATION
+
+CRDB_ON_POSTGRES = "tests.crdb_on_postgres"
+
+
+def database_ids(databases):
+    found = checks.run_checks(tags=[checks.Tags.database], databases=databases)
+    return sorted(m.id for m in found if m.id.startswith("gql_audit."))
+
+
+@contextlib.contextmanager
+def alias(name, **overrides):
+    """A connection under ``name`` for the block: the test database's settings with ``overrides``
+    (made here, not in DATABASES: Django's test cases let such connections through)."""
+    settings_dict = {**connections["default"].settings_dict, **overrides}
+    wrapper = load_backend(settings_dict["ENGINE"]).DatabaseWrapper(settings_dict, name)
+    connections[name] = wrapper
+    try:
+        yield name
+    finally:
+        wrapper.close()
+        del connections[name]
+
+
+# --- migrations -------------------------------------------------------------------------
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_migrations_run_with_django_guard_against_ddl_in_a_transaction(monkeypatch):
+    """On a backend that cannot roll back DDL (CockroachDB), Django refuses DDL inside a transaction.
+    gql_audit's migrations run there backwards and forwards, with that guard on."""
+    monkeypatch.setattr(connection.features, "can_rollback_ddl", False)
+    executor = MigrationExecutor(connection)
+    leaf = executor.loader.graph.leaf_nodes("gql_audit")
+    executor.migrate([("gql_audit", "0002_login_failed_kind")])
+    executor.loader.build_graph()
+    executor.migrate(leaf)
+    applied = MigrationRecorder(connection).applied_migrations()
+    assert set(leaf) <= set(applied)
+
+
+# --- django-auditlog's JSON migration on CockroachDB (gql_audit.E040) ---------------------
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_auditlog_json_migration_still_to_run_on_cockroachdb_is_an_error(monkeypatch, settings):
+    settings.AUDITLOG_TWO_STEP_MIGRATION = False
+    settings.DISABLE_COCKROACHDB_TELEMETRY = True  # W040's own test is below
+    recorder = MigrationRecorder(connection)
+    with alias("crdb", ENGINE=CRDB_ON_POSTGRES) as crdb:
+        assert AUDITLOG_JSON_MIGRATION in recorder.applied_migrations()
+        assert database_ids([crdb]) == []  # applied already: nothing left to run
+        recorder.record_unapplied(*AUDITLOG_JSON_MIGRATION)
+        try:
+            assert database_ids([crdb]) == ["gql_audit.E040"]
+            (error,) = [m for m in checks.run_checks(databases=[crdb]) if m.id == "gql_audit.E040"]
+            assert "AUDITLOG_TWO_STEP_MIGRATION = True" in error.hint
+            # Not on PostgreSQL, nor without --database, nor with the two-step migration.
+            assert database_ids(["default"]) == (["gql_audit.E040"] if connection.vendor == "cockroachdb" else [])
+            assert database_ids(None) == []
+            settings.AUDITLOG_TWO_STEP_MIGRATION = True
+            assert database_ids([crdb]) == []
+            settings.AUDITLOG_TWO_STEP_MIGRATION = False
+            # A django-cockroachdb that splits combined ALTERs itself.
+            monkeypatch.setattr(connections[crdb].features, "supports_combined_alters", False)
+            assert database_ids([crdb]) == []
+        finally:
+            recorder.record_applied(*AUDITLOG_JSON_MIGRATION)
+
+
+@pytest.mark.django_db
+def test_auditlog_json_migration_check_on_an_unreachable_database(settings):
+    settings.AUDITLOG_TWO_STEP_MIGRATION = False
+    settings.DISABLE_COCKROACHDB_TELEMETRY = True
+    with alias("crdb", ENGINE=CRDB_ON_POSTGRES, HOST="127.0.0.1", PORT="1", NAME="nowhere") as crdb:
+        assert database_ids([crdb]) == []  # migrate itself reports an unreachable database
+
+
+# --- django-cockroachdb's telemetry (gql_audit.W040) ----------------------------------------
+
+
+def test_cockroachdb_telemetry_is_a_warning_until_disabled(settings):
+    settings.DISABLE_COCKROACHDB_TELEMETRY = False
+    settings.AUDITLOG_TWO_STEP_MIGRATION = True  # E040 would look at the database
+    with alias("crdb", ENGINE="django_cockroachdb") as crdb:
+        assert database_ids([crdb]) == ["gql_audit.W040"]
+        (warning,) = [m for m in checks.run_checks(databases=[crdb]) if m.id == "gql_audit.W040"]
+        assert "DISABLE_COCKROACHDB_TELEMETRY = True" in warning.hint and "'crdb'" in warning.msg
+        assert database_ids(None) == []  # a database check: migrate and check --database run it
+        settings.DISABLE_COCKROACHDB_TELEMETRY = True
+        assert database_ids([crdb]) == []
+    settings.DISABLE_COCKROACHDB_TELEMETRY = False
+    if connection.vendor != "cockroachdb":
+        assert database_ids(["default"]) == []
