@@ -22,6 +22,7 @@ from django.utils import timezone
 
 from example_service.models import Document, Profile
 from gql_audit import history
+from gql_audit.dbcontext import POSTGRES_VENDORS
 from gql_audit.models import RequestReads
 from gql_audit.redaction import safe_text
 from gql_audit.report import CSV_COLUMNS, ReportEntry, SubjectReport, subject_report, write_csv
@@ -184,7 +185,7 @@ def test_the_report_costs_the_same_few_queries_whatever_the_number_of_objects(gq
 
 def test_hostile_text_in_the_trail_is_written_as_data(gql, demo):
     # PostgreSQL stores neither NUL nor lone surrogates: those reach the report from SQLite only.
-    name = "esc \x1b[31m \u202e rtl" if connection.vendor == "postgresql" else "nul\x00 and \ud800 and \x1b[31m"
+    name = "esc \x1b[31m \u202e rtl" if connection.vendor in POSTGRES_VENDORS else "nul\x00 and \ud800 and \x1b[31m"
     get_user_model().objects.create_user(username="hostile", password="x")
     gql("query Q { documents { title } }", token=make_token("hostile"), headers={"X-Request-ID": "hostile"})
     LogEntry.objects.filter(cid="hostile").update(additional_data={"gql_audit": {"actor": {"username": name}}})

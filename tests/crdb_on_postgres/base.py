@@ -32,8 +32,8 @@ from django_cockroachdb.base import DatabaseWrapper as CockroachDatabaseWrapper
 #: The server the probe reports: the release whose grammar ``crdbparse`` carries.
 SERVER_VERSION = "CockroachDB CCL v25.2.0 (x86_64-pc-linux-gnu, built 2025/05/12 00:00:00, go1.23.7)"
 
-#: Separates statements in the log (``crdbparse``'s default block separator).
-SEPARATOR = "\n-- ;;\n"
+#: Separates statements in the log (``crdbparse -sep``): a line no statement holds.
+SEPARATOR = "\n-- ;; crdb_on_postgres ;;\n"
 
 #: CockroachDB spelling -> PostgreSQL spelling, for the statements PostgreSQL cannot parse.
 REWRITES = (
