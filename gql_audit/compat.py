@@ -181,3 +181,14 @@ def pending_on_commit(connection: Any, callback: Any) -> bool:
     """
     return any(entry[1] is callback for entry in connection.run_on_commit)
 
+
+
+def field_index_name(schema_editor: Any, model: Any, field: Any) -> str:
+    """The name Django gives the index of a ``db_index=True`` field of ``model``.
+
+    ``BaseDatabaseSchemaEditor._create_index_name`` builds it (table, column and a
+    hash of both, cut to the backend's length): ``gql_audit.layout`` restores the
+    index under that name when a CockroachDB-only change is reversed.
+    """
+    name: str = schema_editor._create_index_name(model._meta.db_table, [field.column], suffix="")
+    return name

@@ -112,3 +112,91 @@ def test_cockroachdb_telemetry_is_a_warning_until_disabled(settings):
     settings.DISABLE_COCKROACHDB_TELEMETRY = False
     if connection.vendor != "cockroachdb":
         assert database_ids(["default"]) == []
+
+
+# --- the distributed layout (migration 0006) ------------------------------------------------
+
+#: Table -> (model, field, the hash-sharded index CockroachDB gets on it).
+HASH_SHARDED = {
+    "gql_audit_securityevent": ("gql_audit.SecurityEvent", "created_at", "gql_audit_event_created_at_hash"),
+    "gql_audit_requestreads": ("gql_audit.RequestReads", "at", "gql_audit_reads_at_hash"),
+    "auditlog_logentry": ("auditlog.LogEntry", "timestamp", "auditlog_logentry_timestamp_hash"),
+}
+ACTOR_INDEX = "gql_audit_event_actor_id"
+LAYOUT = ("gql_audit", "0006_distributed_layout")
+
+
+def indexes_on(table, column):
+    with connection.cursor() as cursor:
+        constraints = connection.introspection.get_constraints(cursor, table)
+    return sorted(
+        name
+        for name, info in constraints.items()
+        if info["index"] and not info["primary_key"] and not info["unique"] and info["columns"] == [column]
+    )
+
+
+def id_default(table):
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT column_default FROM information_schema.columns WHERE table_name = %s AND column_name = 'id'",
+            [table],
+        )
+        return cursor.fetchone()[0] or ""  # PostgreSQL's identity columns have none
+
+
+def layout():
+    found = {table: indexes_on(table, column) for table, (_, column, _) in HASH_SHARDED.items()}
+    found["actor"] = indexes_on("gql_audit_securityevent", "actor_id")
+    return found
+
+
+@pytest.mark.django_db(transaction=True)
+def test_distributed_layout_is_cockroachdb_only_and_reversible():
+    from django.db.migrations.executor import MigrationExecutor
+
+    from tests.conftest import SQLRecorder
+
+    crdb = connection.vendor == "cockroachdb"
+    now = layout()
+    for table, (_, _, name) in HASH_SHARDED.items():
+        # CockroachDB: the hash-sharded index alone (PostgreSQL, under the test backend, shows it plain).
+        assert (now[table] == [name]) if crdb else (name not in now[table] and len(now[table]) == 1), now
+    assert (ACTOR_INDEX in now["actor"]) if crdb else (ACTOR_INDEX not in now["actor"])
+    assert len(now["actor"]) == 1  # one index on the actor everywhere: Django's or CockroachDB's own
+    if connection.vendor != "sqlite":
+        assert ("unordered_unique_rowid()" in id_default("auditlog_logentry")) == crdb
+
+    sent = SQLRecorder()
+    executor = MigrationExecutor(connection)
+    with connection.execute_wrapper(sent):
+        executor.migrate([("gql_audit", "0005_seals_and_task_failed_kind")])
+        before = layout()
+        executor.loader.build_graph()
+        executor.migrate([LAYOUT])
+    assert layout() == now
+    ddl = [sql for sql in sent if "django_migrations" not in sql and not sql.startswith(("SAVEPOINT", "RELEASE"))]
+    if not crdb:
+        assert before == now and not [sql for sql in ddl if sql.startswith(("CREATE", "DROP", "ALTER"))], ddl
+        return
+    # Reversed, Django's own indexes come back under Django's names.
+    from django.apps import apps
+
+    from gql_audit.compat import field_index_name
+
+    for table, (label, field, _) in HASH_SHARDED.items():
+        model = apps.get_model(label)
+        django_name = field_index_name(connection.SchemaEditorClass(connection), model, model._meta.get_field(field))
+        assert before[table] == [django_name]
+    assert before["actor"] == []
+    assert any(sql.endswith("USING HASH") for sql in ddl)
+    assert any("SET DEFAULT unordered_unique_rowid()" in sql for sql in ddl)
+    assert any("SET DEFAULT unique_rowid()" in sql for sql in ddl)
+
+
+@pytest.mark.django_db
+def test_distributed_layout_leaves_the_model_state_alone():
+    """Nothing for makemigrations to write: the layout is the database's, not the models'."""
+    from django.core.management import call_command
+
+    call_command("makemigrations", "gql_audit", "--check", "--dry-run", verbosity=0)

@@ -109,3 +109,16 @@ def test_replaced_query_params_are_what_the_view_reads(asgi):
     params["query"] = "new"
     compat.replace_query_params(request, params)
     assert request.GET["query"] == "new"
+
+
+@pytest.mark.django_db
+def test_field_index_name_is_the_name_django_gave_the_index():
+    from django.db import connection
+
+    from gql_audit.models import ReadObject
+
+    field = ReadObject._meta.get_field("reads_id")
+    name = compat.field_index_name(connection.SchemaEditorClass(connection), ReadObject, field)
+    with connection.cursor() as cursor:
+        constraints = connection.introspection.get_constraints(cursor, ReadObject._meta.db_table)
+    assert constraints[name]["index"] and constraints[name]["columns"] == [field.column]
