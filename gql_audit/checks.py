@@ -6,6 +6,7 @@ Ids are stable; docs/checks.md lists them.
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any
 
 from django.apps import apps
@@ -503,6 +504,28 @@ def check_schema(app_configs: Any = None, **kwargs: Any) -> list[Any]:
 
 
 # --- Databases: what CockroachDB needs (database checks: run by migrate and check --database) ---
+
+
+@register(Tags.compatibility)
+def check_retry_backoff(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    """``RETRY_BACKOFF``: seconds ``base`` > 0, ``max_wait`` >= 0, a ``jitter`` fraction in [0, 1]."""
+    raw = getattr(_settings(), SETTINGS_NAME, {})
+    if not isinstance(raw, dict) or "RETRY_BACKOFF" not in raw:
+        return []
+    value = raw["RETRY_BACKOFF"]
+    known = DEFAULTS["RETRY_BACKOFF"]
+    shape = "must be a dict of 'base' and 'max_wait' (seconds) and 'jitter' (a fraction from 0 to 1)."
+    if not isinstance(value, dict) or set(value) - set(known):
+        return [_invalid("RETRY_BACKOFF", shape)]
+    merged = {**known, **value}
+    numbers = all(
+        isinstance(number, (int, float)) and not isinstance(number, bool) and math.isfinite(number)
+        for number in merged.values()
+    )
+    if not numbers or merged["base"] <= 0 or merged["max_wait"] < 0 or not 0 <= merged["jitter"] <= 1:
+        return [_invalid("RETRY_BACKOFF", shape)]
+    return []
+
 
 #: django-auditlog's migration that turns ``changes`` into JSON.
 AUDITLOG_JSON_MIGRATION = ("auditlog", "0015_alter_logentry_changes")

@@ -57,6 +57,9 @@ DEFAULTS: dict[str, Any] = {
     "PERSISTED_OPERATIONS": None,
     "THROTTLE": None,
     "THROTTLE_CACHE": "default",
+    # Pauses between retries of a transaction on 40001 (gql_audit.db). CockroachDB's documented
+    # client-side retry example waits 2 ** retry * 0.1 * (random() + 0.5) seconds.
+    "RETRY_BACKOFF": {"base": 0.1, "jitter": 0.5, "max_wait": 5.0},
 }
 
 #: Settings whose value may be a dotted import path, resolved on first use.

@@ -90,7 +90,7 @@ class HashShardIndex(_CockroachDBOperation):
         schema_editor.execute(
             f"CREATE INDEX IF NOT EXISTS {quote(self.name)} ON {quote(table)} ({quote(field.column)}) USING HASH"
         )
-        for name in _plain_indexes(schema_editor.connection, table, field.column):
+        for name in plain_indexes(schema_editor.connection, table, field.column):
             if name != self.name:
                 schema_editor.execute(f"DROP INDEX IF EXISTS {quote(table)}@{quote(name)}")
 
@@ -144,7 +144,7 @@ class CockroachDBIndex(_CockroachDBOperation):
         schema_editor.execute(f"DROP INDEX IF EXISTS {quote(model._meta.db_table)}@{quote(self.name)}")
 
 
-def _plain_indexes(connection: Any, table: str, column: str) -> list[str]:
+def plain_indexes(connection: Any, table: str, column: str) -> list[str]:
     """The names of the non-unique indexes on exactly ``column`` of ``table``."""
     with connection.cursor() as cursor:
         constraints = connection.introspection.get_constraints(cursor, table)

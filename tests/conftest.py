@@ -131,3 +131,49 @@ class SQLRecorder(list):
     def __call__(self, execute, sql, params, many, context):
         self.append(sql)
         return execute(sql, params, many, context)
+
+
+@contextlib.contextmanager
+def retries_seen():
+    """The SQLSTATE of every retry ``gql_audit.db`` makes in the block, from any thread."""
+    import threading
+
+    from gql_audit import db
+
+    seen: list[str] = []
+    lock = threading.Lock()
+
+    def on_retry(sender, sqlstate, **kwargs):
+        with lock:
+            seen.append(sqlstate)
+
+    db.transaction_retried.connect(on_retry)
+    try:
+        yield seen
+    finally:
+        db.transaction_retried.disconnect(on_retry)
+
+
+def run_in_threads(work, count: int, *, timeout: float = 600) -> list[BaseException]:
+    """``work(n)`` for n in ``range(count)``, all in threads at once, each closing its database
+    connections when done; what they raised."""
+    import threading
+
+    from django.db import connections
+
+    raised: list[BaseException] = []
+
+    def run(n):
+        try:
+            work(n)
+        except BaseException as exc:  # noqa: BLE001 - returned to the test
+            raised.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=timeout)
+    return raised

@@ -17,6 +17,7 @@ from django.db.migrations.recorder import MigrationRecorder
 from django.db.utils import load_backend
 
 from gql_audit.checks import AUDITLOG_JSON_MIGRATION
+from gql_audit.layout import plain_indexes
 
 CRDB_ON_POSTGRES = "tests.crdb_on_postgres"
 
@@ -127,13 +128,7 @@ LAYOUT = ("gql_audit", "0006_distributed_layout")
 
 
 def indexes_on(table, column):
-    with connection.cursor() as cursor:
-        constraints = connection.introspection.get_constraints(cursor, table)
-    return sorted(
-        name
-        for name, info in constraints.items()
-        if info["index"] and not info["primary_key"] and not info["unique"] and info["columns"] == [column]
-    )
+    return plain_indexes(connection, table, column)
 
 
 def id_default(table):
