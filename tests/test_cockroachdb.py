@@ -195,3 +195,42 @@ def test_distributed_layout_leaves_the_model_state_alone():
     from django.core.management import call_command
 
     call_command("makemigrations", "gql_audit", "--check", "--dry-run", verbosity=0)
+
+
+# --- the statement check of the CockroachDB-backend pass ------------------------------------
+
+
+def test_the_statement_check_refuses_what_cockroachdb_refuses(tmp_path, capsys):
+    """tests/crdb_on_postgres/check.py, which CI runs over every statement of the pass."""
+    import os
+
+    from tests.crdb_on_postgres import check
+    from tests.crdb_on_postgres.base import SEPARATOR, to_postgres
+
+    crdbparse = os.environ.get("CRDBPARSE") or str(check.DEFAULT_CRDBPARSE)
+    if not os.access(crdbparse, os.X_OK):
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"crdbparse is needed under CI: not found at {crdbparse} (set CRDBPARSE)")
+        pytest.skip(f"crdbparse not found at {crdbparse} (set CRDBPARSE)")
+    accepted = [
+        'CREATE INDEX IF NOT EXISTS "i" ON "t" ("at") USING HASH',
+        'CREATE INVERTED INDEX IF NOT EXISTS i ON t (keys)',
+        'ALTER TABLE "t" ALTER COLUMN "c" TYPE jsonb USING "c"::jsonb',
+        "SELECT 'a -- ;; b'",
+    ]
+    refused = [
+        'ALTER TABLE "t" ALTER COLUMN "c" TYPE jsonb USING "c"::jsonb, ALTER COLUMN "c" DROP NOT NULL',
+        "SELEC 1",
+    ]
+    log = tmp_path / "statements.sql"
+    log.write_text("".join(sql + SEPARATOR for sql in [*accepted, *refused, accepted[0]]))
+    assert check.main([str(log)]) == 1
+    out = capsys.readouterr().out
+    assert "6 distinct statements checked, 4 accepted, 2 refused" in out
+    assert "documented CockroachDB limitation" in out and "syntax error" in out
+    log.write_text("".join(sql + SEPARATOR for sql in accepted))
+    assert check.main([str(log)]) == 0
+    # What PostgreSQL is sent instead of CockroachDB's own spellings.
+    assert to_postgres(accepted[0]) == 'CREATE INDEX IF NOT EXISTS "i" ON "t" ("at")'
+    assert to_postgres(accepted[1]) == "CREATE INDEX IF NOT EXISTS i ON t USING GIN (keys)"
+    assert to_postgres('DROP INDEX IF EXISTS "t"@"i"') == 'DROP INDEX IF EXISTS "i"'
