@@ -146,8 +146,7 @@ class StopAfterFirstBatch(io.StringIO):
 
 @pytest.mark.parametrize("kind", ["token_invalid", "access"])
 def test_an_interrupted_purge_has_deleted_the_oldest_first(kind, settings):
-    """Each batch takes the oldest rows, along the time index: unordered, a batch could be
-    any old rows, and PostgreSQL may read the whole table to find them."""
+    """Each batch takes the oldest rows: retention only ever takes the oldest records."""
     from gql_audit.models import RequestReads
 
     settings.GQL_AUDIT = {**settings.GQL_AUDIT, "ACCESS_STORE": "gql_audit"}

@@ -100,8 +100,8 @@ class Command(BaseCommand):
         while True:
             # Primary keys first, then a delete by key: each batch is one short
             # transaction (CockroachDB and PostgreSQL alike prefer those). Oldest first,
-            # along the time index: unordered, PostgreSQL reads the table from its start
-            # for each batch, and the oldest rows lie at its end.
+            # along the time index: retention only ever takes the oldest records, also
+            # when a purge is interrupted.
             oldest_first = queryset.order_by(TIME_FIELDS.get(model._meta.label_lower, "timestamp"))
             pks = list(oldest_first.values_list("pk", flat=True)[:batch_size])
             if not pks:
