@@ -210,11 +210,8 @@ def measure(loads: int) -> list[tuple[str, float, float, int]]:
     return results
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--loads", type=int, default=3)
-    parser.add_argument("--no-fill", action="store_true", help="measure the rows already there")
+def on_scratch_database(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """The arguments, once the example service is set up and migrated on ``DATABASE_URL``."""
     args = parser.parse_args()
     if not os.environ.get("DATABASE_URL", "").startswith("postgres"):
         parser.error("DATABASE_URL must name a scratch PostgreSQL database")
@@ -229,6 +226,15 @@ def main() -> None:
     settings.ALLOWED_HOSTS = ["testserver"]
     settings.DEBUG = False
     call_command("migrate", verbosity=0)
+    return args
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--loads", type=int, default=3)
+    parser.add_argument("--no-fill", action="store_true", help="measure the rows already there")
+    args = on_scratch_database(parser)
     if not args.no_fill:
         print(f"Filling {args.rows:,} reads, change entries and security events")
         fill(args.rows)

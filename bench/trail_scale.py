@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import statistics
 import time
 
@@ -77,7 +76,7 @@ def prepare_subject() -> tuple[object, list[int]]:
     return user, [100 + 397 * n for n in range(20)]
 
 
-def measure(runs: int, rows: int) -> None:
+def measure(runs: int) -> None:
     import datetime
 
     from django.core.management import call_command
@@ -89,6 +88,9 @@ def measure(runs: int, rows: int) -> None:
     from gql_audit.report import subject_report
 
     user, profiles = prepare_subject()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM gql_audit_requestreads")
+        (rows,) = cursor.fetchone()
     results: dict[str, list[float]] = {}
     scans: dict[str, set[str]] = {}
 
@@ -131,7 +133,7 @@ def measure(runs: int, rows: int) -> None:
         results.setdefault("rows purged", []).append(deleted)
         print(f"  run {run + 1}: purged {deleted:,} rows in {elapsed / 1000:.1f} s")
     print(
-        f"\n{rows:,} rows of reads; subject report: {len(report.entries):,} entries "
+        f"\n{rows:,} rows of reads at the start; subject report: {len(report.entries):,} entries "
         f"(last 30 days: {len(recent.entries):,}); reads_of: {len(reads):,} reads of an object"
     )
     for name, values in results.items():
@@ -142,29 +144,17 @@ def measure(runs: int, rows: int) -> None:
 
 
 def main() -> None:
+    from bench.admin_million import fill, on_scratch_database
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reads", type=int, default=10_000_000)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--no-fill", action="store_true", help="measure the rows already there")
-    args = parser.parse_args()
-    if not os.environ.get("DATABASE_URL", "").startswith("postgres"):
-        parser.error("DATABASE_URL must name a scratch PostgreSQL database")
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "example_service.settings")
-    os.environ.setdefault("EXAMPLE_LOG_LEVEL", "WARNING")
-    import django
-
-    django.setup()
-    from django.conf import settings
-    from django.core.management import call_command
-
-    settings.DEBUG = False
-    call_command("migrate", verbosity=0)
+    args = on_scratch_database(parser)
     if not args.no_fill:
-        from bench.admin_million import fill
-
         print(f"Filling {args.reads:,} rows of reads, {args.reads // 10:,} change entries and security events")
         fill(args.reads, entries=args.reads // 10, events=args.reads // 10)
-    measure(args.runs, args.reads)
+    measure(args.runs)
 
 
 if __name__ == "__main__":
