@@ -22,7 +22,11 @@ USERS = 1000
 OBJECTS = 10_000
 
 
-def fill(rows: int) -> None:
+def fill(rows: int, *, entries: int | None = None, events: int | None = None) -> None:
+    """``rows`` reads (one row a request, three objects each) and, unless told otherwise,
+    as many change entries and security events, spread over the last 90 days."""
+    entries = rows if entries is None else entries
+    events = rows if events is None else events
     from django.contrib.auth import get_user_model
     from django.contrib.contenttypes.models import ContentType
     from django.db import connection
@@ -73,7 +77,7 @@ def fill(rows: int) -> None:
             (id, created_at, kind, severity, request_id, actor_id, remote_addr, operation, path, message, sqlstate,
              details)
         SELECT gen_random_uuid(),
-               now() - (n * interval '90 days' / {rows}),
+               now() - (n * interval '90 days' / {events}),
                (ARRAY['token_invalid', 'token_expired', 'unauthenticated', 'forbidden', 'graphql_error',
                       'db_error', 'login_failed'])[1 + n % 7],
                'warning',
@@ -87,7 +91,7 @@ def fill(rows: int) -> None:
                CASE WHEN n % 3 = 0 THEN '{{"count": 1}}'::jsonb
                     ELSE jsonb_build_object('count', 1, 'actor',
                          jsonb_build_object('id', {first} + n % {USERS}, 'username', 'bench-' || (n % {USERS}))) END
-        FROM generate_series(1, {rows}) AS n
+        FROM generate_series(1, {events}) AS n
         """,
         f"""
         INSERT INTO auditlog_logentry
@@ -102,7 +106,7 @@ def fill(rows: int) -> None:
                {first} + n % {USERS},
                'req-' || n,
                ('10.0.' || (n % 250) || '.' || (n % 200))::inet,
-               now() - (n * interval '90 days' / {rows}),
+               now() - (n * interval '90 days' / {entries}),
                jsonb_build_object('gql_audit', jsonb_build_object(
                    'request_id', 'req-' || n,
                    'operation', jsonb_build_object('type', 'mutation', 'name', 'Op' || (n % 50)),
@@ -110,7 +114,7 @@ def fill(rows: int) -> None:
                    'fields', CASE WHEN n % 4 = 3 THEN '["phone"]'::jsonb ELSE NULL END)),
                'bench-' || (n % {USERS}) || '@example.org',
                NULL
-        FROM generate_series(1, {rows}) AS n
+        FROM generate_series(1, {entries}) AS n
         """,
         "ANALYZE gql_audit_requestreads, gql_audit_securityevent, auditlog_logentry",
     ]
@@ -206,11 +210,8 @@ def measure(loads: int) -> list[tuple[str, float, float, int]]:
     return results
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--loads", type=int, default=3)
-    parser.add_argument("--no-fill", action="store_true", help="measure the rows already there")
+def on_scratch_database(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """The arguments, once the example service is set up and migrated on ``DATABASE_URL``."""
     args = parser.parse_args()
     if not os.environ.get("DATABASE_URL", "").startswith("postgres"):
         parser.error("DATABASE_URL must name a scratch PostgreSQL database")
@@ -225,6 +226,15 @@ def main() -> None:
     settings.ALLOWED_HOSTS = ["testserver"]
     settings.DEBUG = False
     call_command("migrate", verbosity=0)
+    return args
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--loads", type=int, default=3)
+    parser.add_argument("--no-fill", action="store_true", help="measure the rows already there")
+    args = on_scratch_database(parser)
     if not args.no_fill:
         print(f"Filling {args.rows:,} reads, change entries and security events")
         fill(args.rows)

@@ -138,9 +138,7 @@ def main() -> None:
             )
             for i in range(args.events)
         )
-        OutboxEvent.objects.bulk_create(
-            OutboxEvent(at=now, kind="event", record_id=str(event.pk)) for event in events
-        )
+        OutboxEvent.objects.bulk_create(OutboxEvent(at=now, kind="event", record_id=str(event.pk)) for event in events)
         if os.path.exists(sink):
             os.unlink(sink)
         shipper = Shipper(alias=connection.alias)

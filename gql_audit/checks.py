@@ -6,6 +6,7 @@ Ids are stable; docs/checks.md lists them.
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any
 
 from django.apps import apps
@@ -518,3 +519,103 @@ def check_export(app_configs: Any = None, **kwargs: Any) -> list[Any]:
             )
         )
     return errors
+
+
+# --- Databases: what CockroachDB needs (database checks: run by migrate and check --database) ---
+
+
+@register(Tags.compatibility)
+def check_retry_backoff(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    """``RETRY_BACKOFF``: seconds ``base`` > 0, ``max_wait`` >= 0, a ``jitter`` fraction in [0, 1]."""
+    raw = getattr(_settings(), SETTINGS_NAME, {})
+    if not isinstance(raw, dict) or "RETRY_BACKOFF" not in raw:
+        return []
+    value = raw["RETRY_BACKOFF"]
+    known = DEFAULTS["RETRY_BACKOFF"]
+    shape = "must be a dict of 'base' and 'max_wait' (seconds) and 'jitter' (a fraction from 0 to 1)."
+    if not isinstance(value, dict) or set(value) - set(known):
+        return [_invalid("RETRY_BACKOFF", shape)]
+    merged = {**known, **value}
+    numbers = all(
+        isinstance(number, (int, float)) and not isinstance(number, bool) and math.isfinite(number)
+        for number in merged.values()
+    )
+    if not numbers or merged["base"] <= 0 or merged["max_wait"] < 0 or not 0 <= merged["jitter"] <= 1:
+        return [_invalid("RETRY_BACKOFF", shape)]
+    return []
+
+
+#: django-auditlog's migration that turns ``changes`` into JSON.
+AUDITLOG_JSON_MIGRATION = ("auditlog", "0015_alter_logentry_changes")
+
+
+def _cockroachdb_aliases(databases: Any) -> list[str]:
+    """The aliases among ``databases`` served by django-cockroachdb (or a subclass of it)."""
+    from django.db import connections
+
+    found = []
+    for alias in databases or ():
+        try:
+            if connections[alias].vendor == "cockroachdb":
+                found.append(alias)
+        except Exception:  # noqa: BLE001 - an unknown alias or a broken ENGINE is Django's to report
+            continue
+    return found
+
+
+@register(Tags.database)
+def check_auditlog_json_migration(app_configs: Any = None, databases: Any = None, **kwargs: Any) -> list[Any]:
+    """auditlog's 0015 still to run on CockroachDB in one combined ALTER: it would fail half-applied."""
+    settings = _settings()
+    if getattr(settings, "AUDITLOG_TWO_STEP_MIGRATION", False) or not apps.is_installed("auditlog"):
+        return []
+    if getattr(settings, "AUDITLOG_LOGENTRY_MODEL", "auditlog.LogEntry") != "auditlog.LogEntry":
+        return []  # a model of the service's own: auditlog's migrations do not touch its table
+    from django.db import DatabaseError, connections, router
+    from django.db.migrations.recorder import MigrationRecorder
+
+    errors: list[Any] = []
+    for alias in _cockroachdb_aliases(databases):
+        connection = connections[alias]
+        # django-cockroachdb releases that split such ALTERs say so with this feature.
+        if not connection.features.supports_combined_alters or not router.allow_migrate(alias, "auditlog"):
+            continue
+        try:
+            applied = MigrationRecorder(connection).applied_migrations()
+        except DatabaseError:
+            continue  # unreachable: migrate reports that itself
+        if AUDITLOG_JSON_MIGRATION in applied:
+            continue
+        errors.append(
+            Error(
+                f"django-auditlog's migration {'.'.join(AUDITLOG_JSON_MIGRATION)} has not run on {alias!r} "
+                "(CockroachDB): it changes LogEntry.changes to JSON with ALTER COLUMN TYPE and another ALTER "
+                "in one statement, which CockroachDB refuses, and CockroachDB cannot roll back the DDL already "
+                "run before it.",
+                hint="Set AUDITLOG_TWO_STEP_MIGRATION = True (and AUDITLOG_USE_TEXT_CHANGES_IF_JSON_IS_NOT_PRESENT "
+                "= True when the table already holds entries; then run manage.py auditlogmigratejson). "
+                "See docs/databases.md.",
+                id="gql_audit.E060",
+            )
+        )
+    return errors
+
+
+@register(Tags.database)
+def check_cockroachdb_telemetry(app_configs: Any = None, databases: Any = None, **kwargs: Any) -> list[Any]:
+    """django-cockroachdb's telemetry query reads crdb_internal, which CockroachDB 26.1 restricts by default."""
+    if getattr(_settings(), "DISABLE_COCKROACHDB_TELEMETRY", False):
+        return []
+    aliases = _cockroachdb_aliases(databases)
+    if not aliases:
+        return []
+    return [
+        Warning(
+            f"django-cockroachdb runs SELECT crdb_internal.increment_feature_counter(...) on the first "
+            f"connection of every process to {', '.join(map(repr, aliases))}: CockroachDB restricts "
+            "crdb_internal by default from 26.1 (allow_unsafe_internals), and the query reports usage "
+            "to Cockroach Labs.",
+            hint="Set DISABLE_COCKROACHDB_TELEMETRY = True. See docs/databases.md.",
+            id="gql_audit.W060",
+        )
+    ]

@@ -205,3 +205,14 @@ def received_body_size(request: HttpRequest) -> int | None:
     except (OSError, ValueError):
         return None
     return int(size) - int(here)
+
+
+def field_index_name(schema_editor: Any, model: Any, field: Any) -> str:
+    """The name Django gives the index of a ``db_index=True`` field of ``model``.
+
+    ``BaseDatabaseSchemaEditor._create_index_name`` builds it (table, column and a
+    hash of both, cut to the backend's length): ``gql_audit.layout`` restores the
+    index under that name when a CockroachDB-only change is reversed.
+    """
+    name: str = schema_editor._create_index_name(model._meta.db_table, [field.column], suffix="")
+    return name

@@ -64,6 +64,9 @@ DEFAULTS: dict[str, Any] = {
     # Export to a SIEM (an outbox shipped by gql_audit_ship), and Prometheus metrics.
     "EXPORT": None,
     "METRICS": False,
+    # Pauses between retries of a transaction on 40001 (gql_audit.db). CockroachDB's documented
+    # client-side retry example waits 2 ** retry * 0.1 * (random() + 0.5) seconds.
+    "RETRY_BACKOFF": {"base": 0.1, "jitter": 0.5, "max_wait": 5.0},
 }
 
 #: Settings whose value may be a dotted import path, resolved on first use.

@@ -5,9 +5,12 @@
   variables ``node_id``, ``locality``, ``session_id``; on PostgreSQL the backend
   pid), and ``SET application_name`` when ``APPLICATION_NAME`` is set.
 - ``run_in_transaction`` / ``retry_transaction``: run a function in a
-  transaction, and on SQLSTATE 40001 roll back and run it again, with capped
-  exponential backoff and jitter, recording every retry as a ``db_retry``
-  security event.
+  transaction, and on SQLSTATE 40001 roll back and run it again after an
+  exponential, jittered pause (``RETRY_BACKOFF``, by default CockroachDB's
+  documented client-side retry example), recording every retry as a
+  ``db_retry`` security event that names the error's class, SQLSTATE, retry
+  reason and transaction, never its text (on CockroachDB the text quotes keys,
+  which hold the values of other users' rows).
 - With ``SQL_COMMENT`` on, every statement run during a request ends with
   ``/*request_id='...'*/`` (sqlcommenter style), so the database's own logs
   and statement statistics lead back to the request.
@@ -28,7 +31,7 @@ from django.db import connections, transaction
 from django.dispatch import Signal
 
 from gql_audit import context
-from gql_audit.conf import conf
+from gql_audit.conf import DEFAULTS, conf
 from gql_audit.dbcontext import ATTRIBUTE, POSTGRES_VENDORS, probe
 from gql_audit.errors import sqlstate_of
 from gql_audit.events import record_event
@@ -37,8 +40,6 @@ logger = logging.getLogger("gql_audit.db")
 
 SERIALIZATION_FAILURE = "40001"
 RESULT_UNKNOWN = "40003"  # CockroachDB: "result is ambiguous"
-BACKOFF_BASE = 0.01
-BACKOFF_CAP = 1.0
 
 #: Sent on every retry: ``attempt`` (1 for the first failure), ``sqlstate``,
 #: ``reason`` and ``txn`` (CockroachDB, or None), ``error``, ``using``.
@@ -51,8 +52,9 @@ T = TypeVar("T")
 _REASON = re.compile(r"\b(RETRY_[A-Z_]+|ABORT_REASON_[A-Z_]+|ReadWithinUncertaintyIntervalError|WriteTooOldError)\b")
 _INJECTED = "inject_retry_errors_enabled"
 _DEADLINE = "transaction deadline exceeded"
-_SQL_TXN_ID = re.compile(r'"sql txn" meta=\{id=([0-9a-f]{8})\b')
-_ANY_TXN_ID = re.compile(r"meta=\{id=([0-9a-f]{8})\b")
+# The failing transaction prints as ``"<name>" meta={id=...}``; a conflicting one, which
+# belongs to another session, as ``conflicting txn: meta={id=...}``, with no name.
+_TXN_ID = re.compile(r'"[^"\n]{0,200}" meta=\{id=([0-9a-f]{8})\b')
 MAX_PARSED_MESSAGE = 20_000
 
 
@@ -60,7 +62,8 @@ def parse_retry_error(message: object) -> dict[str, str] | None:
     """The CockroachDB retry reason and transaction id prefix in an error message.
 
     ``{"reason": "RETRY_SERIALIZABLE", "txn": "07d42834"}``; ``txn`` only when
-    the message names the transaction. None for anything else; never raises.
+    the message names the failing transaction (never the conflicting one, which
+    is another session's). None for anything else; never raises.
     """
     try:
         text = str(message)[:MAX_PARSED_MESSAGE]
@@ -76,7 +79,7 @@ def parse_retry_error(message: object) -> dict[str, str] | None:
     else:
         return None
     result = {"reason": reason}
-    txn = _SQL_TXN_ID.search(text) or _ANY_TXN_ID.search(text)
+    txn = _TXN_ID.search(text)
     if txn is not None:
         result["txn"] = txn.group(1)
     return result
@@ -85,9 +88,25 @@ def parse_retry_error(message: object) -> dict[str, str] | None:
 # --- retries --------------------------------------------------------------------
 
 
+def backoff_settings() -> dict[str, float]:
+    """``RETRY_BACKOFF`` over its defaults (check ``gql_audit.E002`` vets the values)."""
+    given = conf.RETRY_BACKOFF
+    return {**DEFAULTS["RETRY_BACKOFF"], **(given if isinstance(given, dict) else {})}
+
+
 def backoff(attempt: int) -> float:
-    """Seconds to wait after failed ``attempt``: full jitter, exponential, capped."""
-    return random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (attempt - 1)))
+    """Seconds to wait after failed ``attempt`` (1 for the first failure):
+    ``base * 2 ** attempt``, times a random factor in ``[1 - jitter, 1 + jitter]``, at most ``max_wait``."""
+    config = backoff_settings()
+    jitter = config["jitter"]
+    wait = config["base"] * 2 ** min(attempt, 62) * random.uniform(1 - jitter, 1 + jitter)
+    return float(min(config["max_wait"], wait))
+
+
+def describe_retry(exc: BaseException, sqlstate: str, parsed: dict[str, str]) -> str:
+    """What a retry event says of its error: class, SQLSTATE and CockroachDB's reason, no text."""
+    text = f"{type(exc).__name__} (SQLSTATE {sqlstate})"
+    return f"{text}: {parsed['reason']}" if "reason" in parsed else text
 
 
 def _retryable(sqlstate: str, idempotent: bool) -> bool:
@@ -109,8 +128,8 @@ def run_in_transaction(
     On SQLSTATE 40001 the transaction is rolled back and ``fn`` runs again from
     the start (on CockroachDB too: a full rerun is what the client-side retry
     protocol amounts to when the transaction's work is a Python function),
-    after a randomized, capped, exponential pause. Each retry is a ``db_retry``
-    security event. 40003 ("result is ambiguous") is retried only with
+    after the pause [`backoff`][gql_audit.db.backoff] draws (``RETRY_BACKOFF``).
+    Each retry is a ``db_retry`` security event. 40003 ("result is ambiguous") is retried only with
     ``idempotent=True``. After ``max_attempts`` the last error is raised and a
     ``db_error`` event records it.
 
@@ -138,7 +157,7 @@ def run_in_transaction(
             if attempt >= max_attempts:
                 record_event(
                     "db_error",
-                    message=f"transaction failed after {attempt} attempts: {exc}",
+                    message=f"transaction failed after {attempt} attempts: {describe_retry(exc, sqlstate, parsed)}",
                     sqlstate=sqlstate,
                     details={"attempts": attempt, "exhausted": True, **parsed, "using": using},
                 )
@@ -153,9 +172,9 @@ def _note_retry(exc: Exception, attempt: int, sqlstate: str, parsed: dict[str, s
         ctx.db_retries += 1
     record_event(
         "db_retry",
-        message=str(exc),
+        message=describe_retry(exc, sqlstate, parsed),
         sqlstate=sqlstate,
-        details={"attempt": attempt, **parsed, "using": using},
+        details={"attempt": attempt, "error": type(exc).__name__, **parsed, "using": using},
         merge=False,
     )
     transaction_retried.send(

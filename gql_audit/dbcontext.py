@@ -29,8 +29,21 @@ def probe(connection: Any) -> dict[str, Any]:
         cursor.execute(PROBE_SQL)
         node_id, locality, session_id, pid = cursor.fetchone()
     if connection.vendor == "cockroachdb":
-        return {"node_id": node_id, "locality": locality or None, "session_id": session_id}
+        return cockroachdb_context(node_id, locality, session_id)
     return {"backend_pid": pid}
+
+
+def cockroachdb_context(node_id: str | None, locality: str | None, session_id: str | None) -> dict[str, Any]:
+    """CockroachDB's session variables as the context records them: None for what is not known.
+
+    ``node_id`` is ``"0"`` when the node is not known, as for a tenant's SQL pod
+    (cockroach ``pkg/sql/vars.go``: ``OptionalNodeID``, "zero if unavailable").
+    """
+    return {
+        "node_id": node_id if node_id not in (None, "", "0") else None,
+        "locality": locality or None,
+        "session_id": session_id or None,
+    }
 
 
 def connection_context(alias: str, retries: int = 0) -> dict[str, Any]:

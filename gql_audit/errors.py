@@ -49,8 +49,10 @@ def sqlstate_of(exc: BaseException) -> str:
 
 #: SQLSTATE classes whose primary messages name constraints, relations, columns or
 #: the conflict, not a row's values: integrity constraints (23), transaction state
-#: (25), rollbacks such as serialization failures (40), syntax and access (42),
-#: resources (53, 54), object state and locks (55), operator intervention (57).
+#: (25), rollbacks such as serialization failures (40: only up to the first colon,
+#: where CockroachDB's retry errors go on to print the keys of rows), syntax and
+#: access (42), resources (53, 54), object state and locks (55), operator
+#: intervention (57).
 NAMING_CLASSES = frozenset({"23", "25", "40", "42", "53", "54", "55", "57"})
 
 
@@ -78,6 +80,9 @@ def describe_database_error(exc: BaseException) -> tuple[str, str]:
     if sqlstate:
         reason += f" (SQLSTATE {sqlstate})"
         if isinstance(primary, str) and primary and sqlstate[:2] in NAMING_CLASSES:
+            if sqlstate[:2] == "40":
+                # CockroachDB's "restart transaction: ..." goes on to print keys, which hold row values.
+                primary = primary.split(":", 1)[0]
             reason += f": {primary}"
     elif isinstance(exc, sqlite3.Error) or isinstance(exc.__cause__, sqlite3.Error):
         reason += f": {exc}"

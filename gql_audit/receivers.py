@@ -136,4 +136,3 @@ def seal_later(alias: str, pk: Any) -> None:
     from gql_audit.store import seal_quietly
 
     seal_quietly(alias, {"entry": [pk]})
-

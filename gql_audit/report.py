@@ -374,4 +374,3 @@ def _valid_pks(model: type[Model], values: Iterable[str]) -> list[Any]:
         except (ValidationError, ValueError, TypeError):
             continue
     return pks
-

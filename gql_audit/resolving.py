@@ -282,6 +282,8 @@ def unadmitted(ctx: context.RequestContext, info: Any) -> None:
     refusal = ctx.refusal
     if refusal is not None:
         raise GraphQLError(MESSAGES[refusal.code], extensions={"code": refusal.code, "rule": refusal.rule})
+
+
 def logged_in(info: Any, args: dict[str, Any]) -> None:
     """A login field resolved without raising: the credentials were good."""
     record_event(

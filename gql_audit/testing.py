@@ -66,7 +66,7 @@ class Captured:
                 .filter(action=LogEntry.Action.ACCESS)
                 .filter(Q(pk__in=self._access) | Q(cid__in=self._access_cids))
                 .select_related("content_type")
-                .order_by("pk")
+                .order_by("timestamp", "pk")
             )
             reads.extend(reads_of_entries(access))
         return reads
@@ -77,7 +77,8 @@ class Captured:
         from auditlog import get_logentry_model
 
         entries: QuerySet[Any] = get_logentry_model().objects.using(self.alias)
-        return entries.filter(pk__in=self._changes).order_by("pk")
+        # By time: keys are not ordered on CockroachDB (unordered_unique_rowid()).
+        return entries.filter(pk__in=self._changes).order_by("timestamp", "pk")
 
     @property
     def events(self) -> QuerySet[SecurityEvent]:

@@ -157,7 +157,7 @@ def login_arguments(schema: Any) -> dict[str, tuple[str, ...]]:
     wanted = get_user_model().USERNAME_FIELD
     mutation = schema.mutation_type
     found: dict[str, tuple[str, ...]] = {}
-    for name, field in (mutation.fields.items() if mutation is not None else ()):
+    for name, field in mutation.fields.items() if mutation is not None else ():
         if not _is_login(field):
             continue
         found[name] = ("input", wanted)

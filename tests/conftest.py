@@ -18,8 +18,12 @@ def pytest_report_header(config):
     return f"gql_audit test database: {TEST_DB}"
 
 
+#: Passes on a PostgreSQL server: PostgreSQL's backend, and django-cockroachdb's on PostgreSQL.
+SERVER_PASSES = ("postgres", "cockroachdb")
+
+
 def pytest_collection_modifyitems(config, items):
-    if TEST_DB == "postgres":
+    if TEST_DB in SERVER_PASSES:
         return
     skip = pytest.mark.skip(
         reason="needs PostgreSQL: runs in the PostgreSQL pass of tests/run.sh (GQL_AUDIT_TEST_DB=postgres)"
@@ -155,3 +159,49 @@ def empty_cache():
     caches["default"].clear()
     yield
     caches["default"].clear()
+
+
+@contextlib.contextmanager
+def retries_seen():
+    """The SQLSTATE of every retry ``gql_audit.db`` makes in the block, from any thread."""
+    import threading
+
+    from gql_audit import db
+
+    seen: list[str] = []
+    lock = threading.Lock()
+
+    def on_retry(sender, sqlstate, **kwargs):
+        with lock:
+            seen.append(sqlstate)
+
+    db.transaction_retried.connect(on_retry)
+    try:
+        yield seen
+    finally:
+        db.transaction_retried.disconnect(on_retry)
+
+
+def run_in_threads(work, count: int, *, timeout: float = 600) -> list[BaseException]:
+    """``work(n)`` for n in ``range(count)``, all in threads at once, each closing its database
+    connections when done; what they raised."""
+    import threading
+
+    from django.db import connections
+
+    raised: list[BaseException] = []
+
+    def run(n):
+        try:
+            work(n)
+        except BaseException as exc:  # noqa: BLE001 - returned to the test
+            raised.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=timeout)
+    return raised

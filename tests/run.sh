@@ -1,7 +1,8 @@
 #!/bin/sh
 # Run the gql_audit test suite: creates .venv, installs the package with its
 # dev extra, then runs the suite on SQLite and, when a PostgreSQL server is
-# configured (PGHOST ...) or under CI=true, again on PostgreSQL.
+# configured (PGHOST ...) or under CI=true, again on PostgreSQL, then through
+# django-cockroachdb's backend on PostgreSQL (its block at the end).
 # Extra arguments go to pytest, e.g. tests/run.sh -k actor
 set -eu
 cd "$(dirname "$0")/.."
@@ -33,3 +34,18 @@ else
     echo "   Set PGHOST, PGPORT, PGUSER, PGPASSWORD (a role with CREATEDB) to run it,"
     echo "   or run 'sudo .ci/run', which installs and starts Debian's PostgreSQL."
 fi
+
+# --- CockroachDB-backend pass -------------------------------------------------------
+# django-cockroachdb's own backend on the same PostgreSQL server, at SERIALIZABLE
+# (CockroachDB's default isolation): CockroachDB's Django backend, not CockroachDB
+# (tests/crdb_on_postgres/, docs/databases.md). Then every statement it sent,
+# parameters rendered, goes through CockroachDB 25.2's parser: one refusal fails.
+if [ -n "${PGHOST:-}" ] || [ "${CI:-}" = "true" ]; then
+    echo "== gql_audit tests through django-cockroachdb's backend on PostgreSQL, SERIALIZABLE (not CockroachDB)"
+    CRDB_SQL=$(mktemp)
+    trap 'rm -f "$CRDB_SQL"' EXIT
+    GQL_AUDIT_TEST_DB=cockroachdb GQL_AUDIT_CRDB_SQL_LOG="$CRDB_SQL" .venv/bin/python -m pytest "$@"
+    echo "== every statement of that pass, parsed by CockroachDB's parser (crdbparse)"
+    .venv/bin/python -m tests.crdb_on_postgres.check "$CRDB_SQL"
+fi
+# --- end of the CockroachDB-backend pass ---------------------------------------------

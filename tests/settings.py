@@ -1,7 +1,8 @@
 """Test settings: the example service, on SQLite or PostgreSQL.
 
 ``GQL_AUDIT_TEST_DB=postgres`` selects PostgreSQL, reached through the usual
-libpq variables (PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE).
+libpq variables (PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE);
+``GQL_AUDIT_TEST_DB=cockroachdb`` django-cockroachdb's backend on that server.
 """
 
 import os
@@ -18,6 +19,24 @@ if TEST_DB == "postgres":
     DATABASES = {"default": postgres_from_environment(os.environ.get("GQL_AUDIT_TEST_PG_NAME", "test_gql_audit"))}
     # A second connection to the same database, for AUDIT_DATABASE.
     DATABASES["audit"] = {**DATABASES["default"], "TEST": {"MIRROR": "default"}}
+# --- CockroachDB-backend pass (GQL_AUDIT_TEST_DB=cockroachdb) -----------------------
+elif TEST_DB == "cockroachdb":
+    # django-cockroachdb's own backend on PostgreSQL at SERIALIZABLE, CockroachDB's default
+    # isolation: CockroachDB's Django backend, not CockroachDB (tests/crdb_on_postgres/).
+    from psycopg import IsolationLevel
+
+    DATABASES = {
+        "default": {
+            **postgres_from_environment(os.environ.get("GQL_AUDIT_TEST_CRDB_NAME", "test_gql_audit_crdb")),
+            "ENGINE": "tests.crdb_on_postgres",
+            "OPTIONS": {"isolation_level": IsolationLevel.SERIALIZABLE},
+        }
+    }
+    DATABASES["audit"] = {**DATABASES["default"], "TEST": {"MIRROR": "default"}}
+    # What docs/databases.md tells CockroachDB users to set (system checks E060, W060).
+    AUDITLOG_TWO_STEP_MIGRATION = True
+    DISABLE_COCKROACHDB_TELEMETRY = True
+# --- end of the CockroachDB-backend pass ---------------------------------------------
 elif TEST_DB == "sqlite":
     TMP_DIR.mkdir(exist_ok=True)
     DATABASES = {
@@ -30,7 +49,7 @@ elif TEST_DB == "sqlite":
         }
     }
 else:
-    raise RuntimeError(f"GQL_AUDIT_TEST_DB must be 'sqlite' or 'postgres', not {TEST_DB!r}")
+    raise RuntimeError(f"GQL_AUDIT_TEST_DB must be 'sqlite', 'postgres' or 'cockroachdb', not {TEST_DB!r}")
 
 ROOT_URLCONF = "tests.urls"
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

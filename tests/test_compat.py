@@ -128,3 +128,16 @@ def test_the_received_body_size_is_read_without_reading_the_body():
     assert "CONTENT_LENGTH" not in request.META
     assert compat.received_body_size(request) == 5000
     assert request.body == b"y" * 5000  # nothing read: the view still gets all of it
+
+
+@pytest.mark.django_db
+def test_field_index_name_is_the_name_django_gave_the_index():
+    from django.db import connection
+
+    from gql_audit.models import ReadObject
+
+    field = ReadObject._meta.get_field("reads_id")
+    name = compat.field_index_name(connection.SchemaEditorClass(connection), ReadObject, field)
+    with connection.cursor() as cursor:
+        constraints = connection.introspection.get_constraints(cursor, ReadObject._meta.db_table)
+    assert constraints[name]["index"] and constraints[name]["columns"] == [field.column]

@@ -398,7 +398,7 @@ def check_access_line(line, users, rid):
     assert data["request_id"] == rid and data["fields"] == ["title"] and data["path"]
     assert data["operation"]["type"] == "query" and len(data["operation"]["hash"]) == 64
     assert data["actor"] == {"id": users["alice"].pk, "username": "alice"}
-    assert data["db"]["vendor"] == "postgresql"
+    assert data["db"]["vendor"] == connection.vendor
 
 
 def check_event_line(line, users, rid):

@@ -38,7 +38,7 @@ CASES = {
     "public root, private nested": ("{ publicDocuments { title owner { username } } }", None),
     "private root, anonymous": ("{ serviceStatus { ok } documents { title } }", None),
     "bad token": ("{ serviceStatus { ok } documents { title } }", "not-a-token"),
-    "introspection": ("{ __schema { queryType { name } } __type(name: \"Query\") { name } }", None),
+    "introspection": ('{ __schema { queryType { name } } __type(name: "Query") { name } }', None),
     "typename": ("{ __typename documents { __typename } }", "alice"),
     "failing resolver": ("{ documents { title } }", "alice:fail"),
     "failing scalar": ("{ documents { title body } }", "alice:fail-scalar"),

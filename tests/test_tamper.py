@@ -19,6 +19,7 @@ from graphql_relay import to_global_id
 
 from example_service.models import Document
 from gql_audit import sealing
+from gql_audit.dbcontext import POSTGRES_VENDORS
 from gql_audit.events import record_event
 from gql_audit.models import RequestReads, Seal, SealChain, SecurityEvent
 from gql_audit.verify import verify
@@ -98,13 +99,13 @@ def test_each_kind_of_tampering_is_named(client, users, sealed):
         read_table, read_id, read_kind, read_pk = LogEntry._meta.db_table, read.pk, "entry", str(read.pk)
     # UPDATE a field, DELETE a row, INSERT a forged row, reorder timestamps.
     sql(f"UPDATE {SecurityEvent._meta.db_table} SET message = %s WHERE request_id = %s", ["nothing happened", "r-3"])
-    sql(f"DELETE FROM {read_table} WHERE id = %s", [read.pk if connection.vendor == "postgresql" else read_id])
+    sql(f"DELETE FROM {read_table} WHERE id = %s", [read.pk if connection.vendor in POSTGRES_VENDORS else read_id])
     forged = uuid.uuid4()
     sql(
         f"INSERT INTO {SecurityEvent._meta.db_table} (id, created_at, kind, severity, request_id, path, message,"
         " sqlstate, details) SELECT %s, created_at, kind, severity, request_id, path, message, sqlstate, details"
         f" FROM {SecurityEvent._meta.db_table} WHERE request_id = %s",
-        [forged if connection.vendor == "postgresql" else forged.hex, "r-3"],
+        [forged if connection.vendor in POSTGRES_VENDORS else forged.hex, "r-3"],
     )
     sql(
         f"UPDATE {LogEntry._meta.db_table} SET timestamp = (SELECT timestamp FROM {LogEntry._meta.db_table}"

@@ -16,6 +16,7 @@ from django.core.management.base import CommandError
 from django.db import connection
 
 from gql_audit import sealing
+from gql_audit.dbcontext import POSTGRES_VENDORS
 from gql_audit.models import RequestReads, Seal, SecurityEvent
 from gql_audit.verify import verify
 from tests.test_tamper import KEY, SECOND_KEY, problems, sealed, sql, traffic  # noqa: F401 - sealed is a fixture
@@ -53,7 +54,7 @@ def delete_seal(chain: str, seq: int) -> None:
 
 
 def event_pk_param(pk: uuid.UUID):
-    return pk if connection.vendor == "postgresql" else pk.hex
+    return pk if connection.vendor in POSTGRES_VENDORS else pk.hex
 
 
 # --- (a) tampering that goes unreported ----------------------------------------------------
@@ -100,7 +101,8 @@ def test_since_a_chain_s_newest_seals_dropped_with_their_records_go_unreported(c
     kinds = sealing.record_kinds()
     for entry in newest.entries:
         model = kinds[entry[0]].model
-        pk = entry[1] if connection.vendor == "postgresql" or model is not SecurityEvent else uuid.UUID(entry[1]).hex
+        hex_key = connection.vendor not in POSTGRES_VENDORS and model is SecurityEvent
+        pk = uuid.UUID(entry[1]).hex if hex_key else entry[1]
         sql(f"DELETE FROM {model._meta.db_table} WHERE id = %s", [pk])
     delete_seal(newest.chain, newest.seq)
     assert ("seal missing", "seal", str(newest.seq)) in problems()  # reported without --since
@@ -426,7 +428,7 @@ def test_a_retired_key_without_use_tz_verifies(client, users, settings):
 
 def _reads_pk():
     row = RequestReads.objects.get(request_id="r-1")
-    return row, (row.pk if connection.vendor == "postgresql" else row.pk.hex)
+    return row, (row.pk if connection.vendor in POSTGRES_VENDORS else row.pk.hex)
 
 
 #: Tampering that makes the stored values unreadable, and what verify must say instead of crashing.
@@ -471,7 +473,7 @@ UNREADABLE = {
 @pytest.mark.parametrize("case", list(UNREADABLE))
 def test_values_no_python_can_read_are_reported_not_a_crash(client, users, sealed_reads, case):
     vendor, tamper, expected = UNREADABLE[case]
-    if vendor != "both" and connection.vendor != vendor:
+    if vendor != "both" and ("postgresql" if connection.vendor in POSTGRES_VENDORS else connection.vendor) != vendor:
         pytest.skip(f"{vendor} only: the other database refuses such a value")
     traffic(client, users)
     _, pk = _reads_pk()

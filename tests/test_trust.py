@@ -22,6 +22,7 @@ from django.db import DatabaseError, OperationalError, connection
 from django.test import Client
 
 from example_service.models import Document
+from gql_audit.dbcontext import POSTGRES_VENDORS
 from gql_audit.models import SecurityEvent
 from gql_audit.store import events as event_rows
 from tests.conftest import SQLRecorder, codes, make_token, post_graphql, table_away
@@ -309,7 +310,7 @@ def test_a_database_error_event_keeps_no_value_of_the_row(client, users, monkeyp
     assert codes(response.json()) == {("me",): "INTERNAL_ERROR"}
     (event,) = events("dup")
     assert event.kind == "db_error" and "IntegrityError" in event.message
-    if connection.vendor == "postgresql":
+    if connection.vendor in POSTGRES_VENDORS:
         assert event.sqlstate == "23505" and "unique constraint" in event.message
         assert "alice" not in event.message and "(username)" not in event.message
     else:

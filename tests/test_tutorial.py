@@ -119,7 +119,11 @@ def test_following_the_tutorial_gives_an_audited_service(tmp_path):
     )
     out = subprocess.run(
         [sys.executable, "manage.py", "shell", "--verbosity", "0", "-c", check],
-        cwd=tmp_path, env=env, capture_output=True, text=True, check=True,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert out.strip() == "2 {'alice'} 3 {'alice'}"
 

@@ -34,8 +34,6 @@ urlpatterns = [
     # The same, on a schema whose private field takes the token as an argument (JWT_ALLOW_ARGUMENT).
     path(
         "graphql-jwt-argument/",
-        csrf_exempt(
-            GraphQLView.as_view(schema=argument_schema, middleware=[AuditMiddleware, JSONWebTokenMiddleware])
-        ),
+        csrf_exempt(GraphQLView.as_view(schema=argument_schema, middleware=[AuditMiddleware, JSONWebTokenMiddleware])),
     ),
 ]

@@ -65,5 +65,8 @@ class Migration(migrations.Migration):
                 'ordering': ['-at'],
             },
         ),
-        migrations.RunPython(create_keys_index, drop_keys_index, elidable=False),
+        # Not atomic: CockroachDB cannot roll back DDL, and Django refuses DDL inside a
+        # transaction on such a backend (its guard stays on). The function runs one
+        # idempotent statement, so no transaction is needed anywhere.
+        migrations.RunPython(create_keys_index, drop_keys_index, atomic=False, elidable=False),
     ]

@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('gql_audit', '0005_seals_and_task_failed_kind'),
+        ('gql_audit', '0006_distributed_layout'),
     ]
 
     operations = [

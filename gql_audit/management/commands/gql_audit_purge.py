@@ -21,6 +21,8 @@ _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks
 ACCESS = "access"
 #: Ages beyond this reach before year 1 on some dates: refused rather than overflowing.
 MAX_AGE = datetime.timedelta(days=365_000)
+#: The indexed time each purged model is cut off by (auditlog's LogEntry: ``timestamp``).
+TIME_FIELDS = {"gql_audit.securityevent": "created_at", "gql_audit.requestreads": "at", "gql_audit.readobject": "at"}
 
 
 def parse_age(value: str, option: str = "--older-than") -> datetime.timedelta:
@@ -97,8 +99,11 @@ class Command(BaseCommand):
         total = 0
         while True:
             # Primary keys first, then a delete by key: each batch is one short
-            # transaction (CockroachDB and PostgreSQL alike prefer those).
-            pks = list(queryset.order_by().values_list("pk", flat=True)[:batch_size])
+            # transaction (CockroachDB and PostgreSQL alike prefer those). Oldest first,
+            # along the time index: retention only ever takes the oldest records, also
+            # when a purge is interrupted.
+            oldest_first = queryset.order_by(TIME_FIELDS.get(model._meta.label_lower, "timestamp"))
+            pks = list(oldest_first.values_list("pk", flat=True)[:batch_size])
             if not pks:
                 return total
             with transaction.atomic(using=using):
