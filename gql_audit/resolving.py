@@ -35,7 +35,7 @@ from graphql import GraphQLError, GraphQLObjectType, get_named_type, is_leaf_typ
 
 from gql_audit import context
 from gql_audit.access import SCALARS, plain_path, record_value, unread
-from gql_audit.compat import introspection_field_defs
+from gql_audit.compat import introspection_field_defs, variable_values
 from gql_audit.conf import conf
 from gql_audit.errors import (
     CLIENT_CERT_REQUIRED,
@@ -242,7 +242,7 @@ def resolve_root(resolve: Callable[..., Any], root: Any, info: Any, args: dict[s
         ctx.set_operation(info.operation, info.fragments)
         ctx.path = [info.path.key]
         if ctx.variables is None:
-            ctx.variables = info.variable_values  # redacted when written, not per request
+            ctx.variables = variable_values(info)  # redacted when written, not per request
     name = info.field_name
     if name == "__typename":
         pass

@@ -32,11 +32,13 @@ def cost(text, name=None):
     return operation.cost if operation is not None else analysis.worst()
 
 
+@pytest.mark.graphql_core
 def test_depth_aliases_and_fields_of_plain_selections():
     assert cost("{ a }") == limits.Cost(1, 0, 1)
     assert cost("{ a { b { c } } x: a }") == limits.Cost(3, 1, 4)
 
 
+@pytest.mark.graphql_core
 def test_fragments_are_expanded_and_every_spread_counted():
     text = """
     query Q { documents { ...F owner { documents { ...F } } } me { ...G ...G } }
@@ -52,10 +54,12 @@ def test_fragments_are_expanded_and_every_spread_counted():
     assert got.fields == (1 + 4 + 1 + 1 + 4) + (1 + 5 + 5)
 
 
+@pytest.mark.graphql_core
 def test_inline_fragments_count_their_selections_without_adding_depth():
     assert cost("{ a { ... on T { x: b y: b ... { z: b { c } } } } }") == limits.Cost(3, 3, 5)
 
 
+@pytest.mark.graphql_core
 def test_doubling_fragments_are_measured_in_linear_time_and_saturate():
     # F0 spreads F1 twice, F1 spreads F2 twice...: 2**60 aliases as executed.
     n = 60
@@ -67,6 +71,7 @@ def test_doubling_fragments_are_measured_in_linear_time_and_saturate():
     assert got.aliases == limits.CAP and got.fields == limits.CAP and got.depth == 2
 
 
+@pytest.mark.graphql_core
 def test_fragment_cycles_terminate():
     analysis = analyse("{ a { ...A } } fragment A on T { ...B } fragment B on T { x ...A }")
     assert analysis.problem == "cycle" and analysis.operations == ()
@@ -74,17 +79,20 @@ def test_fragment_cycles_terminate():
     assert cost("{ a { ...Missing } }") == limits.Cost(1, 0, 1)
 
 
+@pytest.mark.graphql_core
 def test_documents_nested_past_the_parser_are_unmeasurable():
     analysis = analyse("{ a " * 3000 + "}" * 3000)
     assert analysis.problem == "too deep" and analysis.worst() == limits.UNMEASURABLE
     assert analyse("{ a ").problem == "syntax"
 
 
+@pytest.mark.graphql_core
 def test_a_repeated_document_is_analysed_once():
     text = "query Once { documents { title } }"
     assert analyse(text) is analyse(text)
 
 
+@pytest.mark.graphql_core
 def test_the_operation_named_is_the_one_measured():
     text = "query A { a } query B { b { c { d } } }"
     assert cost(text, "A").depth == 1 and cost(text, "B").depth == 3
@@ -162,6 +170,7 @@ def test_get_and_query_string_documents_are_measured(client, users, method):
     assert response.status_code == 400 and response.json()["errors"][0]["extensions"]["code"] == "QUERY_TOO_COMPLEX"
 
 
+@pytest.mark.graphql_core
 def test_hostile_documents_get_clear_answers(client, users):
     hostile = [
         "{ a " * 3000 + "}" * 3000,  # past the parser
@@ -198,6 +207,7 @@ def test_a_refusal_has_its_request_line(client, users, caplog):
 HUGE = "{ " + "x: serviceStatus { ok } " * 100_000 + "}"  # 2.4 MB, 500,000 tokens
 
 
+@pytest.mark.graphql_core
 def test_max_tokens_stops_the_parser_and_refuses(client, users, settings):
     settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 10_000_000
     with configured(QUERY_LIMITS={"max_tokens": 1000, "max_aliases": 10}):
@@ -211,6 +221,7 @@ def test_max_tokens_stops_the_parser_and_refuses(client, users, settings):
     assert elapsed < 1, elapsed
 
 
+@pytest.mark.graphql_core
 def test_max_tokens_in_measure_mode_parses_in_full_and_measures_the_rest(client, users):
     with configured(QUERY_LIMITS={"max_tokens": 20, "max_aliases": 10, "mode": "measure"}):
         response = post_graphql(client, WIDE, headers={"X-Request-ID": "tokens-measure"})
