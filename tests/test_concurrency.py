@@ -26,7 +26,7 @@ from tests.conftest import close_async_connections, make_token, sized
 pytestmark = [pytest.mark.server, pytest.mark.django_db(transaction=True)]
 
 USERS = 10
-REQUESTS = sized(500, 80)
+REQUESTS = sized(500, 40)
 MUTATION = (
     "mutation Work($phone: String!, $title: String!) {"
     " updateProfile(phone: $phone) { profile { phone } }"
