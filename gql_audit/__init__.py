@@ -18,4 +18,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'gql_audit' has no attribute {name!r}")
 
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

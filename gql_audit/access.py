@@ -121,7 +121,7 @@ def selected_fields(ctx: context.RequestContext, info: Any, object_type: Any) ->
     key = (object_type, *map(id, nodes))
     names = ctx.selections.get(key)
     if names is None:
-        groups = collect_sub_fields(info.schema, info.fragments, info.variable_values, object_type, nodes)
+        groups = collect_sub_fields(info, object_type)
         names = ctx.selections[key] = frozenset(
             group[0].name.value for group in groups.values() if not group[0].name.value.startswith("__")
         )

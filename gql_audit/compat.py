@@ -11,21 +11,59 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from django.http import HttpRequest
+    from graphql import FieldNode, GraphQLObjectType, GraphQLResolveInfo
 
 
 # --- graphql-core ------------------------------------------------------------------
+# 3.2 and 3.3 both: 3.3 renamed ``collect_sub_fields`` to ``collect_subfields`` (which takes
+# the operation, fragments as ``FragmentDetails`` and fields as ``FieldDetails``, and returns
+# a ``CollectedFields``) and made ``info.variable_values`` a ``VariableValues`` whose
+# ``coerced`` is what 3.2 gave as a plain dict.
+
+_collect: Any = None
 
 
-def collect_sub_fields(
-    schema: Any, fragments: Any, variable_values: Any, object_type: Any, field_nodes: Any
-) -> dict[str, list[Any]]:
-    """The selections on ``object_type`` below ``field_nodes``, as graphql-core executes them.
+def collect_sub_fields(info: GraphQLResolveInfo, object_type: GraphQLObjectType) -> dict[str, list[FieldNode]]:
+    """The selections on ``object_type`` below ``info``'s field, as graphql-core executes them,
+    by response key (aliases, fragments, ``@skip`` and ``@include`` applied).
 
     ``graphql.execution.collect_fields`` is not exported by ``graphql.execution``.
     """
-    from graphql.execution.collect_fields import collect_sub_fields as collect
+    global _collect
+    if _collect is None:
+        _collect = _collector()
+    groups: dict[str, list[FieldNode]] = _collect(info, object_type)
+    return groups
 
-    return collect(schema, fragments, variable_values, object_type, field_nodes)
+
+def _collector() -> Any:
+    from graphql.execution import collect_fields as module
+
+    collect_subfields = getattr(module, "collect_subfields", None)
+    if collect_subfields is None:  # graphql-core 3.2
+        collect_32 = module.collect_sub_fields  # type: ignore[attr-defined, unused-ignore]
+
+        def collect(info: Any, object_type: Any) -> Any:
+            return collect_32(info.schema, info.fragments, info.variable_values, object_type, info.field_nodes)
+
+        return collect
+
+    field_details, fragment_details = module.FieldDetails, module.FragmentDetails  # type: ignore[attr-defined, unused-ignore]
+
+    def collect_33(info: Any, object_type: Any) -> Any:
+        fragments = {name: fragment_details(definition) for name, definition in info.fragments.items()}
+        fields = [field_details(node, None) for node in info.field_nodes]
+        collected = collect_subfields(info.schema, fragments, info.variable_values, info.operation, object_type, fields)
+        return {key: [detail.node for detail in details] for key, details in collected.grouped_field_set.items()}
+
+    return collect_33
+
+
+def variable_values(info: GraphQLResolveInfo) -> dict[str, Any]:
+    """The operation's coerced variable values, by name."""
+    values: Any = info.variable_values
+    coerced: dict[str, Any] = getattr(values, "coerced", values)
+    return coerced
 
 
 def introspection_field_defs() -> tuple[Any, ...]:

@@ -14,14 +14,19 @@ import datetime
 import json
 import logging
 import re
+import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote_to_bytes
 
 from gql_audit import context
 from gql_audit.compat import is_unevaluated_lazy
 from gql_audit.conf import conf
 from gql_audit.dbcontext import ATTRIBUTE
 from gql_audit.redaction import redact
+
+if TYPE_CHECKING:
+    from django.http import HttpRequest
 
 request_logger = logging.getLogger("gql_audit.request")
 
@@ -41,6 +46,8 @@ class ContextFilter(logging.Filter):
         # Django logs a 4xx or 5xx after the middleware returned: the request still knows its context.
         ctx = context.current() or getattr(getattr(record, "request", None), context.REQUEST_ATTRIBUTE, None)
         if ctx is None:
+            if record.name == "django.server":
+                record.request_id = _answered_request_id(record)
             for key in _CONTEXT_KEYS:
                 if not hasattr(record, key):
                     setattr(record, key, None)
@@ -52,6 +59,42 @@ class ContextFilter(logging.Filter):
         record.client_cert_fingerprint = cert.fingerprint_sha256 if cert is not None else None
         record.db_node = _db_node()
         return True
+
+
+#: The request this thread answered last. Django's development server logs its line for a
+#: request (``"POST /graphql/ HTTP/1.1" 200 45``) on the thread that ran the request, after
+#: the response left the middleware, when the request's context is already gone.
+_answered = threading.local()
+
+
+def remember_answered(request_id: str, request: HttpRequest) -> None:
+    """The middleware, as a response leaves it: this thread answered ``request_id``."""
+    _answered.last = (request_id, request.META.get("REQUEST_METHOD"), request.META.get("PATH_INFO"))
+
+
+def _answered_request_id(record: logging.LogRecord) -> str | None:
+    """The request id of the request a ``django.server`` line is about, or None.
+
+    Only the request this thread answered last, and only when the line names its
+    method and path (decoded as Django decodes ``PATH_INFO``): a line about a
+    request that never reached the middleware gets no id, never another request's.
+    """
+    last = getattr(_answered, "last", None)
+    _answered.last = None
+    args = record.args
+    if last is None or not isinstance(args, tuple) or not args or not isinstance(args[0], str):
+        return None
+    words = args[0].split()  # the request line, split as http.server splits it
+    if len(words) < 2:
+        return None
+    request_id, answered_method, answered_path = last
+    from django.utils.encoding import repercent_broken_unicode
+
+    path = repercent_broken_unicode(unquote_to_bytes(words[1].split("?", 1)[0])).decode()
+    if (words[0], path) != (answered_method, answered_path):
+        return None
+    answered: str = request_id
+    return answered
 
 
 def _actor_id(ctx: context.RequestContext) -> Any:

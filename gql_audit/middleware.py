@@ -26,7 +26,7 @@ from gql_audit.compat import mark_jwt_credentials_handled, set_session_user_cach
 from gql_audit.conf import conf
 from gql_audit.errors import AUDIT_UNAVAILABLE, BAD_REQUEST, INTERNAL_ERROR, MESSAGES
 from gql_audit.events import record_event
-from gql_audit.logging import log_aborted, log_request
+from gql_audit.logging import log_aborted, log_request, remember_answered
 from gql_audit.mtls import client_identity, read_client_certificate
 from gql_audit.net import client_address, client_port, is_trusted, parse_ip, request_ids
 from gql_audit.params import FORM_TYPES, content_type
@@ -395,6 +395,7 @@ class AuditContextMiddleware:
                 log_aborted(ctx, type(exc).__name__)
             raise
         finally:
+            remember_answered(ctx.request_id, request)
             context.reset(token)
         return response
 

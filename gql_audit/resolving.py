@@ -36,7 +36,7 @@ from graphql import GraphQLError, GraphQLObjectType, get_named_type, is_leaf_typ
 from gql_audit import context
 from gql_audit.access import SCALARS, plain_path, record_value, unread
 from gql_audit.auth import django_graphql_jwt
-from gql_audit.compat import introspection_field_defs
+from gql_audit.compat import introspection_field_defs, variable_values
 from gql_audit.conf import conf
 from gql_audit.errors import (
     CLIENT_CERT_REQUIRED,
@@ -241,7 +241,7 @@ def resolve_root(resolve: Callable[..., Any], root: Any, info: Any, args: dict[s
         ctx.set_operation(info.operation, info.fragments)
         ctx.path = [info.path.key]
         if ctx.variables is None:
-            ctx.variables = info.variable_values  # redacted when written, not per request
+            ctx.variables = variable_values(info)  # redacted when written, not per request
         if ctx.admitted is not None and (ctx.refusal is not None or _hash(ctx) not in ctx.admitted):
             unadmitted(ctx, info)
     name = info.field_name
@@ -278,7 +278,7 @@ def unadmitted(ctx: context.RequestContext, info: Any) -> None:
     if ctx.refusal is None:
         loc = getattr(info.operation, "loc", None)
         document = loc.source.body if loc is not None else ""
-        admit_execution(ctx, document, info.variable_values, info.schema)
+        admit_execution(ctx, document, variable_values(info), info.schema)
     refusal = ctx.refusal
     if refusal is not None:
         raise GraphQLError(MESSAGES[refusal.code], extensions={"code": refusal.code, "rule": refusal.rule})

@@ -13,9 +13,22 @@ from gql_audit.conf import conf
 
 TEST_DB = os.environ.get("GQL_AUDIT_TEST_DB", "sqlite")
 
+# --- Test sizes ----------------------------------------------------------------------
+#: ``quick`` (the default of the README's test command): fuzzing and stress tests at
+#: sizes a newcomer waits a few seconds for; ``full`` under ``CI=true``, or with
+#: ``GQL_AUDIT_TEST_PROFILE=full``: the sizes that make them worth their name.
+PROFILE = os.environ.get("GQL_AUDIT_TEST_PROFILE") or ("full" if os.environ.get("CI") == "true" else "quick")
+if PROFILE not in ("quick", "full"):
+    raise pytest.UsageError(f"GQL_AUDIT_TEST_PROFILE must be 'quick' or 'full', not {PROFILE!r}")
+
+
+def sized(full: int, quick: int) -> int:
+    """The size of a fuzzing or stress test (examples, requests, rows) in this run's profile."""
+    return full if PROFILE == "full" else quick
+
 
 def pytest_report_header(config):
-    return f"gql_audit test database: {TEST_DB}"
+    return f"gql_audit test database: {TEST_DB}; sizes: {PROFILE} (GQL_AUDIT_TEST_PROFILE)"
 
 
 #: Passes on a PostgreSQL server: PostgreSQL's backend, and django-cockroachdb's on PostgreSQL.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from urllib.parse import urlsplit
+from urllib.parse import urlparse
 
 import graphene
 import pytest
@@ -22,9 +22,9 @@ from tests.conftest import make_token, post_graphql
 celery = pytest.importorskip("celery")
 
 REDIS_URL = os.environ.get("GQL_AUDIT_TEST_REDIS", "redis://127.0.0.1:6379")
-# The broker's database is this file's own (5), whichever one GQL_AUDIT_TEST_REDIS names.
-_server = REDIS_URL if urlsplit(REDIS_URL).path in ("", "/") else REDIS_URL[: REDIS_URL.rindex("/")]
-app = celery.Celery("gql_audit_tests", broker=f"{_server}/5")
+# Database 5 unless the URL names one (redis://host:6379/4): the queue's name is this run's own anyway.
+BROKER = REDIS_URL if urlparse(REDIS_URL).path.strip("/") else f"{REDIS_URL}/5"
+app = celery.Celery("gql_audit_tests", broker=BROKER)
 app.conf.update(task_default_queue=f"gql-audit-tests-{uuid.uuid4().hex}", worker_hijack_root_logger=False)
 
 

@@ -14,20 +14,91 @@ from django.utils.functional import SimpleLazyObject
 from gql_audit import compat
 from tests.conftest import make_token
 
+SDL = """
+type Query { me: User, users(first: Int = 10): [User] }
+type User { username: String, email: String, friends: [User] }
+"""
 
-def test_collect_sub_fields_follows_fragments_and_aliases():
-    from graphql import parse
 
+def execute_capturing(document: str, variables: dict | None = None):
+    """Run ``document`` on graphql-core alone; the ``info`` of each resolver of ``Query.me`` and ``Query.users``."""
+    from graphql import build_schema, graphql_sync
+
+    schema = build_schema(SDL)
+    infos = {}
+
+    def capture(root, info, **args):
+        infos[info.field_name] = info
+        return {"username": "alice", "email": "a@example.org"} if info.field_name == "me" else []
+
+    schema.query_type.fields["me"].resolve = capture
+    schema.query_type.fields["users"].resolve = capture
+    result = graphql_sync(schema, document, variable_values=variables)
+    assert not result.errors, result.errors
+    return schema, infos
+
+
+@pytest.mark.graphql_core
+def test_collect_sub_fields_follows_fragments_aliases_and_directives():
+    schema, infos = execute_capturing(
+        "query($no: Boolean!) { me { ...F other: email friends @skip(if: $no) { username } } } "
+        "fragment F on User { username email @include(if: $no) }",
+        {"no": True},
+    )
+    groups = compat.collect_sub_fields(infos["me"], schema.get_type("User"))
+    assert {key: [node.name.value for node in nodes] for key, nodes in groups.items()} == {
+        "username": ["username"],
+        "email": ["email"],
+        "other": ["email"],
+    }
+    _, infos = execute_capturing("query($no: Boolean!) { me { friends @skip(if: $no) { username } } }", {"no": False})
+    assert list(compat.collect_sub_fields(infos["me"], schema.get_type("User"))) == ["friends"]
+
+
+@pytest.mark.graphql_core
+def test_collect_sub_fields_on_the_example_schema_through_graphene():
     from example_service.schema import schema
 
-    graphql_schema = schema.graphql_schema
-    document = parse("{ me { ...F other: email } } fragment F on UserType { username }")
-    operation = document.definitions[0]
-    fragments = {d.name.value: d for d in document.definitions[1:]}
-    groups = compat.collect_sub_fields(
-        graphql_schema, fragments, {}, graphql_schema.get_type("UserType"), operation.selection_set.selections
-    )
-    assert {key: nodes[0].name.value for key, nodes in groups.items()} == {"username": "username", "other": "email"}
+    seen = {}
+
+    class Capture:
+        def resolve(self, next, root, info, **args):
+            if info.field_name == "me":
+                seen["groups"] = compat.collect_sub_fields(info, info.schema.get_type("UserType"))
+            return next(root, info, **args)
+
+    result = schema.execute("{ me { ...F other: email } } fragment F on UserType { username }", middleware=[Capture()])
+    assert "groups" in seen, result.errors
+    assert {key: nodes[0].name.value for key, nodes in seen["groups"].items()} == {
+        "username": "username",
+        "other": "email",
+    }
+
+
+@pytest.mark.graphql_core
+def test_variable_values_are_the_coerced_values_by_name():
+    document = "query($n: Int, $m: Int = 5) { users(first: $n) { username } u: users(first: $m) { username } }"
+    _, infos = execute_capturing(document, {"n": 3})
+    assert compat.variable_values(infos["users"]) == {"n": 3, "m": 5}
+    _, infos = execute_capturing("{ me { username } }")
+    assert compat.variable_values(infos["me"]) == {}
+
+
+@pytest.mark.graphql_core
+def test_introspection_field_defs_are_what_graphql_core_resolves():
+    from graphql import build_schema
+    from graphql.language import FieldNode, NameNode
+
+    schema = build_schema(SDL)
+    get_field = getattr(schema, "get_field", None)  # graphql-core 3.3
+    if get_field is None:
+        from graphql.execution.execute import get_field_def
+
+        def get_field(parent, name):
+            return get_field_def(schema, parent, FieldNode(name=NameNode(value=name)))
+
+    found = tuple(get_field(schema.query_type, name) for name in ("__schema", "__type"))
+    assert all(a is b for a, b in zip(found, compat.introspection_field_defs(), strict=True))
 
 
 @pytest.mark.django_db

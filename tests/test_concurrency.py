@@ -21,12 +21,12 @@ from django.contrib.auth import get_user_model
 
 from example_service.models import Document, Profile
 from gql_audit.models import RequestReads, SecurityEvent
-from tests.conftest import close_async_connections, make_token
+from tests.conftest import close_async_connections, make_token, sized
 
 pytestmark = [pytest.mark.server, pytest.mark.django_db(transaction=True)]
 
 USERS = 10
-REQUESTS = 500
+REQUESTS = sized(500, 40)
 MUTATION = (
     "mutation Work($phone: String!, $title: String!) {"
     " updateProfile(phone: $phone) { profile { phone } }"

@@ -11,13 +11,10 @@ from django.test import RequestFactory
 from django.views.decorators.csrf import csrf_exempt
 from graphene_django.views import GraphQLView
 from graphql import GraphQLError
-from graphql.execution.execute import get_field_def
-from graphql.language import FieldNode, NameNode
 
 from example_service.models import Document
 from example_service.schema import schema
 from gql_audit import resolving
-from gql_audit.compat import introspection_field_defs
 from gql_audit.graphene import AuditMiddleware
 from gql_audit.history import request_trail
 from gql_audit.middleware import view_schema
@@ -107,7 +104,17 @@ def counted_middleware():
     return calls, counting
 
 
-@pytest.mark.parametrize("name", list(CASES))
+#: The cases whose values graphene-django can serve on graphql-core 3.3 too (its lists of
+#: querysets cannot: a ``QuerySet`` is an async iterable to graphql-core 3.3).
+GRAPHQL_CORE_33 = {
+    *("connection", "node", "dict values", "me", "private root, anonymous", "bad token"),
+    *("introspection", "failing resolver", "mutation", "login"),
+}
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(name, marks=[pytest.mark.graphql_core] if name in GRAPHQL_CORE_33 else []) for name in CASES]
+)
 def test_same_response_and_trail_with_and_without_instrumentation(client, users, monkeypatch, settings, name):
     calls, counting = counted_middleware()
     monkeypatch.setattr(AuditMiddleware, "resolve_field", counting)
@@ -211,15 +218,6 @@ def test_a_view_the_middleware_cannot_read_gets_the_middleware_on_every_field(us
     assert response.status_code == 200 and "errors" not in json.loads(response.content)
     assert "title" in calls
     assert request_trail("function-view").reads
-
-
-def test_introspection_fields_graphql_core_resolves_are_the_ones_instrumented():
-    from example_service.schema import schema as example_schema
-
-    graphql_schema = example_schema.graphql_schema
-    query = graphql_schema.query_type
-    for name, expected in zip(("__schema", "__type"), introspection_field_defs(), strict=True):
-        assert get_field_def(graphql_schema, query, FieldNode(name=NameNode(value=name))) is expected
 
 
 def test_denied_is_a_graphql_error():

@@ -32,11 +32,13 @@ def cost(text, name=None):
     return operation.cost if operation is not None else analysis.worst()
 
 
+@pytest.mark.graphql_core
 def test_depth_aliases_and_fields_of_plain_selections():
     assert cost("{ a }") == document.Cost(1, 0, 1)
     assert cost("{ a { b { c } } x: a }") == document.Cost(3, 1, 4)
 
 
+@pytest.mark.graphql_core
 def test_fragments_are_expanded_and_every_spread_counted():
     text = """
     query Q { documents { ...F owner { documents { ...F } } } me { ...G ...G } }
@@ -63,10 +65,12 @@ def test_fields_merged_under_one_name_count_as_the_validator_compares_them():
     assert cost("{ a b: a c: a }").fields == 3  # aliased: three names, nothing to compare
 
 
+@pytest.mark.graphql_core
 def test_inline_fragments_count_their_selections_without_adding_depth():
     assert cost("{ a { ... on T { x: b y: b ... { z: b { c } } } } }") == document.Cost(3, 3, 5)
 
 
+@pytest.mark.graphql_core
 def test_doubling_fragments_are_measured_in_linear_time_and_saturate():
     # F0 spreads F1 twice, F1 spreads F2 twice...: 2**60 aliases as executed.
     n = 60
@@ -78,6 +82,7 @@ def test_doubling_fragments_are_measured_in_linear_time_and_saturate():
     assert got.aliases == document.CAP and got.fields == document.CAP and got.depth == 2
 
 
+@pytest.mark.graphql_core
 def test_fragment_cycles_terminate():
     analysis = analyse("{ a { ...A } } fragment A on T { ...B } fragment B on T { x ...A }")
     assert analysis.problem == "cycle" and analysis.operations == ()
@@ -85,17 +90,20 @@ def test_fragment_cycles_terminate():
     assert cost("{ a { ...Missing } }") == document.Cost(1, 0, 1)
 
 
+@pytest.mark.graphql_core
 def test_documents_nested_past_the_parser_are_unmeasurable():
     analysis = analyse("{ a " * 3000 + "}" * 3000)
     assert analysis.problem == "too deep" and analysis.worst() == document.UNMEASURABLE
     assert analyse("{ a ").problem == "syntax"
 
 
+@pytest.mark.graphql_core
 def test_a_repeated_document_is_analysed_once():
     text = "query Once { documents { title } }"
     assert analyse(text) is analyse(text)
 
 
+@pytest.mark.graphql_core
 def test_the_operation_named_is_the_one_measured():
     text = "query A { a } query B { b { c { d } } }"
     assert cost(text, "A").depth == 1 and cost(text, "B").depth == 3
@@ -173,6 +181,7 @@ def test_get_and_query_string_documents_are_measured(client, users, method):
     assert response.status_code == 400 and response.json()["errors"][0]["extensions"]["code"] == "QUERY_TOO_COMPLEX"
 
 
+@pytest.mark.graphql_core
 def test_hostile_documents_get_clear_answers(client, users):
     hostile = [
         "{ a " * 3000 + "}" * 3000,  # past the parser
@@ -209,6 +218,7 @@ def test_a_refusal_has_its_request_line(client, users, caplog):
 HUGE = "{ " + "x: serviceStatus { ok } " * 100_000 + "}"  # 2.4 MB, 500,000 tokens
 
 
+@pytest.mark.graphql_core
 def test_max_tokens_stops_the_parser_and_refuses(client, users, settings):
     settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 10_000_000
     with configured(QUERY_LIMITS={"max_tokens": 1000, "max_aliases": 10}):
@@ -222,6 +232,7 @@ def test_max_tokens_stops_the_parser_and_refuses(client, users, settings):
     assert elapsed < 1, elapsed
 
 
+@pytest.mark.graphql_core
 def test_max_tokens_in_measure_mode_parses_in_full_and_measures_the_rest(client, users):
     with configured(QUERY_LIMITS={"max_tokens": 20, "max_aliases": 10, "mode": "measure"}):
         response = post_graphql(client, WIDE, headers={"X-Request-ID": "tokens-measure"})

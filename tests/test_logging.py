@@ -125,3 +125,82 @@ def test_event_sinks(client, users, settings, caplog, sink, in_db):
     assert len(access) == 3 and all(a["cid"] == f"sink-{sink}" for a in access)
     assert SecurityEvent.objects.filter(request_id=f"sink-{sink}").exists() is in_db
     assert LogEntry.objects.filter(cid=f"sink-{sink}").exists() is in_db
+
+
+# --- Django's development server: its line for a request carries that request's id ------------
+
+
+def server_line(request_line: str, status: str = "200") -> logging.LogRecord:
+    """A record as Django's development server logs it for a request it answered."""
+    args = (request_line, status, "45")
+    return logging.LogRecord("django.server", logging.INFO, __file__, 0, '"%s" %s %s', args, None)
+
+
+def test_a_server_line_gets_the_id_of_the_request_it_names_and_no_other():
+    from django.test import RequestFactory
+
+    from gql_audit.logging import remember_answered
+
+    remember_answered("the-post", RequestFactory().post("/graphql/é?x=1"))
+    record = server_line("POST /graphql/%C3%A9?x=1 HTTP/1.1")
+    ContextFilter().filter(record)
+    assert record.request_id == "the-post"
+    # Once only: a line about a request that never reached the middleware gets none.
+    record = server_line("POST /graphql/%C3%A9?x=1 HTTP/1.1")
+    ContextFilter().filter(record)
+    assert record.request_id is None
+    remember_answered("the-post", RequestFactory().post("/graphql/"))
+    for line in ("GET /graphql/ HTTP/1.1", "POST /admin/ HTTP/1.1", "garbage", "\x16\x03\x01"):
+        record = server_line(line, "400")
+        ContextFilter().filter(record)
+        assert record.request_id is None, line
+
+
+@pytest.mark.server
+@pytest.mark.django_db(transaction=True)
+def test_the_development_servers_line_for_each_request_carries_its_id(users):
+    import http.client
+    import threading
+    import time
+
+    from django.core.handlers.wsgi import WSGIHandler
+    from django.core.servers.basehttp import ThreadedWSGIServer, WSGIRequestHandler
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(ContextFilter())
+    handler.setFormatter(JSONFormatter())
+    server_logger = logging.getLogger("django.server")
+    server_logger.addHandler(handler)
+    server = ThreadedWSGIServer(("127.0.0.1", 0), WSGIRequestHandler)
+    server.set_app(WSGIHandler())
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    query = json.dumps({"query": "{ me { username } }"})
+    sent = [
+        ("POST", "/graphql/", query, {"Authorization": f"JWT {make_token('alice')}", "X-Request-ID": "dev-1"}),
+        ("GET", "/admin/", None, {}),
+        ("POST", "/graphql/?x=%41", query, {"Content-Type": "application/json"}),
+        ("GET", "/nowhere/%C3%A9/", None, {}),
+        ("GET", "/not-utf-8/%FF/", None, {}),
+    ]
+    answered = []
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=30)  # one, kept alive
+        for method, path, body, headers in sent:
+            connection.request(method, path, body=body, headers={"Content-Type": "application/json", **headers})
+            response = connection.getresponse()
+            response.read()
+            answered.append((f"{method} {path}", response.status, response.headers["X-Request-ID"]))
+        connection.close()
+        deadline = time.monotonic() + 10  # the server logs a request once it has sent the response
+        while stream.getvalue().count("\n") < len(sent) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        server.shutdown()
+        server.server_close()
+        server_logger.removeHandler(handler)
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [(line["status_code"], line["request_id"]) for line in lines] == [(s, r) for _, s, r in answered]
+    assert [status for _, status, _ in answered] == [200, 302, 200, 404, 404]
+    assert answered[0][2] == "dev-1" and all(request_id for _, _, request_id in answered)

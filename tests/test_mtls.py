@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from gql_audit import mtls
 from gql_audit.models import SecurityEvent
 from tests.certs import NOW, make_ca, make_leaf
-from tests.conftest import codes, make_token, post_graphql
+from tests.conftest import codes, make_token, post_graphql, sized
 
 CA = make_ca()
 OTHER_CA = make_ca("another CA")
@@ -154,7 +154,7 @@ HOSTILE = st.one_of(
     st.binary(max_size=300).map(lambda b: base64.b64encode(b).decode()),
     st.binary(max_size=300).map(lambda b: quote(b, safe="")),
 )
-FUZZ = settings(max_examples=10_000, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+FUZZ = settings(max_examples=sized(10_000, 400), deadline=None, suppress_health_check=list(HealthCheck), database=None)
 
 
 @pytest.mark.parametrize(

@@ -50,11 +50,13 @@ def events(request_id, kind="operation_unknown"):
     return list(SecurityEvent.objects.filter(request_id=request_id, kind=kind))
 
 
+@pytest.mark.graphql_core
 def test_the_command_writes_sha256_to_document(manifest):
     data = json.loads(manifest.read_text())
     assert data == {document_hash(d): d for d in (STATUS, DOCUMENTS, LOGIN)}
 
 
+@pytest.mark.graphql_core
 def test_the_command_refuses_a_directory_with_a_broken_document(tmp_path):
     (tmp_path / "bad.graphql").write_text("query { oops ")
     with pytest.raises(CommandError, match="bad.graphql: not a GraphQL document"):

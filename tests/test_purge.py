@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from gql_audit.dbcontext import POSTGRES_VENDORS
 from gql_audit.models import SecurityEvent
+from tests.conftest import sized
 
 pytestmark = pytest.mark.django_db
 
@@ -56,20 +57,22 @@ def purge(*args):
     return out.getvalue(), deletes
 
 
-def test_purge_100k_rows_in_batches():
-    make_rows(access_old=60_000, access_new=30_000, events_old=6_000, events_new=3_999)
-    assert LogEntry.objects.count() + SecurityEvent.objects.count() == 100_001
-    output, deletes = purge("--older-than", "90d", "--batch-size", "7000")
-    batches = [int(n) for n in re.findall(r"batch of (\d+)", output)]
-    assert all(0 < size <= 7000 for size in batches)
-    assert sum(batches) == 60_000 + 6_001
-    assert len(deletes) == len(batches)  # one DELETE statement per batch
-    assert "access entries: deleted 60000" in output and "security events: deleted 6001" in output
-    assert LogEntry.objects.filter(action=LogEntry.Action.ACCESS).count() == 30_000
+def test_purge_in_batches():
+    n = sized(10_000, 1_000)  # 100,000 rows in the full profile
+    make_rows(access_old=6 * n, access_new=3 * n, events_old=6 * n // 10, events_new=4 * n // 10 - 1)
+    assert LogEntry.objects.count() + SecurityEvent.objects.count() == 10 * n + 1
+    batch = 7 * n // 10
+    output, deletes = purge("--older-than", "90d", "--batch-size", str(batch))
+    batches = [int(size) for size in re.findall(r"batch of (\d+)", output)]
+    assert all(0 < size <= batch for size in batches)
+    assert sum(batches) == 6 * n + 6 * n // 10 + 1
+    assert len(deletes) == len(batches) > 2  # one DELETE statement per batch
+    assert f"access entries: deleted {6 * n}" in output and f"security events: deleted {6 * n // 10 + 1}" in output
+    assert LogEntry.objects.filter(action=LogEntry.Action.ACCESS).count() == 3 * n
     assert LogEntry.objects.filter(action=0).count() == 1
-    assert SecurityEvent.objects.count() == 3_999
+    assert SecurityEvent.objects.count() == 4 * n // 10 - 1
     assert not LogEntry.objects.filter(action=3, timestamp__lt=timezone.now() - datetime.timedelta(days=90)).exists()
-    output, deletes = purge("--older-than", "90d", "--batch-size", "7000")
+    output, deletes = purge("--older-than", "90d", "--batch-size", str(batch))
     assert deletes == [] and "deleted 0" in output
 
 

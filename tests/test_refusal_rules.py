@@ -15,6 +15,7 @@ def rule_of(request_id, kind):
     return SecurityEvent.objects.get(request_id=request_id, kind=kind).details["rule"]
 
 
+@pytest.mark.graphql_core
 def test_a_private_root_field_names_public_fields(gql, users):
     gql("{ me { username } }", headers={"X-Request-ID": "r-root"})
     assert rule_of("r-root", "unauthenticated") == "PUBLIC_FIELDS"
@@ -25,6 +26,7 @@ def test_a_private_nested_field_names_the_marker(gql, users):
     assert rule_of("r-nested", "unauthenticated") == "@private"
 
 
+@pytest.mark.graphql_core
 @pytest.mark.parametrize(("mode", "kind"), [("authenticated", "unauthenticated"), ("disabled", "forbidden")])
 def test_introspection_names_its_setting(gql, users, settings, mode, kind):
     settings.GQL_AUDIT = {**settings.GQL_AUDIT, "INTROSPECTION": mode}

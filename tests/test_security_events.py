@@ -70,6 +70,7 @@ def test_forbidden_resolver_error(gql, users):
     assert event.message == "Only the owner may change a document."
 
 
+@pytest.mark.graphql_core
 @pytest.mark.django_db
 def test_graphql_syntax_and_validation_errors(client, users):
     post_graphql(client, "{ serviceStatus { ok ", headers={"X-Request-ID": "syntax"})
@@ -194,6 +195,7 @@ def test_event_outside_a_request_is_written_at_once():
         events.record_event("nonsense")
 
 
+@pytest.mark.graphql_core
 def test_redaction_bounds_hostile_values(settings):
     from gql_audit.redaction import redact
 
@@ -245,6 +247,7 @@ def test_admin_is_read_only_with_filters(client, users, django_user_model):
     assert detail.status_code == 200 and b'name="_save"' not in detail.content
 
 
+@pytest.mark.graphql_core
 def test_secret_variables_found_through_arguments_and_input_fields():
     from graphql import parse
 

@@ -217,7 +217,7 @@ def test_a_request_s_reads_are_written_by_one_statement_in_autocommit(client, us
         assert verify().problems == []
 
 
-def test_500_interleaved_requests_from_10_users_verify_clean(live_server, sealed, settings):
+def test_interleaved_requests_from_10_users_verify_clean(live_server, sealed, settings):
     from django.contrib.auth import get_user_model
 
     from example_service.models import Profile

@@ -14,6 +14,8 @@ from gql_audit.graphene import AuditMiddleware
 from gql_audit.visibility import PRIVATE, PUBLIC, build_rules, marking
 from tests.schemas import non_null_schema
 
+pytestmark = pytest.mark.graphql_core
+
 AUTHENTICATED = SimpleNamespace(is_authenticated=True)
 
 
