@@ -51,8 +51,8 @@ def main() -> None:
 
     from bench.models import Record
     from bench.schema import RECORD_FIELDS
-    from gql_audit import sealing
     from gql_audit.conf import conf
+    from gql_audit.evidence import sealing
     from gql_audit.models import ReadObject, RequestReads, Seal, SealChain
 
     connection.creation.create_test_db(verbosity=0, autoclobber=True, serialize=False)

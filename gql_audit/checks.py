@@ -173,7 +173,7 @@ def _check_tamper_evidence(value: Any) -> list[Any]:
     if not isinstance(value, dict):
         return [_invalid(name, "must be None or a dict with 'key' (and 'previous_keys').")]
     errors = [_invalid(name, f"has an unknown key {k!r}.") for k in sorted(set(value) - {"key", "previous_keys"})]
-    from gql_audit.sealing import retirement
+    from gql_audit.evidence.sealing import retirement
 
     previous = value.get("previous_keys") or []
     if not isinstance(previous, (list, tuple)):

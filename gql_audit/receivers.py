@@ -111,7 +111,7 @@ def note_deleted_user(sender: Any, instance: Any, **kwargs: Any) -> None:
 def note_change_entry(sender: Any, instance: Any, created: bool = False, **kwargs: Any) -> None:
     """``TAMPER_EVIDENCE``: a ``LogEntry`` saved in a request is sealed with the request's
     records; one saved elsewhere, when its transaction commits."""
-    from gql_audit import sealing
+    from gql_audit.evidence import sealing
 
     if not created or not sealing.enabled():
         return

@@ -18,10 +18,10 @@ from django.test.utils import CaptureQueriesContext
 from graphql_relay import to_global_id
 
 from example_service.models import Document
-from gql_audit import sealing
 from gql_audit.events import record_event
+from gql_audit.evidence import sealing
+from gql_audit.evidence.verify import verify
 from gql_audit.models import RequestReads, Seal, SealChain, SecurityEvent
-from gql_audit.verify import verify
 from tests.conftest import make_token, post_graphql
 
 pytestmark = pytest.mark.django_db(transaction=True)

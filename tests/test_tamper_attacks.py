@@ -15,9 +15,9 @@ import pytest
 from django.core.management.base import CommandError
 from django.db import connection
 
-from gql_audit import sealing
+from gql_audit.evidence import sealing
+from gql_audit.evidence.verify import verify
 from gql_audit.models import RequestReads, Seal, SecurityEvent
-from gql_audit.verify import verify
 from tests.test_tamper import KEY, SECOND_KEY, problems, sealed, sql, traffic  # noqa: F401 - sealed is a fixture
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -9,7 +9,8 @@ from typing import Any
 
 from django.utils import timezone
 
-from gql_audit import context, sealing
+from gql_audit import context
+from gql_audit.evidence import sealing
 from gql_audit.logging import log_payload
 from gql_audit.store.records import access_data, by_reader, object_repr
 

@@ -14,8 +14,9 @@ from typing import Any
 
 from django.db import transaction
 
-from gql_audit import context, sealing
+from gql_audit import context
 from gql_audit.conf import conf
+from gql_audit.evidence import sealing
 from gql_audit.store import events as event_rows
 from gql_audit.store.backends import access_store
 from gql_audit.store.fallback import entries_for_log, log_records, log_unwritten, seal_failed

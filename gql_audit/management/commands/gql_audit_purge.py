@@ -11,7 +11,7 @@ from django.db import transaction
 from django.db.models import Model, QuerySet
 from django.utils import timezone
 
-from gql_audit import sealing
+from gql_audit.evidence import sealing
 from gql_audit.kinds import SEVERITY
 from gql_audit.models import ReadObject, RequestReads, SecurityEvent
 from gql_audit.store import audit_alias

@@ -7,10 +7,10 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
-from gql_audit import sealing
+from gql_audit.evidence import sealing
+from gql_audit.evidence.verify import verify
 from gql_audit.management.commands.gql_audit_purge import parse_age
 from gql_audit.store import audit_alias
-from gql_audit.verify import verify
 
 
 class Command(BaseCommand):

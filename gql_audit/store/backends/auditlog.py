@@ -16,8 +16,9 @@ from django.db import connections
 from django.db.models import Model
 from django.utils import timezone
 
-from gql_audit import context, sealing
+from gql_audit import context
 from gql_audit.compat import other_receivers
+from gql_audit.evidence import sealing
 from gql_audit.store.backends import AccessStore
 from gql_audit.store.observe import notify, observers
 from gql_audit.store.records import access_data, model_data, object_repr, shape_key

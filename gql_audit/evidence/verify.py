@@ -32,8 +32,8 @@ from django.db.models.functions import Cast
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from gql_audit import sealing
 from gql_audit.dbcontext import POSTGRES_VENDORS
+from gql_audit.evidence import sealing
 from gql_audit.models import ReadObject, Seal, SealChain
 
 CHUNK = 1000
