@@ -84,7 +84,7 @@ def main() -> None:
         return app
 
     def clear() -> None:
-        sealing._writer.__init__()  # the chain rows go with the tables below
+        sealing.forget()  # the chain rows go with the tables below
         # TRUNCATE, not DELETE: PostgreSQL would keep the dead rows and their
         # index entries, and every later round would insert into a bigger table.
         with connection.cursor() as cursor:

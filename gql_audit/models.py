@@ -123,11 +123,14 @@ class Seal(models.Model):
 class SealChain(models.Model):
     """One writer's chain of seals for one day: where it starts, its newest seal, sealed.
 
-    ``base_*`` is where verification starts (the anchor, or the last seal a purge
-    removed); ``head_*`` the newest seal; ``mac`` the HMAC of all of them.
+    ``number`` counts chains from 1 without a gap (:class:`SealCounter`), so that a
+    chain deleted whole shows; ``base_*`` is where verification starts (the anchor,
+    or the last seal a purge removed); ``head_*`` the newest seal; ``mac`` the HMAC
+    of all of them.
     """
 
     chain = models.CharField(max_length=64, primary_key=True)
+    number = models.BigIntegerField(null=True, unique=True)
     started_at = models.DateTimeField()
     base_seq = models.BigIntegerField(default=0)
     base_mac = models.CharField(max_length=64)
@@ -138,3 +141,20 @@ class SealChain(models.Model):
 
     def __str__(self) -> str:
         return self.chain
+
+
+class SealCounter(models.Model):
+    """How many seal chains were ever started (``name = "chains"``), sealed.
+
+    Raised in the transaction that starts a chain, so chain numbers have no gap: a
+    number missing is a chain deleted.
+    """
+
+    name = models.CharField(max_length=16, primary_key=True)
+    value = models.BigIntegerField(default=0)
+    key_id = models.CharField(max_length=16, blank=True)
+    mac = models.CharField(max_length=64, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.value}"
+

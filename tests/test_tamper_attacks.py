@@ -27,7 +27,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def sealed_reads(settings):
     """Sealing on, reads in the ``gql_audit`` store (one ``RequestReads`` row a request)."""
     settings.GQL_AUDIT = {**settings.GQL_AUDIT, "ACCESS_STORE": "gql_audit", "TAMPER_EVIDENCE": {"key": KEY}}
-    sealing._writer.__init__()
+    sealing.forget()
     return "gql_audit"
 
 
@@ -248,7 +248,7 @@ def test_a_key_retired_by_rotation_seals_no_forgery_dated_after(client, users, s
     traffic(client, users, prefix="k1")
     previous = {"key": KEY, "until": timezone.now().isoformat()}
     settings.GQL_AUDIT = {**settings.GQL_AUDIT, "TAMPER_EVIDENCE": {"key": SECOND_KEY, "previous_keys": [previous]}}
-    sealing._writer.__init__()
+    sealing.forget()
     traffic(client, users, prefix="k2")
     # The leaver, with the old key and database access only: a forged event, and a chain that seals it.
     old_key, old_id = KEY.encode(), sealing.key_id(KEY)
@@ -382,12 +382,12 @@ def test_a_retired_key_cannot_seal_a_record_dated_after_it_was_retired(client, u
     from tests.test_tamper import SECOND_KEY
 
     settings.GQL_AUDIT = {**settings.GQL_AUDIT, "ACCESS_STORE": "gql_audit", "TAMPER_EVIDENCE": {"key": KEY}}
-    sealing._writer.__init__()
+    sealing.forget()
     traffic(client, users)
     until = timezone.now()
     rotated = {"key": SECOND_KEY, "previous_keys": [{"key": KEY, "until": until.isoformat()}]}
     settings.GQL_AUDIT = {**settings.GQL_AUDIT, "TAMPER_EVIDENCE": rotated}
-    sealing._writer.__init__()
+    sealing.forget()
     traffic(client, users, prefix="s")
     assert problems() == []
     # With the retired key: a chain and seal dated just before `until`, listing a record written after it.
@@ -415,7 +415,7 @@ def test_a_retired_key_cannot_seal_a_record_dated_after_it_was_retired(client, u
 def test_a_retired_key_without_use_tz_verifies(client, users, settings):
     settings.USE_TZ = False
     settings.GQL_AUDIT = {**settings.GQL_AUDIT, "ACCESS_STORE": "gql_audit", "TAMPER_EVIDENCE": {"key": KEY}}
-    sealing._writer.__init__()
+    sealing.forget()
     traffic(client, users)
     from tests.test_tamper import SECOND_KEY
 

@@ -23,12 +23,14 @@ protect against is said in ``docs/evidence.md``.
 
 from __future__ import annotations
 
+import copy
 import datetime
 import decimal
 import hashlib
 import hmac
 import ipaddress
 import json
+import logging
 import os
 import threading
 import uuid
@@ -37,14 +39,17 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import connections, transaction
+from django.db import connections, models, transaction
 from django.db.models import Model
 from django.utils import timezone
 
 from gql_audit.compat import pending_on_commit
 from gql_audit.conf import conf
 from gql_audit.dbcontext import POSTGRES_VENDORS
-from gql_audit.models import RequestReads, Seal, SealChain, SecurityEvent
+from gql_audit.logging import log_payload
+from gql_audit.models import RequestReads, Seal, SealChain, SealCounter, SecurityEvent
+
+audit_logger = logging.getLogger("gql_audit.audit")
 
 #: Record kinds a seal names.
 EVENT = "event"
@@ -292,6 +297,7 @@ def anchor(key: bytes, chain: SealChain) -> str:
 def chain_text(chain: SealChain) -> list[str]:
     return [
         chain.chain,
+        str(chain.number),
         _plain(chain.started_at),
         str(chain.base_seq),
         chain.base_mac,
@@ -301,65 +307,188 @@ def chain_text(chain: SealChain) -> list[str]:
     ]
 
 
-# --- the writer's chain -----------------------------------------------------------------------
+def counter_text(counter: SealCounter) -> list[str]:
+    return ["counter", counter.name, str(counter.value), counter.key_id]
 
 
-class _Writer(threading.local):
+# --- the writers' chains ----------------------------------------------------------------------
+
+#: The :class:`~gql_audit.models.SealCounter` row counting chains.
+CHAINS = "chains"
+#: Backends whose chain rows are updated where they are (``ctid``) rather than found by key:
+#: PostgreSQL reads a table as small as the chains' whole (a sequential scan), and at
+#: SERIALIZABLE a whole table read is a lock on all of it, so every two writers sealing at
+#: once would abort one another; addressed by ``ctid`` the UPDATE reads its one row.
+LOCATED = frozenset({"postgresql"})
+
+
+@dataclass(eq=False)
+class _Chain:
+    """A chain a writer appends to: its row, and its newest seal the database has committed."""
+
+    row: SealChain
+    alias: str
+    #: The UTC day (``YYYYMMDD``) it belongs to.
+    day: str
+    #: ``(seq, mac)`` of its newest committed seal (its anchor before the first).
+    head: tuple[int, str]
+    #: Where its row is, on PostgreSQL (see :data:`LOCATED`); None: found by its key.
+    location: str | None = None
+
+
+class _Pool:
+    """The process's chains no writer is using: a writer takes one for a seal and gives it
+    back once the seal is committed. As many chains as writers ever sealed at once, whatever
+    runs them: a thread per request (ASGI) still shares chains, and no two writers ever
+    append to one chain at once."""
+
     def __init__(self) -> None:
-        self.chain: SealChain | None = None
-        #: The UTC day (``YYYYMMDD``) ``chain`` belongs to.
-        self.day = ""
-        #: ``(seq, mac)`` of the newest seal of ``chain`` the database has committed.
-        self.committed: tuple[int, str] | None = None
-        #: ``(seq, mac, on_commit callback)`` of a seal written in a transaction still open.
-        self.pending: tuple[int, str, Any] | None = None
+        self.lock = threading.Lock()
+        self.idle: list[_Chain] = []
+
+    def take(self, alias: str, day: str) -> _Chain | None:
+        with self.lock:
+            # A day's chains end with the day: the others are dropped.
+            self.idle = [chain for chain in self.idle if chain.day == day]
+            for index, chain in enumerate(self.idle):
+                if chain.alias == alias:
+                    return self.idle.pop(index)
+        return None
+
+    def has(self, alias: str, day: str) -> bool:
+        with self.lock:
+            return any(chain.alias == alias and chain.day == day for chain in self.idle)
+
+    def give(self, chain: _Chain) -> None:
+        with self.lock:
+            self.idle.append(chain)
+
+    def clear(self) -> None:
+        with self.lock:
+            self.idle = []
 
 
-_writer = _Writer()
+class _Open(threading.local):
+    """The chain this thread appended to in a transaction still open, and its seal there:
+    another seal in the same transaction follows it."""
+
+    def __init__(self) -> None:
+        self.chain: _Chain | None = None
+        self.seq = 0
+        self.mac = ""
+        self.location: str | None = None
+        self.callback: Any = None
+
+
+_pool = _Pool()
+_open = _Open()
 
 
 def forget() -> None:
-    """Start a new chain at this thread's next seal (after a seal failed: whether its
-    position was taken cannot be known)."""
-    _writer.__init__()  # type: ignore[misc]
+    """Start new chains at the next seals: every idle chain is dropped (a child process after
+    a fork, whose parent goes on with them; tests)."""
+    _pool.clear()
+    _open.__init__()  # type: ignore[misc]
 
 
-# A child process must not go on with its parent's chain: both would write its next position.
+# A child process must not go on with its parent's chains: both would write their next positions.
 os.register_at_fork(after_in_child=forget)
 
 
-def _chain_for(alias: str, now: datetime.datetime, kid: str, key: bytes) -> tuple[SealChain, int, str, bool]:
-    """This thread's chain for today and its head: ``(chain, seq, mac, new)``."""
-    writer = _writer
-    if writer.pending is not None and not pending_on_commit(connections[alias], writer.pending[2]):
+def rolled_back(alias: str) -> None:
+    """The transaction this thread had open on ``alias`` was rolled back, for sure (a
+    serialization failure): its chain goes back to the pool as it was before it."""
+    chain = _open.chain
+    if chain is not None and chain.alias == alias and not pending_on_commit(connections[alias], _open.callback):
+        _open.__init__()  # type: ignore[misc]
+        _pool.give(chain)
+
+
+def prepare(alias: str) -> None:
+    """Start a chain in a transaction of its own when none is idle, so that the transaction
+    writing records does not hold the chain counter. Outside any transaction only."""
+    kid, key = current_key()
+    now = timezone.now()
+    if connections[alias].in_atomic_block or _pool.has(alias, now.strftime("%Y%m%d")):
+        return
+    with transaction.atomic(using=alias):
+        chain = _start(alias, now, kid, key)
+    _pool.give(chain)
+
+
+def _start(alias: str, now: datetime.datetime, kid: str, key: bytes) -> _Chain:
+    """A new chain, numbered by the counter: its row written in the open transaction."""
+    counter = _count_chain(alias, kid, key)
+    day = now.strftime("%Y%m%d")
+    # Random part first: concurrent writers' seals, keyed (chain, seq), spread over the key space.
+    row = SealChain(chain=f"{uuid.uuid4().hex[:20]}-{day}", number=counter, started_at=now, key_id=kid)
+    row.base_seq = row.head_seq = 0
+    row.base_mac = row.head_mac = anchor(key, row)
+    row.mac = mac(key, *chain_text(row))
+    connection = connections[alias]
+    located = connection.vendor in LOCATED
+    sql, params = insert_clause(connection, row)
+    with connection.cursor() as cursor:
+        cursor.execute(sql + (" RETURNING ctid::text" if located else ""), params)
+        location = cursor.fetchone()[0] if located else None
+    return _Chain(row, alias, day, (0, row.base_mac), location)
+
+
+def _count_chain(alias: str, kid: str, key: bytes) -> int:
+    """Raise the chain counter by one (the row stays locked until the transaction ends):
+    its new value, the new chain's number."""
+    from django.db.models import F
+
+    counters = SealCounter.objects.using(alias)
+    if not counters.filter(name=CHAINS).update(value=F("value") + 1):
+        # Made by the migration: gone only with the table's rows. Counting goes on after the
+        # highest number left (verification reports the counter, sealed, as edited).
+        highest = SealChain.objects.using(alias).aggregate(top=models.Max("number"))["top"] or 0
+        if highest:
+            log_payload(audit_logger, logging.ERROR, {"event": "seal_counter_missing", "restarted_after": highest})
+        counters.bulk_create([SealCounter(name=CHAINS, value=highest)], ignore_conflicts=True)
+        counters.filter(name=CHAINS).update(value=F("value") + 1)
+    counter = counters.get(name=CHAINS)
+    counter.key_id = kid
+    counter.mac = mac(key, *counter_text(counter))
+    counters.filter(name=CHAINS).update(key_id=kid, mac=counter.mac)
+    return counter.value
+
+
+def _chain_for(alias: str, now: datetime.datetime, kid: str, key: bytes) -> tuple[_Chain, int, str, str | None, bool]:
+    """The chain the next seal on ``alias`` goes to, the seal it follows and where its row
+    is: ``(chain, seq, mac, location, own)``; ``own``: the chain is this transaction's
+    alone (this thread's chain of a seal in the same open transaction, or one it
+    started), never to go back to the pool unless the transaction commits."""
+    chain = _open.chain
+    connection = connections[alias]
+    if chain is not None:
+        if chain.alias == alias and pending_on_commit(connection, _open.callback):
+            return chain, _open.seq, _open.mac, _open.location, True
         # Neither run nor waiting: rolled back with its transaction (or savepoint), or
         # committed with a callback registered before ours raising, which stops Django
-        # running the rest. Which one cannot be known: the thread starts a new chain.
-        writer.pending = writer.committed = None
-    if writer.pending is not None:
-        chain = writer.chain
-        assert chain is not None
-        return chain, writer.pending[0], writer.pending[1], False
-    chain = writer.chain
-    day = now.strftime("%Y%m%d")
-    if chain is None or writer.committed is None or writer.day != day or chain._state.db != alias:
-        # Random part first: concurrent writers' seals, keyed (chain, seq), spread over the key space.
-        chain = SealChain(chain=f"{uuid.uuid4().hex[:20]}-{day}", started_at=now, base_seq=0, head_seq=0, key_id=kid)
-        chain.base_mac = chain.head_mac = anchor(key, chain)
-        chain._state.db = alias
-        writer.chain, writer.committed, writer.day = chain, None, day
-        return chain, 0, chain.base_mac, True
-    seq, previous = writer.committed
-    return chain, seq, previous, False
+        # running the rest. Which one cannot be known: the chain is not used again.
+        _open.__init__()  # type: ignore[misc]
+    chain = _pool.take(alias, now.strftime("%Y%m%d"))
+    if chain is not None:
+        return chain, *chain.head, chain.location, False
+    # Inside the caller's transaction, the new row commits (or not) with it; outside, now.
+    inside = connection.in_atomic_block
+    with transaction.atomic(using=alias, savepoint=False):
+        chain = _start(alias, now, kid, key)
+    return chain, *chain.head, chain.location, inside
 
 
 def seal(alias: str, records: Mapping[str, Iterable[Any]], insert: list[Model] | None = None) -> int:
     """Seal the records ``{kind: primary keys}`` just written on ``alias``; returns how many.
 
-    A ``RequestReads`` instance gql_audit has just written may stand for its key: it is
-    sealed as saved, with no read back. ``insert``: such rows not yet saved, which the
-    seal's statement inserts. Runs inside the transaction that wrote them: the seal
-    commits with them, or neither does.
+    A model instance gql_audit has just written itself (reads, an ACCESS entry, an
+    event) may stand for its key: it is sealed as saved, with no read back (at
+    SERIALIZABLE a read of rows concurrent writers insert beside them is what makes
+    writers abort each other). ``insert``: such rows not yet saved, which the seal's
+    statement inserts. Runs inside the transaction that wrote them: the seal
+    commits with them, or neither does. Records left unsealed earlier by a failed write
+    (:func:`note_unsealed`) are listed too, marked so.
     """
     kinds = record_kinds()
     entries: list[Any] = []
@@ -367,58 +496,161 @@ def seal(alias: str, records: Mapping[str, Iterable[Any]], insert: list[Model] |
         kind = kinds[name]
         ids = []
         for item in items:
-            if isinstance(item, RequestReads):
+            if isinstance(item, Model):
                 entries.append(entry_for(kind, kind.row_of(item)))
             else:
                 ids.append(item)
         if ids:
             entries.extend(entry_for(kind, row) for row in kind.rows(alias, ids))
+    late = _unsealed.listed(alias)
+    entries.extend(_late_entries(alias, late))
     if not entries:
         return 0
-    append(alias, sorted(entries, key=lambda entry: (entry[0], entry[1])), insert or [])
+    append(alias, sorted(entries, key=lambda entry: (entry[0], entry[1])), insert or [], late)
     return len(entries)
 
 
-def append(alias: str, entries: list[Any], insert: list[Model] | None = None) -> None:
-    """Add one seal listing ``entries`` to this thread's chain (and INSERT the rows
+def append(alias: str, entries: list[Any], insert: list[Model] | None = None, late: Any = None) -> None:
+    """Add one seal listing ``entries`` to a chain of this process (and INSERT the rows
     ``insert``, in the same statement where the database allows)."""
     kid, key = current_key()
     now = timezone.now()
     connection = connections[alias]
-    chain, seq, previous, new = _chain_for(alias, now, kid, key)
+    chain, seq, previous, location, own = _chain_for(alias, now, kid, key)
+    row = chain.row
     seq += 1
-    seal_mac = mac(key, *seal_text(chain.chain, seq, previous, _plain(now), kid, entries))
-    seal = Seal(chain=chain.chain, seq=seq, at=now, key_id=kid, entries=entries, previous=previous, mac=seal_mac)
-    chain.head_seq, chain.head_mac, chain.key_id = seq, seal_mac, kid
-    chain.mac = mac(key, *chain_text(chain))
-    one_statement = not new and connection.vendor in POSTGRES_VENDORS
-    # No savepoint: inside the caller's transaction (the records' own) it adds no
-    # statement. One statement outside any transaction is its own: no BEGIN, no COMMIT.
-    with nullcontext() if one_statement else transaction.atomic(using=alias, savepoint=False):
-        if one_statement:
-            _insert_and_advance(alias, seal, chain, insert or [])
-        else:
-            for row in insert or ():
-                row.save(using=alias, force_insert=True)
-            if new:
-                chain.save(using=alias, force_insert=True)
-            seal.save(using=alias, force_insert=True)
-            if not new:
-                SealChain.objects.using(alias).filter(chain=chain.chain).update(
-                    head_seq=seq, head_mac=seal_mac, key_id=kid, mac=chain.mac
+    seal_mac = mac(key, *seal_text(row.chain, seq, previous, _plain(now), kid, entries))
+    seal = Seal(chain=row.chain, seq=seq, at=now, key_id=kid, entries=entries, previous=previous, mac=seal_mac)
+    advanced = copy.copy(row)
+    advanced.head_seq, advanced.head_mac, advanced.key_id = seq, seal_mac, kid
+    advanced.mac = mac(key, *chain_text(advanced))
+    one_statement = connection.vendor in POSTGRES_VENDORS
+    try:
+        # No savepoint: inside the caller's transaction (the records' own) it adds no
+        # statement. One statement outside any transaction is its own: no BEGIN, no COMMIT.
+        with nullcontext() if one_statement else transaction.atomic(using=alias, savepoint=False):
+            if one_statement:
+                found, location = _insert_and_advance(alias, seal, advanced, insert or [], location)
+            else:
+                for unsaved in insert or ():
+                    unsaved.save(using=alias, force_insert=True)
+                seal.save(using=alias, force_insert=True)
+                found = (
+                    SealChain.objects.using(alias)
+                    .filter(chain=row.chain)
+                    .update(head_seq=seq, head_mac=seal_mac, key_id=kid, mac=advanced.mac)
                 )
+    except BaseException:
+        # The statements failed, and with them (no savepoint) whatever of this seal was
+        # written: the chain is where it was.
+        if not own:
+            _pool.give(chain)
+        raise
+    chain.row = advanced
+    if not found:
+        # Its row is gone (deleted behind gql_audit's back): this seal names a chain
+        # verification reports missing, and the next seal starts another.
+        log_payload(audit_logger, logging.ERROR, {"event": "seal_chain_missing", "chain": row.chain})
+        _open.__init__()  # type: ignore[misc]
+        return
 
-        def committed() -> None:
-            if _writer.chain is chain:
-                _writer.committed = (seq, seal_mac)
-                if _writer.pending is not None and _writer.pending[0] == seq:
-                    _writer.pending = None
+    def committed() -> None:
+        chain.head, chain.location = (seq, seal_mac), location
+        if late:
+            _unsealed.sealed(late)
+        if _open.chain is chain:
+            if _open.seq != seq:
+                return  # a later seal in the same transaction gives the chain back
+            _open.__init__()  # type: ignore[misc]
+        _pool.give(chain)
 
-        if autocommit(alias):
-            committed()  # one statement in autocommit: committed already
-        else:
-            _writer.pending = (seq, seal_mac, committed)
-            transaction.on_commit(committed, using=alias)
+    if autocommit(alias):
+        committed()  # one statement in autocommit: committed already
+        return
+    _open.chain, _open.seq, _open.mac, _open.location, _open.callback = chain, seq, seal_mac, location, committed
+    transaction.on_commit(committed, using=alias)
+
+
+# --- records a failed write left unsealed ---------------------------------------------------
+
+#: Records waiting to be listed as unsealed, per process, at most.
+MAX_UNSEALED = 10_000
+#: Listed by one seal at most.
+UNSEALED_PER_SEAL = 1000
+#: The mark an entry for such a record carries after its six fields.
+UNSEALED = "unsealed"
+
+
+class _Unsealed:
+    """Records written while their seal could not be: the next seal on their database lists
+    them (as they are then), marked, so that verification calls them ``unsealed`` and checks
+    them from then on, instead of calling them inserted."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        #: ``(alias, kind, pk) -> reason``
+        self.waiting: dict[tuple[str, str, str], str] = {}
+
+    def add(self, alias: str, written: Mapping[str, Iterable[Any]], reason: str) -> None:
+        with self.lock:
+            for kind, items in written.items():
+                for item in items:
+                    if len(self.waiting) >= MAX_UNSEALED:
+                        return  # the seal_failed log line names them all
+                    pk = item.pk if isinstance(item, Model) else item
+                    self.waiting[(alias, kind, str(pk))] = reason
+
+    def listed(self, alias: str) -> list[tuple[str, str, str]]:
+        if not self.waiting:
+            return []
+        with self.lock:
+            return [key for key in self.waiting if key[0] == alias][:UNSEALED_PER_SEAL]
+
+    def reason(self, key: tuple[str, str, str]) -> str:
+        with self.lock:
+            return self.waiting.get(key, "")
+
+    def sealed(self, keys: list[tuple[str, str, str]]) -> None:
+        with self.lock:
+            for key in keys:
+                self.waiting.pop(key, None)
+
+    def clear(self) -> None:
+        with self.lock:
+            self.waiting = {}
+
+
+_unsealed = _Unsealed()
+
+
+def note_unsealed(alias: str, written: Mapping[str, Iterable[Any]], error: BaseException) -> None:
+    """Records just written (or committed by the service) without their seal: listed, marked
+    ``unsealed``, by the next seal on ``alias`` in this process."""
+    from gql_audit.errors import describe_database_error
+
+    reason, _ = describe_database_error(error)
+    _unsealed.add(alias, written, reason[:200])
+
+
+def _late_entries(alias: str, keys: list[tuple[str, str, str]]) -> list[Any]:
+    """The entries of records left unsealed: as they are stored now, marked with why."""
+    if not keys:
+        return []
+    kinds = record_kinds()
+    entries: list[Any] = []
+    wanted: dict[str, list[str]] = {}
+    for _, name, pk in keys:
+        wanted.setdefault(name, []).append(pk)
+    for name, pks in wanted.items():
+        kind = kinds[name]
+        found = kind.rows(alias, pks)
+        for row in found:
+            entry = entry_for(kind, row)
+            entries.append([*entry, f"{UNSEALED}: {_unsealed.reason((alias, name, entry[1]))}"])
+        if len(found) != len(pks):  # never committed (a transaction rolled back): nothing to list
+            gone = set(pks) - {str(row[kind.model._meta.pk.attname]) for row in found}
+            _unsealed.sealed([(alias, name, pk) for pk in gone])
+    return entries
 
 
 def autocommit(alias: str) -> bool:
@@ -449,24 +681,47 @@ def insert(alias: str, row: Model) -> None:
         cursor.execute(sql, params)
 
 
-def _insert_and_advance(alias: str, seal: Seal, chain: SealChain, rows: list[Model]) -> None:
+def _insert_and_advance(
+    alias: str, seal: Seal, chain: SealChain, rows: list[Model], location: str | None
+) -> tuple[int, str | None]:
     """The seal's INSERT (and the ``rows``' INSERT) and the chain's UPDATE in one statement
-    (PostgreSQL and CockroachDB run data-modifying ``WITH`` clauses): one round trip."""
+    (PostgreSQL and CockroachDB run data-modifying ``WITH`` clauses): one round trip.
+    Returns how many chain rows it updated (0: the chain's row is gone) and where the
+    row is now (``location``: where it was; see :data:`LOCATED`)."""
     connection = connections[alias]
-    quote = connection.ops.quote_name
     clauses: list[str] = []
     params: list[Any] = []
     for n, instance in enumerate([*rows, seal]):
         sql, values = insert_clause(connection, instance)
         clauses.append(f"ins_{n} AS ({sql} RETURNING 1)")
         params.extend(values)
+    update, update_params = _advance(connection, chain, location)
+    with connection.cursor() as cursor:
+        cursor.execute(f"WITH {', '.join(clauses)} {update}", params + update_params)
+        found = int(cursor.rowcount)
+        if found or location is None:
+            return found, (cursor.fetchone()[0] if found and connection.vendor in LOCATED else None)
+        # Moved (VACUUM FULL, a restore): found by its key this once.
+        update, update_params = _advance(connection, chain, None)
+        cursor.execute(update, update_params)
+        found = int(cursor.rowcount)
+        return found, (cursor.fetchone()[0] if found and connection.vendor in LOCATED else None)
+
+
+def _advance(connection: Any, chain: SealChain, location: str | None) -> tuple[str, list[Any]]:
+    """The UPDATE of a chain's row to its new head, at ``location`` when known."""
+    quote = connection.ops.quote_name
     updated = ["head_seq", "head_mac", "key_id", "mac"]
     # The model's own names: these columns are named as their fields.
-    sql = (
-        f"WITH {', '.join(clauses)} UPDATE {quote(SealChain._meta.db_table)} SET "
-        + ", ".join(f"{quote(name)} = %s" for name in updated)
-        + f" WHERE {quote('chain')} = %s"
-    )
-    params.extend([*(getattr(chain, name) for name in updated), chain.chain])
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+    sql = f"UPDATE {quote(SealChain._meta.db_table)} SET " + ", ".join(f"{quote(name)} = %s" for name in updated)
+    params = [getattr(chain, name) for name in updated]
+    if location is not None:
+        sql += " WHERE ctid = %s::tid AND "
+        params.append(location)
+    else:
+        sql += " WHERE "
+    sql += f"{quote('chain')} = %s"
+    params.append(chain.chain)
+    if connection.vendor in LOCATED:
+        sql += " RETURNING ctid::text"
+    return sql, params

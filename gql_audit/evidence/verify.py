@@ -29,20 +29,19 @@ from django.core.exceptions import ValidationError
 from django.db import DatabaseError, connections, transaction
 from django.db.models import DateTimeField, JSONField, TextField
 from django.db.models.functions import Cast
-from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 
 from gql_audit.dbcontext import POSTGRES_VENDORS
-from gql_audit.evidence import sealing
-from gql_audit.models import ReadObject, Seal, SealChain
+from gql_audit.evidence import sealing, seals
+from gql_audit.models import ReadObject, Seal, SealChain, SealCounter
 
 CHUNK = 1000
 
 
 @dataclass(frozen=True)
 class Problem:
-    #: ``edited``, ``deleted``, ``inserted`` (records); ``seal missing``, ``seal forged``,
-    #: ``chain edited``, ``unknown key``, ``retired key`` (the seals themselves).
+    #: ``edited``, ``deleted``, ``inserted``, ``unsealed`` (records); ``seal missing``,
+    #: ``seal forged``, ``chain missing``, ``chain edited``, ``chain counter edited``,
+    #: ``unknown key``, ``retired key`` (the seals, their chains and the chain counter).
     what: str
     #: ``event``, ``reads``, ``entry`` (a record), or ``seal`` / ``chain``.
     kind: str
@@ -103,10 +102,14 @@ class _Walk:
     #: ``(kind, pk)`` listed by seals whose key is not known: not checked, and not
     #: reported as inserted either (the ``unknown key`` problem says why).
     unverifiable: set[tuple[str, str]] = field(default_factory=set)
+    #: ``(kind, pk) -> why`` of records a seal lists as left unsealed by a failed write.
+    unsealed: dict[tuple[str, str], str] = field(default_factory=dict)
+    #: ``(kind, pk)`` listed by a seal of their own write.
+    on_time: set[tuple[str, str]] = field(default_factory=set)
 
     def cannot_check(self, entries: list[Any] | None) -> None:
         for entry in entries or ():
-            if isinstance(entry, list) and len(entry) == 6:
+            if isinstance(entry, list) and len(entry) in (6, 7):
                 self.unverifiable.add((str(entry[0]), str(entry[1])))
 
 
@@ -118,15 +121,64 @@ def verify(since: datetime.datetime | None = None, using: str = "default", *, al
     record dated before the first chain is only counted as not covered).
     """
     walk = _Walk(Report(), sealing.keys(), using, since, all_sealed, sealing.retired())
+    numbers: list[Any] = []
+    known: set[str] = set()
     for chain in SealChain.objects.using(using).order_by("started_at"):
         walk.report.chains += 1
+        known.add(chain.chain)
+        numbers.append(chain.number)
         started = chain.started_at
         if isinstance(started, datetime.datetime) and (walk.first_start is None or started < walk.first_start):
             walk.first_start = started
         _walk(chain, walk)
+    # Seals whose chain row is gone: the chain is reported, each seal still checked on its own.
+    for name in Seal.objects.using(using).order_by().values_list("chain", flat=True).distinct():
+        if name not in known:
+            walk.report.problems.append(Problem("chain missing", "chain", str(name), str(name), None, "its row"))
+            _walk_orphan(str(name), walk)
+    _check_counter(numbers, walk)
     for name, kind in sealing.record_kinds().items():
         _check_records(name, kind, walk)
+    for (name, pk), why in walk.unsealed.items():
+        if (name, pk) not in walk.on_time:
+            info = walk.sealed[(name, pk)]
+            walk.report.problems.append(Problem("unsealed", name, pk, info.chain, info.position, why))
     return walk.report
+
+
+def _check_counter(numbers: list[Any], walk: _Walk) -> None:
+    """Chains are numbered from 1 by the sealed chain counter, with no gap: a number
+    missing is a chain deleted whole (its row, its seals, its records). A chain row
+    without a number is reported by its own HMAC, which covers the number."""
+    report = walk.report
+    counter = SealCounter.objects.using(walk.using).filter(name=sealing.CHAINS).first()
+    count = counter.value if counter is not None and isinstance(counter.value, int) else 0
+    if counter is None:
+        if numbers:
+            report.problems.append(Problem("chain counter edited", "chain", "counter", detail="missing"))
+    elif counter.value or counter.mac:
+        key = walk.keys.get(counter.key_id) if isinstance(counter.key_id, str) else None
+        if key is None:
+            report.problems.append(Problem("unknown key", "chain", "counter", detail=str(counter.key_id)))
+        elif not isinstance(counter.mac, str) or not hmac.compare_digest(
+            counter.mac, sealing.mac(key, *sealing.counter_text(counter))
+        ):
+            report.problems.append(Problem("chain counter edited", "chain", "counter"))
+    found = sorted({n for n in numbers if isinstance(n, int) and n > 0})
+    if found and found[-1] > count:
+        # The counter put back to an earlier value of its own.
+        report.problems.append(Problem("chain counter edited", "chain", "counter", detail=f"below chain {found[-1]}"))
+    following = 1
+    for number in [*found, max(count, found[-1] if found else 0) + 1]:
+        if number > following:
+            last = number - 1
+            ident, detail = (
+                (f"#{following}", "")
+                if last == following
+                else (f"#{following}-#{last}", f"{number - following} chains")
+            )
+            report.problems.append(Problem("chain missing", "chain", ident, detail=detail))
+        following = number + 1
 
 
 def _missing(walk: _Walk, chain: SealChain, first: int, last: int) -> None:
@@ -137,22 +189,31 @@ def _missing(walk: _Walk, chain: SealChain, first: int, last: int) -> None:
     walk.report.problems.append(Problem("seal missing", "seal", ident, chain.chain, first, detail))
 
 
-def _entries(text: str | None) -> list[Any] | None:
-    """A seal's entries from their stored text, or None when they cannot be read."""
-    try:
-        entries = json.loads(text) if isinstance(text, str) else None
-    except (ValueError, RecursionError):
-        return None
-    return entries if isinstance(entries, list) else None
+def _walk_orphan(name: str, walk: _Walk) -> None:
+    """The seals of a chain whose row is gone, each checked on its own and linked to the one before."""
+    chain = SealChain(chain=name, number=None, base_seq=0, base_mac="", head_seq=0, head_mac="", key_id="")
+    follows: str | None = None
+    expected = 1
+    for seq, at, kid, previous, seal_mac, text in seals.seal_rows(
+        Seal.objects.using(walk.using).filter(chain=name)
+    ).iterator(chunk_size=CHUNK):
+        walk.report.seals += 1
+        if not isinstance(seq, int):
+            walk.report.problems.append(Problem("seal forged", "seal", str(seq), name))
+            continue
+        _missing(walk, chain, expected, seq - 1)
+        follows = follows if seq == expected else None
+        genuine = _check_seal(chain, seq, at, kid, previous, seal_mac, seals.read_entries(text), follows, walk)
+        follows, expected = (seal_mac if genuine else None), seq + 1
 
 
 def _walk(chain: SealChain, walk: _Walk) -> None:
-    seals = Seal.objects.using(walk.using).filter(chain=chain.chain, seq__gt=chain.base_seq)
+    chain_seals = Seal.objects.using(walk.using).filter(chain=chain.chain, seq__gt=chain.base_seq)
     key = walk.keys.get(chain.key_id)
     if key is None:
         walk.report.problems.append(Problem("unknown key", "chain", chain.chain, chain.chain, None, chain.key_id))
-        for row in _rows(seals):
-            walk.cannot_check(_entries(row[5]))
+        for row in seals.seal_rows(chain_seals):
+            walk.cannot_check(seals.read_entries(row[5]))
         return
     if not _sound(chain):
         # Columns that are not what gql_audit writes (SQLite holds any text anywhere).
@@ -161,29 +222,33 @@ def _walk(chain: SealChain, walk: _Walk) -> None:
     chain_ok = hmac.compare_digest(chain.mac, sealing.mac(key, *sealing.chain_text(chain)))
     if not chain_ok:
         walk.report.problems.append(Problem("chain edited", "chain", chain.chain, chain.chain))
-    elif _after_retirement(chain.key_id, chain.started_at, walk):
+    elif seals.after_retirement(chain.key_id, chain.started_at, walk.retired):
         walk.report.problems.append(Problem("retired key", "chain", chain.chain, chain.chain, None, chain.key_id))
     start: int | None = chain.base_seq + 1
     #: The HMAC the next seal must name as its previous one (None: cannot be known).
     follows: str | None = chain.base_mac
     if walk.since is not None:
-        first = seals.filter(at__gte=walk.since).order_by("seq").values_list("seq", flat=True).first()
+        first = chain_seals.filter(at__gte=walk.since).order_by("seq").values_list("seq", flat=True).first()
         if first is None or (isinstance(first, int) and first > chain.base_seq + 1):
             # The window starts after a seal dated before it: believed only if that seal is
             # genuine (its time is in its HMAC). Otherwise the whole chain is walked.
-            boundary = _rows(seals.filter(seq=first - 1) if first is not None else seals.order_by("-seq")).first()
+            boundary = seals.seal_rows(
+                chain_seals.filter(seq=first - 1) if first is not None else chain_seals.order_by("-seq")
+            ).first()
             if boundary is None and first is None:
                 start = None  # no seal at all after the chain's base
             elif boundary is not None and _genuine(chain, boundary, walk) and boundary[1] < walk.since:
                 start, follows = first, boundary[4]
     last_seq, last_mac = chain.base_seq, chain.base_mac
     if start is None:
-        newest = seals.order_by("-seq").values_list("seq", "mac").first()
+        newest = chain_seals.order_by("-seq").values_list("seq", "mac").first()
         if newest is not None:
             last_seq, last_mac = newest
     else:
         expected = start
-        for seq, at, kid, previous, seal_mac, text in _rows(seals.filter(seq__gte=start)).iterator(chunk_size=CHUNK):
+        for seq, at, kid, previous, seal_mac, text in seals.seal_rows(chain_seals.filter(seq__gte=start)).iterator(
+            chunk_size=CHUNK
+        ):
             walk.report.seals += 1
             if not isinstance(seq, int):
                 walk.report.problems.append(Problem("seal forged", "seal", str(seq), chain.chain))
@@ -191,7 +256,7 @@ def _walk(chain: SealChain, walk: _Walk) -> None:
             _missing(walk, chain, expected, seq - 1)
             if seq != expected:
                 follows = None
-            genuine = _check_seal(chain, seq, at, kid, previous, seal_mac, _entries(text), follows, walk)
+            genuine = _check_seal(chain, seq, at, kid, previous, seal_mac, seals.read_entries(text), follows, walk)
             # After a forged seal the next one's link cannot be checked: its stored HMAC may be the forger's.
             follows, expected = (seal_mac if genuine else None), seq + 1
             last_seq, last_mac = seq, seal_mac
@@ -200,37 +265,6 @@ def _walk(chain: SealChain, walk: _Walk) -> None:
         walk.report.problems.append(
             Problem("seal forged", "seal", str(last_seq), chain.chain, last_seq, "not the sealed head")
         )
-
-
-def _rows(seals: Any) -> Any:
-    """Seals as tuples, by position unless ordered otherwise, their entries as stored
-    text (read guarded: see :func:`_entries`)."""
-    seals = seals if seals.query.order_by else seals.order_by("seq")
-    return seals.annotate(entries_text=Cast("entries", TextField())).values_list(
-        "seq", "at", "key_id", "previous", "mac", "entries_text"
-    )
-
-
-def _verdict(
-    chain: SealChain, seq: int, at: Any, kid: str, previous: Any, seal_mac: Any, entries: list[Any] | None, walk: _Walk
-) -> str | None:
-    """What is wrong with one seal on its own (``unknown key``, ``seal forged``,
-    ``retired key``), or None when its stored HMAC is the one its content makes."""
-    key = walk.keys.get(kid)
-    if key is None:
-        return "unknown key"
-    if (
-        entries is None
-        or not isinstance(at, datetime.datetime)
-        or not isinstance(seq, int)
-        or not isinstance(previous, str)
-        or not isinstance(seal_mac, str)
-    ):
-        return "seal forged"
-    expected = sealing.mac(key, *sealing.seal_text(chain.chain, seq, previous, sealing._plain(at), kid, entries))
-    if not hmac.compare_digest(seal_mac, expected):
-        return "seal forged"
-    return "retired key" if _after_retirement(kid, at, walk, entries) else None
 
 
 def _sound(chain: SealChain) -> bool:
@@ -243,7 +277,10 @@ def _sound(chain: SealChain) -> bool:
 def _genuine(chain: SealChain, row: tuple[Any, ...], walk: _Walk) -> bool:
     """Whether a seal checks (nothing reported: the walk reports what is wrong)."""
     seq, at, kid, previous, seal_mac, text = row
-    return _verdict(chain, seq, at, kid, previous, seal_mac, _entries(text), walk) is None
+    return (
+        seals.verdict(chain.chain, seq, at, kid, previous, seal_mac, seals.read_entries(text), walk.keys, walk.retired)
+        is None
+    )
 
 
 def _check_seal(
@@ -259,7 +296,7 @@ def _check_seal(
 ) -> bool:
     """Check one seal on its own and its link to the one before; believe its entries
     only when its HMAC checks. True when it does."""
-    wrong = _verdict(chain, seq, at, kid, previous, seal_mac, entries, walk)
+    wrong = seals.verdict(chain.chain, seq, at, kid, previous, seal_mac, entries, walk.keys, walk.retired)
     if wrong is not None:
         detail = "" if wrong == "seal forged" else kid
         walk.report.problems.append(Problem(wrong, "seal", str(seq), chain.chain, seq, detail))
@@ -268,15 +305,20 @@ def _check_seal(
         return False
     assert entries is not None  # checked by the HMAC
     for entry in entries:
-        if not isinstance(entry, list) or len(entry) != 6:
+        if not isinstance(entry, list) or len(entry) not in (6, 7):
             continue  # never written so: the HMAC checked
-        name, pk, digest, subkind, actor, stamp = entry
+        name, pk, digest, subkind, actor, stamp = entry[:6]
         if name == sealing.PURGE:
             walk.checkpoints.append((str(pk), str(digest)))
             continue
         actor_text = None if actor is None else str(actor)
         walk.sealed[(str(name), str(pk))] = _Sealed(str(digest), str(subkind), actor_text, str(stamp), chain.chain, seq)
-        when = _when(stamp, at)
+        if len(entry) == 7:
+            # Listed by a later seal: its own write's seal failed (the fallback log says why).
+            walk.unsealed[(str(name), str(pk))] = str(entry[6])
+        else:
+            walk.on_time.add((str(name), str(pk)))
+        when = seals.when(stamp, at)
         if when is not None and (walk.earliest is None or when < walk.earliest):
             walk.earliest = when
     if follows is not None and previous != follows:
@@ -285,20 +327,6 @@ def _check_seal(
             Problem("seal forged", "seal", str(seq - 1), chain.chain, seq - 1, "not the seal its successor follows")
         )
     return True
-
-
-def _after_retirement(kid: str, at: Any, walk: _Walk, entries: list[Any] | None = None) -> bool:
-    """Whether something sealed with key ``kid`` is dated after that key was retired, or
-    lists a record that is: only someone who kept the retired key can have made it."""
-    until = walk.retired.get(kid)
-    if until is None:
-        return False
-    stamps = [at, *(e[5] for e in entries or () if isinstance(e, list) and len(e) == 6 and e[5])]
-    for stamp in stamps:
-        when = _when(stamp, until)
-        if when is None or when > until:
-            return True
-    return False
 
 
 def _chunks(items: list[Any]) -> Iterator[list[Any]]:
@@ -344,72 +372,91 @@ def _pk_text(pk_field: Any, raw: Any, connection: Any) -> tuple[str, bool]:
         return str(raw), False
 
 
-def _when(raw: Any, reference: datetime.datetime | None) -> datetime.datetime | None:
-    """A stored time, comparable with ``reference``; None when it is not a time."""
-    try:
-        at = raw if isinstance(raw, datetime.datetime) else parse_datetime(raw) if isinstance(raw, str) else None
-    except ValueError:  # the form of a time, not one (February 30th)
-        return None
-    if at is not None and reference is not None and (at.tzinfo is None) != (reference.tzinfo is None):
-        # Stored naive in UTC (USE_TZ), or compared with an aware ``until`` without USE_TZ.
-        at = at.replace(tzinfo=reference.tzinfo) if at.tzinfo is None else timezone.make_naive(at, datetime.UTC)
-    return at
-
-
 #: What reading a stored row can raise when its content is not what gql_audit wrote:
 #: JSON nested past the decoder, a time PostgreSQL cannot give Python ("infinity").
 _UNREADABLE = (RecursionError, ValueError, TypeError, DatabaseError)
 
 
+class StoredRecords:
+    """The stored records of one kind, read however their columns were tampered with and
+    compared with what was recorded of them when written (their digest and actor): what
+    the check of the seals and the check with the public key share."""
+
+    def __init__(self, name: str, kind: sealing.RecordKind, using: str) -> None:
+        self.name, self.kind, self.using = name, kind, using
+        self.connection = connections[using]
+        self.fields = [*kind.columns(), *([kind.actor] if kind.actor else [])]
+        # SQLite keeps JSON and times as text: their spelling is checked too, not only their value.
+        self.spelled = (
+            [f for f in kind.model._meta.concrete_fields if isinstance(f, (JSONField, DateTimeField))]
+            if self.connection.vendor == "sqlite"
+            else []
+        )
+        self.manager = kind.model._default_manager.using(using)
+        self.pk_name = kind.model._meta.pk.attname
+        self.users = get_user_model()._default_manager.db_manager(using)
+
+    def _stored(self, pks: list[str]) -> list[dict[str, Any]]:
+        rows = self.manager.filter(pk__in=pks).annotate(
+            **{f"raw_{f.attname}": Cast(f.attname, TextField()) for f in self.spelled}
+        )
+        with transaction.atomic(using=self.using):  # a savepoint when inside a transaction
+            return list(rows.values(*self.fields, *(f"raw_{f.attname}" for f in self.spelled)))
+
+    def read(self, pks: list[str]) -> tuple[list[dict[str, Any]], list[str]]:
+        """The rows of ``pks`` that are stored, and the keys of those that cannot be read
+        (JSON nested past the decoder, a time PostgreSQL cannot give Python)."""
+        try:
+            return self._stored(pks), []
+        except _UNREADABLE:
+            rows, unreadable = [], []
+            for pk in pks:  # one by one: the rows that cannot be read are edited
+                try:
+                    rows.extend(self._stored([pk]))
+                except _UNREADABLE:
+                    unreadable.append(pk)
+            return rows, unreadable
+
+    def key(self, row: dict[str, Any]) -> str:
+        return str(row[self.pk_name])
+
+    def compare(self, row: dict[str, Any], digest: str, actor: str | None) -> str | None:
+        """None when the row is what was recorded; else why not (``""``: its content,
+        ``"unreadable"``, ``"actor"``). A deleted user's records lose their actor: not tampering."""
+        try:
+            found = self.kind.digest(row)
+        except _UNREADABLE:  # JSON nested past what the digest's walk goes (Python 3.13 reads it)
+            return "unreadable"
+        if found != digest or any(_respelled(f, row, self.connection) for f in self.spelled):
+            return ""
+        stored_actor = sealing.actor_text(self.kind, row)
+        gone = stored_actor is None and actor is not None and not self.users.filter(pk=actor).exists()
+        if stored_actor != actor and not gone:
+            return "actor"
+        return None
+
+
 def _check_records(name: str, kind: sealing.RecordKind, walk: _Walk) -> None:
-    report, using = walk.report, walk.using
-    connection = connections[using]
-    fields = [*kind.columns(), *([kind.actor] if kind.actor else [])]
-    # SQLite keeps JSON and times as text: their spelling is checked too, not only their value.
-    spelled = (
-        [f for f in kind.model._meta.concrete_fields if isinstance(f, (JSONField, DateTimeField))]
-        if connection.vendor == "sqlite"
-        else []
-    )
-    manager = kind.model._default_manager.using(using)
-    pk_field = kind.model._meta.pk
+    report = walk.report
+    records = StoredRecords(name, kind, walk.using)
     mine = [pk for (kind_name, pk) in walk.sealed if kind_name == name]
     seen: set[str] = set()
     indexed: dict[str, tuple[Any, Any]] = {}
-    users = get_user_model()._default_manager.db_manager(using)
-
-    def stored(pks: list[str]) -> list[dict[str, Any]]:
-        rows = manager.filter(pk__in=pks).annotate(
-            **{f"raw_{f.attname}": Cast(f.attname, TextField()) for f in spelled}
-        )
-        with transaction.atomic(using=using):  # a savepoint when inside a transaction
-            return list(rows.values(*fields, *(f"raw_{f.attname}" for f in spelled)))
-
     for chunk in _chunks(mine):
-        try:
-            rows = stored(chunk)
-        except _UNREADABLE:
-            rows = []
-            for pk in chunk:  # one by one: the rows that cannot be read are edited
-                try:
-                    rows.extend(stored([pk]))
-                except _UNREADABLE:
-                    seen.add(pk)
-                    info = walk.sealed[(name, pk)]
-                    report.problems.append(Problem("edited", name, pk, info.chain, info.position, "unreadable"))
+        rows, unreadable = records.read(chunk)
+        for pk in unreadable:
+            seen.add(pk)
+            info = walk.sealed[(name, pk)]
+            report.problems.append(Problem("edited", name, pk, info.chain, info.position, "unreadable"))
         for row in rows:
-            pk = str(row[pk_field.attname])
+            pk = records.key(row)
             seen.add(pk)
             report.records += 1
             info = walk.sealed[(name, pk)]
-            if kind.digest(row) != info.digest or any(_respelled(f, row, connection) for f in spelled):
-                report.problems.append(Problem("edited", name, pk, info.chain, info.position))
-                continue
-            actor = sealing.actor_text(kind, row)
-            gone = actor is None and info.actor is not None and not users.filter(pk=info.actor).exists()
-            if actor != info.actor and not gone:
-                report.problems.append(Problem("edited", name, pk, info.chain, info.position, "actor"))
-            elif name == sealing.READS and connection.vendor not in POSTGRES_VENDORS:
+            wrong = records.compare(row, info.digest, info.actor)
+            if wrong is not None:
+                report.problems.append(Problem("edited", name, pk, info.chain, info.position, wrong))
+            elif name == sealing.READS and records.connection.vendor not in POSTGRES_VENDORS:
                 indexed[pk] = (row["keys"], row["at"])
     for pk in mine:
         if pk in seen:
@@ -439,10 +486,13 @@ def _check_object_index(indexed: dict[str, tuple[Any, Any]], walk: _Walk) -> Non
                 )
 
 
-def _find_inserted(name: str, kind: sealing.RecordKind, seen: set[str], walk: _Walk) -> None:
-    """Stored records no seal lists. Read as the database returns them, unconverted: a
-    forged row need not hold a key or a time the model could read."""
-    connection = connections[walk.using]
+def stored_keys(
+    kind: sealing.RecordKind, using: str, since: datetime.datetime | None = None
+) -> Iterator[list[tuple[str, bool, Any]]]:
+    """Every stored record's key and time, in chunks: ``(key, canonical, time text)``,
+    read as the database returns them, unconverted: a forged row need not hold a key or a
+    time the model could read. ``canonical``: the key is spelled as Django stores it."""
+    connection = connections[using]
     quote = connection.ops.quote_name
     meta = kind.model._meta
     at_field: Any = meta.get_field(kind.at)
@@ -450,22 +500,31 @@ def _find_inserted(name: str, kind: sealing.RecordKind, seen: set[str], walk: _W
     columns = f"CAST({quote(str(meta.pk.column))} AS TEXT), CAST({quote(str(at_field.column))} AS TEXT)"
     sql = f"SELECT {columns} FROM {quote(meta.db_table)}"
     params: list[Any] = []
-    if walk.since is not None:
+    if since is not None:
         sql += f" WHERE {quote(str(at_field.column))} >= %s"
-        params.append(at_field.get_db_prep_value(walk.since, connection))
+        params.append(at_field.get_db_prep_value(since, connection))
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         while rows := cursor.fetchmany(CHUNK):
+            chunk = []
             for raw_pk, raw_at in rows:
                 pk, canonical = _pk_text(meta.pk, raw_pk, connection)
-                if canonical and (pk in seen or (name, pk) in walk.unverifiable):
-                    continue
-                at = _when(raw_at, walk.first_start)
-                # A key Django would not have written was never gql_audit's, whatever its date.
-                if not canonical or walk.all_sealed or at is None or _after_sealing_began(at, walk):
-                    walk.report.problems.append(Problem("inserted", name, pk if canonical else str(raw_pk)))
-                else:
-                    walk.report.not_covered += 1
+                chunk.append((pk if canonical else str(raw_pk), canonical, raw_at))
+            yield chunk
+
+
+def _find_inserted(name: str, kind: sealing.RecordKind, seen: set[str], walk: _Walk) -> None:
+    """Stored records no seal lists."""
+    for chunk in stored_keys(kind, walk.using, walk.since):
+        for pk, canonical, raw_at in chunk:
+            if canonical and (pk in seen or (name, pk) in walk.unverifiable):
+                continue
+            at = seals.when(raw_at, walk.first_start)
+            # A key Django would not have written was never gql_audit's, whatever its date.
+            if not canonical or walk.all_sealed or at is None or _after_sealing_began(at, walk):
+                walk.report.problems.append(Problem("inserted", name, pk))
+            else:
+                walk.report.not_covered += 1
 
 
 def _after_sealing_began(at: datetime.datetime, walk: _Walk) -> bool:
