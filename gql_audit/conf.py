@@ -57,6 +57,8 @@ DEFAULTS: dict[str, Any] = {
     "PERSISTED_OPERATIONS": None,
     "THROTTLE": None,
     "THROTTLE_CACHE": "default",
+    # Signed checkpoints of an append-only log of every record (gql_audit_checkpoint).
+    "CHECKPOINTS": None,
 }
 
 #: Settings whose value may be a dotted import path, resolved on first use.

@@ -1,4 +1,5 @@
-# Evidence: chains numbered by a sealed counter (a whole chain deleted shows).
+# Evidence: chains numbered by a sealed counter (a whole chain deleted shows); the
+# append-only log of records and its signed checkpoints (CHECKPOINTS).
 
 from typing import Any
 
@@ -33,4 +34,46 @@ class Migration(migrations.Migration):
             field=models.BigIntegerField(null=True, unique=True),
         ),
         migrations.RunPython(create_chain_counter, migrations.RunPython.noop),
+        migrations.CreateModel(
+            name="Checkpoint",
+            fields=[
+                ("id", models.BigAutoField(primary_key=True, serialize=False)),
+                ("created_at", models.DateTimeField(db_index=True)),
+                ("tree_size", models.BigIntegerField()),
+                ("root_hash", models.CharField(max_length=64)),
+                ("key_id", models.CharField(max_length=8)),
+                ("note", models.TextField()),
+                ("frontier", models.JSONField(default=list)),
+            ],
+            options={
+                "ordering": ["-created_at"],
+                "get_latest_by": "created_at",
+            },
+        ),
+        migrations.CreateModel(
+            name="LogCursor",
+            fields=[
+                ("chain", models.CharField(max_length=64, primary_key=True, serialize=False)),
+                ("seq", models.BigIntegerField()),
+                ("mac", models.CharField(max_length=64)),
+            ],
+        ),
+        migrations.CreateModel(
+            name="LogLeaf",
+            fields=[
+                ("index", models.BigIntegerField(primary_key=True, serialize=False)),
+                ("kind", models.CharField(max_length=16)),
+                ("record_id", models.CharField(max_length=255)),
+                ("type", models.CharField(max_length=32)),
+                ("at", models.DateTimeField(null=True)),
+                ("leaf", models.TextField()),
+            ],
+            options={
+                "verbose_name": "logged record",
+                "indexes": [
+                    models.Index(fields=["kind", "record_id"], name="gql_audit_leaf_record"),
+                    models.Index(fields=["kind", "type", "at"], name="gql_audit_leaf_age"),
+                ],
+            },
+        ),
     ]
