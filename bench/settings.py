@@ -31,3 +31,11 @@ AUTHENTICATION_BACKENDS = [
     "graphql_jwt.backends.JSONWebTokenBackend",
     "django.contrib.auth.backends.ModelBackend",
 ]
+
+# bench/evidence.py runs a checkpointer process on the benchmark's own database.
+if os.environ.get("GQA_BENCH_DB_NAME"):
+    import json
+
+    for _alias in DATABASES:
+        DATABASES[_alias]["NAME"] = os.environ["GQA_BENCH_DB_NAME"]
+    GQL_AUDIT = {**GQL_AUDIT, **json.loads(os.environ.get("GQA_BENCH_GQL_AUDIT", "{}"))}  # noqa: F405

@@ -152,6 +152,8 @@ class SealCounter(models.Model):
 
     name = models.CharField(max_length=16, primary_key=True)
     value = models.BigIntegerField(default=0)
+    #: Set when the row had been deleted and was made again, counting on after this number.
+    restarted_after = models.BigIntegerField(null=True, blank=True)
     key_id = models.CharField(max_length=16, blank=True)
     mac = models.CharField(max_length=64, blank=True)
 

@@ -525,3 +525,25 @@ def test_sqlite_a_time_respelled_with_another_offset_is_reported(client, users, 
     sql(f"UPDATE {RequestReads._meta.db_table} SET at = %s WHERE id = %s", [spelled, pk])
     assert RequestReads.objects.get(pk=row.pk).at == row.at
     assert ("edited", "reads", str(row.pk)) in problems()
+
+
+def test_json_parsed_canonically_is_what_the_digest_makes_of_parsed_json():
+    """The public-key check reads JSON straight into the digest's canonical form
+    (``load_json``): for any JSON value, the same as parsing it then canonicalising it."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    values = st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
+        max_leaves=20,
+    )
+
+    @settings(max_examples=300, deadline=None)
+    @given(values)
+    def check(value):
+        text = json.dumps(value)
+        expected = sealing._json(json.loads(text))
+        assert json.dumps(sealing.load_json(text), sort_keys=True) == json.dumps(expected, sort_keys=True)
+
+    check()

@@ -85,8 +85,13 @@ def audit(
     anchor_urls: Iterable[str] = (),
     interval: datetime.timedelta | None = None,
     origin: str | None = None,
+    all_logged: bool = False,
 ) -> AuditReport:
-    """Check the log, its checkpoints and the records it names with ``public_keys``."""
+    """Check the log, its checkpoints and the records it names with ``public_keys``.
+
+    ``all_logged``: the log began before the first record was written, so a record no leaf
+    names is reported however old it claims to be (otherwise one older than every logged
+    record is only counted as not covered)."""
     now = timezone.now()
     report = AuditReport(requested=(since, now))
     keys = list(public_keys)
@@ -94,7 +99,7 @@ def audit(
     report.newest = max(signed, key=lambda c: (c.size, c.time or now), default=None)
     kept = _anchored(report, keys, origin, anchor_urls)
     report.anchored = max(kept, key=lambda c: (c.size, c.time or now), default=None)
-    _gaps(report, signed, interval)
+    _gaps(report, signed, interval, now)
     tree = _leaves(report, using, {c.size for c in [*signed, *kept]}, since, keep=bool(kept))
     for checkpoint in signed:
         _check_root(report, checkpoint, tree.roots, tree.size, "checkpoint")
@@ -103,7 +108,8 @@ def audit(
             _check_root(report, checkpoint, tree.roots, tree.size, "anchor")
     if report.anchored is not None:
         _against_anchor(report, report.newest, report.anchored, tree)
-    _unlogged(report, using, signed, since)
+    _twice(report, using)
+    _unlogged(report, using, signed, since, all_logged)
     return report
 
 
@@ -179,11 +185,17 @@ def _anchored(
     return kept
 
 
-def _gaps(report: AuditReport, signed: list[Signed], interval: datetime.timedelta | None) -> None:
+def _gaps(
+    report: AuditReport, signed: list[Signed], interval: datetime.timedelta | None, now: datetime.datetime
+) -> None:
+    """Where no checkpoint was written for more than two intervals, up to now: a
+    checkpointer stopped, or checkpoints deleted (an anchor tells which)."""
     if interval is None:
         return
     times = sorted({c.time for c in signed if c.time is not None})
-    for earlier, later in zip(times, times[1:], strict=False):
+    if not times:
+        return
+    for earlier, later in zip(times, [*times[1:], now], strict=True):
         if later - earlier > 2 * interval:
             report.gaps.append((earlier, later))
 
@@ -398,7 +410,28 @@ def _text(when: datetime.datetime | None) -> str:
     return note.format_time(when) if when is not None else "an unknown time"
 
 
-def _unlogged(report: AuditReport, using: str, signed: list[Signed], since: datetime.datetime | None) -> None:
+def _twice(report: AuditReport, using: str) -> None:
+    """A record logged twice: the checkpointer was led back over seals it had taken (its
+    cursors moved back behind its back)."""
+    from django.db.models import Count
+
+    twice = (
+        LogLeaf.objects.using(using)
+        .exclude(kind=sealing.PURGE)
+        .values("kind", "record_id")
+        .annotate(times=Count("index"))
+        .filter(times__gt=1)
+        .order_by()
+    )
+    for row in twice.iterator(chunk_size=CHUNK):
+        report.problems.append(
+            Problem("log edited", row["kind"], row["record_id"], detail=f"logged {row['times']} times")
+        )
+
+
+def _unlogged(
+    report: AuditReport, using: str, signed: list[Signed], since: datetime.datetime | None, all_logged: bool
+) -> None:
     """Stored records dated within the log's span that no leaf names."""
     times = [c.time for c in signed if c.time is not None]
     if not times or report.began is None:
@@ -417,7 +450,7 @@ def _unlogged(report: AuditReport, using: str, signed: list[Signed], since: date
                 at = seals.when(raw_at, until)
                 if at is not None and at > until:
                     continue  # not logged yet
-                if canonical and at is not None and at < began:
+                if canonical and at is not None and at < began and not all_logged:
                     report.not_covered += 1
                     continue
                 report.problems.append(Problem("unlogged", name, pk, detail=f"dated {raw_at}"))

@@ -173,6 +173,20 @@ def _json(value: Any) -> Any:
 _AS_IS = frozenset({str, int, bool, type(None)})
 
 
+def _canonical_float(text: str) -> Any:
+    """A JSON number with a fraction or an exponent, as :func:`_json` would make it."""
+    return _json(float(text))
+
+
+_canonical_decoder = json.JSONDecoder(parse_float=_canonical_float)
+
+
+def load_json(text: str) -> Any:
+    """JSON text parsed straight into the canonical form :func:`_json` gives parsed data
+    (its numbers converted as the C parser meets them, with no walk of the result)."""
+    return _canonical_decoder.decode(text)
+
+
 def _converter(field: Any) -> Any:
     """How a column's value, as the database returns it, becomes canonical JSON data."""
     from django.db.models import GenericIPAddressField, JSONField
@@ -199,11 +213,18 @@ class RecordKind:
     def converters(self) -> list[tuple[str, Any]]:
         return [(f.attname, _converter(f)) for f in self.model._meta.concrete_fields if f.attname != self.actor]
 
-    def digest(self, row: dict[str, Any]) -> str:
-        columns = {}
+    def digest(self, row: dict[str, Any], json_canonical: bool = False) -> str:
+        """The SHA-256 of the row's canonical JSON. ``json_canonical``: its JSON columns were
+        parsed with :func:`load_json` already, in the canonical form."""
+        columns: dict[str, Any] = {}
         for name, convert in _converters(self):
             value = row[name]
-            columns[name] = None if value is None else convert(value)
+            if value is None:
+                columns[name] = None
+            elif json_canonical and convert is _json:
+                columns[name] = value
+            else:
+                columns[name] = convert(value)
         text = json.dumps(columns, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
         return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
@@ -308,7 +329,8 @@ def chain_text(chain: SealChain) -> list[str]:
 
 
 def counter_text(counter: SealCounter) -> list[str]:
-    return ["counter", counter.name, str(counter.value), counter.key_id]
+    restarted = "" if counter.restarted_after is None else str(counter.restarted_after)
+    return ["counter", counter.name, str(counter.value), counter.key_id, restarted]
 
 
 # --- the writers' chains ----------------------------------------------------------------------
@@ -444,9 +466,14 @@ def _count_chain(alias: str, kid: str, key: bytes) -> int:
         # Made by the migration: gone only with the table's rows. Counting goes on after the
         # highest number left (verification reports the counter, sealed, as edited).
         highest = SealChain.objects.using(alias).aggregate(top=models.Max("number"))["top"] or 0
-        if highest:
+        # Chains exist: the row was deleted. Recreated marked so, in its HMAC: verification
+        # reports it from now on, whoever deleted it and whatever chains went with it.
+        restarted = highest if SealChain.objects.using(alias).exists() else None
+        if restarted is not None:
             log_payload(audit_logger, logging.ERROR, {"event": "seal_counter_missing", "restarted_after": highest})
-        counters.bulk_create([SealCounter(name=CHAINS, value=highest)], ignore_conflicts=True)
+        counters.bulk_create(
+            [SealCounter(name=CHAINS, value=highest, restarted_after=restarted)], ignore_conflicts=True
+        )
         counters.filter(name=CHAINS).update(value=F("value") + 1)
     counter = counters.get(name=CHAINS)
     counter.key_id = kid

@@ -87,10 +87,18 @@ def after_retirement(
 def when(raw: Any, reference: datetime.datetime | None) -> datetime.datetime | None:
     """A stored time, comparable with ``reference``; None when it is not a time."""
     try:
-        at = raw if isinstance(raw, datetime.datetime) else parse_datetime(raw) if isinstance(raw, str) else None
+        at = raw if isinstance(raw, datetime.datetime) else _parse(raw) if isinstance(raw, str) else None
     except ValueError:  # the form of a time, not one (February 30th)
         return None
     if at is not None and reference is not None and (at.tzinfo is None) != (reference.tzinfo is None):
         # Stored naive in UTC (USE_TZ), or compared with an aware ``until`` without USE_TZ.
         at = at.replace(tzinfo=reference.tzinfo) if at.tzinfo is None else timezone.make_naive(at, datetime.UTC)
     return at
+
+
+def _parse(text: str) -> datetime.datetime | None:
+    """ISO 8601 as gql_audit writes it, quickly; any other spelling Django reads."""
+    try:
+        return datetime.datetime.fromisoformat(text)
+    except ValueError:
+        return parse_datetime(text)

@@ -27,7 +27,18 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import DatabaseError, connections, transaction
-from django.db.models import DateTimeField, JSONField, TextField
+from django.db.models import (
+    BooleanField,
+    CharField,
+    DateTimeField,
+    ForeignKey,
+    GenericIPAddressField,
+    IntegerField,
+    JSONField,
+    TextField,
+    UUIDField,
+)
+from django.db.models.fields import AutoFieldMixin
 from django.db.models.functions import Cast
 
 from gql_audit.dbcontext import POSTGRES_VENDORS
@@ -164,6 +175,9 @@ def _check_counter(numbers: list[Any], walk: _Walk) -> None:
             counter.mac, sealing.mac(key, *sealing.counter_text(counter))
         ):
             report.problems.append(Problem("chain counter edited", "chain", "counter"))
+        elif counter.restarted_after is not None:
+            detail = f"deleted; counted again after chain {counter.restarted_after}: newer chains may be gone"
+            report.problems.append(Problem("chain counter edited", "chain", "counter", detail=detail))
     found = sorted({n for n in numbers if isinstance(n, int) and n > 0})
     if found and found[-1] > count:
         # The counter put back to an earlier value of its own.
@@ -395,13 +409,44 @@ class StoredRecords:
         self.manager = kind.model._default_manager.using(using)
         self.pk_name = kind.model._meta.pk.attname
         self.users = get_user_model()._default_manager.db_manager(using)
+        self.raw = _raw_select(kind, self.fields, self.connection)
+        #: Whether rows come with their JSON already parsed canonically (the raw read).
+        self.json_canonical = False
 
     def _stored(self, pks: list[str]) -> list[dict[str, Any]]:
+        if self.raw is not None:
+            return self._stored_raw(pks)
         rows = self.manager.filter(pk__in=pks).annotate(
             **{f"raw_{f.attname}": Cast(f.attname, TextField()) for f in self.spelled}
         )
         with transaction.atomic(using=self.using):  # a savepoint when inside a transaction
             return list(rows.values(*self.fields, *(f"raw_{f.attname}" for f in self.spelled)))
+
+    def _stored_raw(self, pks: list[str]) -> list[dict[str, Any]]:
+        """On PostgreSQL: one statement, the values as the driver gives them (what Django's
+        own conversions would give for these columns) and JSON parsed straight into the
+        digest's canonical form: several times faster than a queryset, for millions of rows."""
+        assert self.raw is not None
+        sql, names, json_columns = self.raw
+        pk_field = self.kind.model._meta.pk
+        keys = []
+        for pk in pks:
+            try:
+                keys.append(pk_field.to_python(pk))
+            except (ValidationError, ValueError, TypeError):
+                continue  # no such key can be stored
+        with transaction.atomic(using=self.using), self.connection.cursor() as cursor:
+            cursor.execute(sql, [keys])
+            fetched = cursor.fetchall()
+        rows = []
+        for values in fetched:
+            row = dict(zip(names, values, strict=True))
+            for name in json_columns:
+                if isinstance(row[name], str):
+                    row[name] = sealing.load_json(row[name])
+            rows.append(row)
+        self.json_canonical = True
+        return rows
 
     def read(self, pks: list[str]) -> tuple[list[dict[str, Any]], list[str]]:
         """The rows of ``pks`` that are stored, and the keys of those that cannot be read
@@ -424,7 +469,7 @@ class StoredRecords:
         """None when the row is what was recorded; else why not (``""``: its content,
         ``"unreadable"``, ``"actor"``). A deleted user's records lose their actor: not tampering."""
         try:
-            found = self.kind.digest(row)
+            found = self.kind.digest(row, json_canonical=self.json_canonical)
         except _UNREADABLE:  # JSON nested past what the digest's walk goes (Python 3.13 reads it)
             return "unreadable"
         if found != digest or any(_respelled(f, row, self.connection) for f in self.spelled):
@@ -434,6 +479,41 @@ class StoredRecords:
         if stored_actor != actor and not gone:
             return "actor"
         return None
+
+
+#: Field classes whose raw PostgreSQL value is what Django's queryset gives (JSON: text,
+#: parsed here). A model with any other column (a swapped ``LogEntry``) is read by queryset.
+_RAW_FIELDS = (
+    AutoFieldMixin,
+    BooleanField,
+    CharField,
+    DateTimeField,
+    ForeignKey,
+    GenericIPAddressField,
+    IntegerField,
+    JSONField,
+    TextField,
+    UUIDField,
+)
+
+
+def _raw_select(kind: sealing.RecordKind, names: list[str], connection: Any) -> tuple[str, list[str], list[str]] | None:
+    """``(sql, column names, JSON columns)`` reading ``names`` of records by key, on
+    PostgreSQL when every column allows it; None to read by queryset."""
+    if connection.vendor != "postgresql":
+        return None
+    meta = kind.model._meta
+    by_name = {f.attname: f for f in meta.concrete_fields}
+    fields = [by_name[name] for name in names]
+    for column in fields:
+        if not isinstance(column, _RAW_FIELDS) or (isinstance(column, JSONField) and column.decoder is not None):
+            return None
+        if not isinstance(column, JSONField) and type(column).__dict__.get("from_db_value") is not None:
+            return None
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(str(f.column)) for f in fields)
+    sql = f"SELECT {columns} FROM {quote(meta.db_table)} WHERE {quote(str(meta.pk.column))} = ANY(%s)"
+    return sql, names, [f.attname for f in fields if isinstance(f, JSONField)]
 
 
 def _check_records(name: str, kind: sealing.RecordKind, walk: _Walk) -> None:

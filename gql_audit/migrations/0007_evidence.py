@@ -24,6 +24,7 @@ class Migration(migrations.Migration):
             fields=[
                 ("name", models.CharField(max_length=16, primary_key=True, serialize=False)),
                 ("value", models.BigIntegerField(default=0)),
+                ("restarted_after", models.BigIntegerField(blank=True, null=True)),
                 ("key_id", models.CharField(blank=True, max_length=16)),
                 ("mac", models.CharField(blank=True, max_length=64)),
             ],

@@ -48,8 +48,8 @@ class Command(BaseCommand):
         parser.add_argument(
             "--all-sealed",
             action="store_true",
-            help="Sealing was on before the first record: report every record no seal lists as inserted, "
-            "however old it claims to be.",
+            help="Sealing (with --public-key: the log) was on before the first record: report every record "
+            "no seal lists (no leaf names) however old it claims to be.",
         )
         parser.add_argument(
             "--public-key",
@@ -113,6 +113,7 @@ class Command(BaseCommand):
             anchor_urls=options["anchor"],
             interval=interval,
             origin=settings.origin if settings is not None else None,
+            all_logged=options["all_sealed"],
         )
         lines = self.audit_lines(report)
         summary = (
