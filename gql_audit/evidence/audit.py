@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from django.db import connections
 from django.utils import timezone
 
 from gql_audit.evidence import anchors, log, merkle, note, sealing, seals
@@ -223,9 +224,7 @@ def _leaves(report: AuditReport, using: str, sizes: set[int], since: datetime.da
     checker = _Records(report, using, since)
     batch: list[tuple[int, dict[str, Any] | None]] = []
     missing_reported = False
-    for index, text in (
-        LogLeaf.objects.using(using).order_by("index").values_list("index", "leaf").iterator(chunk_size=log.BATCH)
-    ):
+    for index, text in log.stored_leaves(using):
         if index != tree.size:
             if not missing_reported:
                 detail = f"leaf {tree.size} missing" if index > tree.size else "leaf out of place"
@@ -437,13 +436,17 @@ def _unlogged(
     if not times or report.began is None:
         return
     began, until = report.began, max(times) - UNLOGGED_MARGIN
+    in_database = connections[using].vendor == "postgresql"  # the anti-join leaves only the unlogged
     for name, kind in sealing.record_kinds().items():
-        for chunk in stored_keys(kind, using, since):
-            logged = set(
-                LogLeaf.objects.using(using)
-                .filter(kind=name, record_id__in=[pk for pk, _, _ in chunk])
-                .values_list("record_id", flat=True)
-            )
+        for chunk in stored_keys(kind, using, since, unlogged=name):
+            logged: set[str] = set()
+            if not in_database:
+                ids = [pk for pk, _, _ in chunk]
+                logged.update(
+                    LogLeaf.objects.using(using)
+                    .filter(kind=name, record_id__in=ids)
+                    .values_list("record_id", flat=True)
+                )
             for pk, canonical, raw_at in chunk:
                 if canonical and pk in logged:
                     continue

@@ -173,10 +173,26 @@ def read_leaf(text: Any) -> dict[str, Any] | None:
     return data if isinstance(data["kind"], str) and isinstance(data["id"], str) else None
 
 
-def leaf_hashes(using: str, size: int) -> Iterator[tuple[int, str]]:
+def leaf_hashes(using: str, size: int) -> Iterator[tuple[int, Any]]:
     """``(index, text)`` of the leaves ``0 .. size - 1`` as stored, by index."""
-    rows = LogLeaf.objects.using(using).filter(index__lt=size).order_by("index").values_list("index", "leaf")
-    yield from rows.iterator(chunk_size=BATCH)
+    return stored_leaves(using, size)
+
+
+def stored_leaves(using: str, size: int | None = None) -> Iterator[tuple[int, Any]]:
+    """``(index, text)`` of every stored leaf (below ``size``), by index, read with one
+    statement in batches, unconverted (a million of them are read for one verification)."""
+    connection = connections[using]
+    quote = connection.ops.quote_name
+    sql = f"SELECT {quote('index')}, {quote('leaf')} FROM {quote(LogLeaf._meta.db_table)}"
+    params: list[Any] = []
+    if size is not None:
+        sql += f" WHERE {quote('index')} < %s"
+        params.append(size)
+    sql += f" ORDER BY {quote('index')}"
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        while rows := cursor.fetchmany(BATCH):
+            yield from rows
 
 
 # --- appending and signing ---------------------------------------------------------------------

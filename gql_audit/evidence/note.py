@@ -199,6 +199,9 @@ def open_note(note: str, keys: Iterable[PublicKey]) -> tuple[str, PublicKey]:
             data = base64.b64decode(signature, validate=True)
         except (binascii.Error, ValueError):
             raise ValueError("note signature is not base64") from None
+        if base64.b64encode(data).decode() != signature:
+            # Unused low bits set in the last character: another spelling of the same bytes.
+            raise ValueError("note signature is not canonical base64") from None
         if len(data) < 5:
             raise ValueError("note signature is too short")
         key = known.get((name, data[:4]))

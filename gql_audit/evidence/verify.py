@@ -43,7 +43,7 @@ from django.db.models.functions import Cast
 
 from gql_audit.dbcontext import POSTGRES_VENDORS
 from gql_audit.evidence import sealing, seals
-from gql_audit.models import ReadObject, Seal, SealChain, SealCounter
+from gql_audit.models import LogLeaf, ReadObject, Seal, SealChain, SealCounter
 
 CHUNK = 1000
 
@@ -567,22 +567,30 @@ def _check_object_index(indexed: dict[str, tuple[Any, Any]], walk: _Walk) -> Non
 
 
 def stored_keys(
-    kind: sealing.RecordKind, using: str, since: datetime.datetime | None = None
+    kind: sealing.RecordKind, using: str, since: datetime.datetime | None = None, unlogged: str | None = None
 ) -> Iterator[list[tuple[str, bool, Any]]]:
     """Every stored record's key and time, in chunks: ``(key, canonical, time text)``,
     read as the database returns them, unconverted: a forged row need not hold a key or a
-    time the model could read. ``canonical``: the key is spelled as Django stores it."""
+    time the model could read. ``canonical``: the key is spelled as Django stores it.
+    ``unlogged``: on PostgreSQL, only the records no leaf of that kind names (one
+    anti-join in the database; elsewhere the caller looks them up)."""
     connection = connections[using]
     quote = connection.ops.quote_name
     meta = kind.model._meta
     at_field: Any = meta.get_field(kind.at)
     # As text: a forged row need not hold a key or time Python can be given ("infinity").
-    columns = f"CAST({quote(str(meta.pk.column))} AS TEXT), CAST({quote(str(at_field.column))} AS TEXT)"
-    sql = f"SELECT {columns} FROM {quote(meta.db_table)}"
+    pk_text = f"CAST(r.{quote(str(meta.pk.column))} AS TEXT)"
+    columns = f"{pk_text}, CAST(r.{quote(str(at_field.column))} AS TEXT)"
+    sql = f"SELECT {columns} FROM {quote(meta.db_table)} r WHERE 1 = 1"
     params: list[Any] = []
     if since is not None:
-        sql += f" WHERE {quote(str(at_field.column))} >= %s"
+        sql += f" AND r.{quote(str(at_field.column))} >= %s"
         params.append(at_field.get_db_prep_value(since, connection))
+    if unlogged is not None and connection.vendor == "postgresql":
+        # A UUID or an integer as PostgreSQL spells it as text is how the log names it.
+        leaves = quote(LogLeaf._meta.db_table)
+        sql += f" AND NOT EXISTS (SELECT 1 FROM {leaves} l WHERE l.kind = %s AND l.record_id = {pk_text})"
+        params.append(unlogged)
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         while rows := cursor.fetchmany(CHUNK):
