@@ -51,8 +51,8 @@ def main() -> None:
 
     from bench.models import Record
     from bench.schema import RECORD_FIELDS
-    from gql_audit import sealing
     from gql_audit.conf import conf
+    from gql_audit.evidence import sealing
     from gql_audit.models import ReadObject, RequestReads, Seal, SealChain
 
     connection.creation.create_test_db(verbosity=0, autoclobber=True, serialize=False)
@@ -84,7 +84,7 @@ def main() -> None:
         return app
 
     def clear() -> None:
-        sealing._writer.__init__()  # the chain rows go with the tables below
+        sealing.forget()  # the chain rows go with the tables below
         # TRUNCATE, not DELETE: PostgreSQL would keep the dead rows and their
         # index entries, and every later round would insert into a bigger table.
         with connection.cursor() as cursor:

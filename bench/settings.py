@@ -37,3 +37,11 @@ AUTHENTICATION_BACKENDS = [
 # benchmarks measure gql_audit without them.
 GQL_AUDIT = {k: v for k, v in GQL_AUDIT.items() if k not in ("QUERY_LIMITS", "THROTTLE")}  # noqa: F405
 SILENCED_SYSTEM_CHECKS = []
+
+# bench/evidence.py runs a checkpointer process on the benchmark's own database.
+if os.environ.get("GQA_BENCH_DB_NAME"):
+    import json
+
+    for _alias in DATABASES:
+        DATABASES[_alias]["NAME"] = os.environ["GQA_BENCH_DB_NAME"]
+    GQL_AUDIT = {**GQL_AUDIT, **json.loads(os.environ.get("GQA_BENCH_GQL_AUDIT", "{}"))}  # noqa: F405

@@ -23,6 +23,11 @@ class GqlAuditConfig(AppConfig):
 
         connection_created.connect(db.on_connection_created, dispatch_uid="gql_audit.on_connection_created")
 
+        from gql_audit import store
+
+        # Audit writes run again after a serialization failure, as any transaction here does.
+        store.use_retries(db.retry_write)
+
         from importlib.util import find_spec
 
         if find_spec("celery") is not None:

@@ -148,6 +148,7 @@ def _check_values(raw: dict[str, Any]) -> list[Any]:
     if "INSTRUMENT_SCHEMA" in raw and not isinstance(raw["INSTRUMENT_SCHEMA"], bool):
         errors.append(_invalid("INSTRUMENT_SCHEMA", "must be True or False."))
     errors.extend(_check_tamper_evidence(raw.get("TAMPER_EVIDENCE")))
+    errors.extend(_check_checkpoints(raw.get("CHECKPOINTS")))
     authenticator = raw.get("AUTHENTICATOR", DEFAULTS["AUTHENTICATOR"])
     if isinstance(authenticator, str):
         try:
@@ -171,7 +172,7 @@ def _check_tamper_evidence(value: Any) -> list[Any]:
     if not isinstance(value, dict):
         return [_invalid(name, "must be None or a dict with 'key' (and 'previous_keys').")]
     errors = [_invalid(name, f"has an unknown key {k!r}.") for k in sorted(set(value) - {"key", "previous_keys"})]
-    from gql_audit.sealing import retirement
+    from gql_audit.evidence.sealing import retirement
 
     previous = value.get("previous_keys") or []
     if not isinstance(previous, (list, tuple)):
@@ -190,6 +191,33 @@ def _check_tamper_evidence(value: Any) -> list[Any]:
         if not isinstance(key, str) or len(key) < MIN_KEY_LENGTH:
             errors.append(_invalid(name, f"keys must be strings of at least {MIN_KEY_LENGTH} characters."))
             break
+    return errors
+
+
+def _check_checkpoints(value: Any) -> list[Any]:
+    """``CHECKPOINTS``: well formed, its public keys readable Ed25519 keys, its anchors of a
+    known scheme. Not the signing key: only ``gql_audit_checkpoint`` may read it."""
+    from gql_audit.evidence import anchors, log
+
+    def error(problem: str) -> Error:
+        return Error(f"{SETTINGS_NAME}['CHECKPOINTS'] {problem}", hint="See docs/evidence.md.", id="gql_audit.E031")
+
+    try:
+        settings = log.parse_settings(value)
+    except ValueError as exc:
+        return [error(f"{exc}.")]
+    if settings is None:
+        return []
+    errors = []
+    try:
+        log.read_public_keys(settings.origin, settings.public_keys)
+    except ValueError as exc:
+        errors.append(error(f"['public_keys']: {exc}."))
+    for url in settings.anchors:
+        try:
+            anchors.anchor(url)
+        except ValueError as exc:
+            errors.append(error(f"['anchors']: {exc}."))
     return errors
 
 

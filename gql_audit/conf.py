@@ -67,6 +67,8 @@ DEFAULTS: dict[str, Any] = {
     # Pauses between retries of a transaction on 40001 (gql_audit.db). CockroachDB's documented
     # client-side retry example waits 2 ** retry * 0.1 * (random() + 0.5) seconds.
     "RETRY_BACKOFF": {"base": 0.1, "jitter": 0.5, "max_wait": 5.0},
+    # Signed checkpoints of an append-only log of every record (gql_audit_checkpoint).
+    "CHECKPOINTS": None,
 }
 
 #: Settings whose value may be a dotted import path, resolved on first use.

@@ -256,3 +256,63 @@ def sql_comment(execute: Callable[..., Any], sql: str, params: Any, many: bool, 
         if ctx is not None and isinstance(sql, str):
             sql += request_comment(ctx.request_id, with_params=params is not None)
     return execute(sql, params, many, context_)
+
+
+# --- gql_audit's own writes, run again after a serialization failure -------------------
+
+#: Attempts of one audit write at most: writes are short, and a record that cannot be
+#: sealed is weaker evidence, so it gets more chances than a service's transaction.
+AUDIT_WRITE_ATTEMPTS = 10
+
+
+def retry_write(
+    attempt: Callable[[list[dict[str, Any]]], T],
+    *,
+    using: str = "default",
+    max_attempts: int = AUDIT_WRITE_ATTEMPTS,
+    on_retry: Callable[[BaseException], None] | None = None,
+) -> T:
+    """Run ``attempt``, one of gql_audit's own writes (the records of a request and their
+    seal, a purge batch, a checkpoint), and run it again after a serialization failure
+    (SQLSTATE 40001), with :func:`run_in_transaction`'s backoff.
+
+    ``attempt`` opens its own transaction, or is one statement in autocommit. It is
+    given the ``db_retry`` events of the attempts that failed before it, to write in
+    the same transaction as its records: written apart they would be a write of their
+    own, which could fail the same way. ``on_retry`` is told of each failure before
+    the next attempt. Inside an outer transaction nothing can be retried alone:
+    ``attempt`` runs once.
+    """
+    from gql_audit.errors import describe_database_error
+    from gql_audit.events import build_event
+
+    retries: list[dict[str, Any]] = []
+    attempts = 1 if connections[using].in_atomic_block else max_attempts
+    number = 0
+    while True:
+        number += 1
+        try:
+            return attempt(list(retries))
+        except Exception as exc:
+            sqlstate = sqlstate_of(exc)
+            if sqlstate != SERIALIZATION_FAILURE or number >= attempts:
+                raise
+            parsed = parse_retry_error(exc) or {}
+            ctx = context.current()
+            if ctx is not None:
+                ctx.db_retries += 1
+            text, _ = describe_database_error(exc)
+            details = {"attempt": number, **parsed, "using": using, "write": "audit"}
+            retries.append(build_event("db_retry", ctx, message=text, sqlstate=sqlstate, details=details))
+            transaction_retried.send(
+                sender=retry_write,
+                attempt=number,
+                sqlstate=sqlstate,
+                reason=parsed.get("reason"),
+                txn=parsed.get("txn"),
+                error=exc,
+                using=using,
+            )
+            if on_retry is not None:
+                on_retry(exc)
+            time.sleep(backoff(number))

@@ -123,11 +123,14 @@ class Seal(models.Model):
 class SealChain(models.Model):
     """One writer's chain of seals for one day: where it starts, its newest seal, sealed.
 
-    ``base_*`` is where verification starts (the anchor, or the last seal a purge
-    removed); ``head_*`` the newest seal; ``mac`` the HMAC of all of them.
+    ``number`` counts chains from 1 without a gap (:class:`SealCounter`), so that a
+    chain deleted whole shows; ``base_*`` is where verification starts (the anchor,
+    or the last seal a purge removed); ``head_*`` the newest seal; ``mac`` the HMAC
+    of all of them.
     """
 
     chain = models.CharField(max_length=64, primary_key=True)
+    number = models.BigIntegerField(null=True, unique=True)
     started_at = models.DateTimeField()
     base_seq = models.BigIntegerField(default=0)
     base_mac = models.CharField(max_length=64)
@@ -178,3 +181,89 @@ class OutboxCursor(models.Model):
 
     def __str__(self) -> str:
         return f"{self.url or self.sink} @ {self.seq}"
+
+
+class SealCounter(models.Model):
+    """How many seal chains were ever started (``name = "chains"``), sealed.
+
+    Raised in the transaction that starts a chain, so chain numbers have no gap: a
+    number missing is a chain deleted.
+    """
+
+    name = models.CharField(max_length=16, primary_key=True)
+    value = models.BigIntegerField(default=0)
+    #: Set when the row had been deleted and was made again, counting on after this number.
+    restarted_after = models.BigIntegerField(null=True, blank=True)
+    key_id = models.CharField(max_length=16, blank=True)
+    mac = models.CharField(max_length=64, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.value}"
+
+
+class LogLeaf(models.Model):
+    """``CHECKPOINTS``: one record in the append-only log, at its place in the Merkle tree.
+
+    ``leaf`` is the text that is hashed (``SHA-256(0x00 || UTF-8 of leaf)``): a JSON
+    object naming the record's kind and key, with its time, actor and the SHA-256 of its
+    stored content. Written only by ``gql_audit_checkpoint``, with the checkpoint that
+    signs it; kept after the record itself is purged, so that the tree still verifies.
+    """
+
+    index = models.BigIntegerField(primary_key=True)
+    #: ``reads``, ``entry``, ``event``, or ``purge`` (a purge's own record).
+    kind = models.CharField(max_length=16)
+    record_id = models.CharField(max_length=255)
+    #: The leaf's ``type`` and ``at`` again, for ``gql_audit_purge`` to find the oldest of a
+    #: kind in SQL (verification reads the leaf itself).
+    type = models.CharField(max_length=32)
+    at = models.DateTimeField(null=True)
+    leaf = models.TextField()
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["kind", "record_id"], name="gql_audit_leaf_record"),
+            models.Index(fields=["kind", "type", "at"], name="gql_audit_leaf_age"),
+        ]
+        verbose_name = "logged record"
+
+    def __str__(self) -> str:
+        return f"#{self.index} {self.kind}:{self.record_id}"
+
+
+class Checkpoint(models.Model):
+    """``CHECKPOINTS``: the log's tree at one moment, signed (a C2SP signed note).
+
+    ``note`` is the whole signed note; ``created_at`` its time line, ``tree_size`` and
+    ``root_hash`` its size and root (verification reads them from the note).
+    ``frontier`` holds the roots of the tree's right edge, from which the next run
+    appends without reading the leaves again.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    created_at = models.DateTimeField(db_index=True)
+    tree_size = models.BigIntegerField()
+    root_hash = models.CharField(max_length=64)
+    #: The C2SP key ID (hex) of the key that signed it.
+    key_id = models.CharField(max_length=8)
+    note = models.TextField()
+    frontier = models.JSONField(default=list)
+
+    class Meta:
+        ordering = ["-created_at"]
+        get_latest_by = "created_at"
+
+    def __str__(self) -> str:
+        return f"{self.tree_size} at {self.created_at:%Y-%m-%dT%H:%M:%SZ}"
+
+
+class LogCursor(models.Model):
+    """``CHECKPOINTS`` with ``TAMPER_EVIDENCE``: how far the log has taken a seal chain
+    (its newest seal logged, and that seal's HMAC, which the next must follow)."""
+
+    chain = models.CharField(max_length=64, primary_key=True)
+    seq = models.BigIntegerField()
+    mac = models.CharField(max_length=64)
+
+    def __str__(self) -> str:
+        return f"{self.chain}#{self.seq}"

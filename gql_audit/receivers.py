@@ -113,7 +113,7 @@ def note_change_entry(sender: Any, instance: Any, created: bool = False, **kwarg
     """``TAMPER_EVIDENCE``: a ``LogEntry`` saved in a request is sealed with the request's
     records; one saved elsewhere, when its transaction commits. ``EXPORT``: it is put in the
     outbox at once."""
-    from gql_audit import sealing
+    from gql_audit.evidence import sealing
     from gql_audit.export import outbox
 
     if created:

@@ -51,6 +51,11 @@ def _fresh_settings():
     conf.reload()
     yield
     conf.reload()
+    # The process's seal chains name rows the test database loses with the test: the
+    # next test starts its own, as a new process would.
+    from gql_audit.evidence import sealing
+
+    sealing.forget()
 
 
 @pytest.fixture

@@ -241,7 +241,7 @@ def test_sink_urls_are_shown_without_their_credentials():
 def test_on_postgresql_the_outbox_row_rides_in_the_reads_statement(client, users, settings, tmp_path, sealed):
     """In autocommit, a request's reads row, its outbox row (and its seal) are one statement:
     both are written, or neither."""
-    from gql_audit import sealing
+    from gql_audit.evidence import sealing
     from gql_audit.models import Seal
 
     settings.GQL_AUDIT = {
@@ -250,7 +250,7 @@ def test_on_postgresql_the_outbox_row_rides_in_the_reads_statement(client, users
         "EXPORT": {"sinks": [f"file://{tmp_path / 'x.jsonl'}"]},
         "TAMPER_EVIDENCE": {"key": "k" * 40} if sealed else None,
     }
-    sealing._writer.__init__()
+    sealing.forget()
     token = make_token("alice")
     post_graphql(client, "{ documents { title } }", token=token)  # a chain starts: its own transaction
     seen = []
@@ -269,6 +269,6 @@ def test_on_postgresql_the_outbox_row_rides_in_the_reads_statement(client, users
     row = RequestReads.objects.get(request_id="one-stmt")
     assert OutboxEvent.objects.filter(kind="reads", record_id=str(row.pk)).count() == 1
     if sealed:
-        from gql_audit.verify import verify
+        from gql_audit.evidence.verify import verify
 
         assert verify().problems == []

@@ -101,6 +101,20 @@ def test_bad_arguments_are_clear_errors(bad):
         call_command("gql_audit_purge", *bad)
 
 
+def test_units_mean_one_thing_and_a_dry_run_deletes_nothing_nor_says_it_does():
+    """``6m`` meant six minutes, where an operator may mean six months: refused, with the
+    two spellings that say which. A dry run never prints "Deleting"; progress shows the total."""
+    make_rows(access_old=3, access_new=0, events_old=5, events_new=0)
+    with pytest.raises(CommandError, match="'min' or 'mo'"):
+        call_command("gql_audit_purge", "--older-than", "6m")
+    output, deletes = purge("--older-than", "2mo", "--dry-run")  # 60 days: the rows are 100 days old
+    assert deletes == [] and "Deleting" not in output and "dry run, nothing is deleted" in output
+    assert "security events: would delete 6" in output and "access entries: would delete 3" in output
+    output, _ = purge("--older-than", "1440min", "--batch-size", "2")
+    assert "security events: batch of 2, 2 of 6" in output and "security events: deleted 6 of 6" in output
+    assert SecurityEvent.objects.count() == 0
+
+
 def test_purge_the_gql_audit_store(client, users, settings):
     from gql_audit.history import reads_of
     from gql_audit.models import ReadObject, RequestReads

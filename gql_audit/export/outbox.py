@@ -57,7 +57,7 @@ def insert_together(alias: str, instances: Sequence[Model]) -> None:
     from django.db import transaction
 
     from gql_audit.dbcontext import POSTGRES_VENDORS
-    from gql_audit.sealing import insert_clause
+    from gql_audit.evidence.sealing import insert_clause
 
     if not instances:
         return

@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('gql_audit', '0006_distributed_layout'),
+        ('gql_audit', '0007_evidence'),
     ]
 
     operations = [

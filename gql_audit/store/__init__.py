@@ -22,6 +22,6 @@ from __future__ import annotations
 
 from gql_audit.store.observe import observers
 from gql_audit.store.records import object_key
-from gql_audit.store.write import audit_alias, flush, seal_quietly, write, write_now
+from gql_audit.store.write import audit_alias, flush, seal_quietly, use_retries, write, write_now
 
-__all__ = ["audit_alias", "flush", "object_key", "observers", "seal_quietly", "write", "write_now"]
+__all__ = ["audit_alias", "flush", "object_key", "observers", "seal_quietly", "use_retries", "write", "write_now"]

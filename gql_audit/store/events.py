@@ -8,9 +8,9 @@ from gql_audit.models import SecurityEvent
 from gql_audit.store.observe import notify, observers
 
 
-def insert_events(events: list[dict[str, Any]], alias: str) -> list[Any]:
-    """Insert ``events`` (one statement); their primary keys."""
+def insert_events(events: list[dict[str, Any]], alias: str) -> list[SecurityEvent]:
+    """Insert ``events`` (one statement); the rows as written."""
     rows = SecurityEvent.objects.using(alias).bulk_create([SecurityEvent(**event) for event in events])
     if observers:
         notify("events", alias, rows)
-    return [row.pk for row in rows]
+    return rows

@@ -9,7 +9,7 @@ from typing import Any
 
 from django.utils import timezone
 
-from gql_audit import context, sealing
+from gql_audit import context
 from gql_audit.logging import log_payload
 from gql_audit.store.records import access_data, by_reader, object_repr
 
@@ -89,8 +89,6 @@ def log_unwritten(
 
 
 def seal_failed(exc: BaseException, ctx: context.RequestContext | None, written: dict[str, Any] | None = None) -> None:
-    """The fallback log's line for records written without their seal (the thread's next
-    seal starts a new chain: whether this one's position was taken cannot be known)."""
-    sealing.forget()
+    """The fallback log's line for records written without their seal."""
     payload = {"event": "seal_failed", "error": error_text(exc, ctx), **(written or {})}
     log_payload(audit_logger, logging.ERROR, payload)

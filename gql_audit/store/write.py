@@ -11,12 +11,14 @@ complete, to the fallback log.
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from django.db import transaction
 
-from gql_audit import context, metrics, sealing
+from gql_audit import context, metrics
 from gql_audit.conf import conf
+from gql_audit.evidence import sealing
 from gql_audit.export import outbox
 from gql_audit.store import events as event_rows
 from gql_audit.store.backends import access_store
@@ -27,11 +29,35 @@ from gql_audit.store.records import by_reader, merge_records
 #: After a failed write, records are tried one by one, this many at most.
 MAX_SINGLE_RETRIES = 200
 
+T = TypeVar("T")
+
 
 def audit_alias() -> str:
     """The database alias audit records are written to (``AUDIT_DATABASE``)."""
     alias: str = conf.AUDIT_DATABASE or "default"
     return alias
+
+
+#: Runs a write again after a serialization failure (SQLSTATE 40001): ``gql_audit.db.retry_write``,
+#: given at start-up (:func:`use_retries`). The store cannot import it: ``gql_audit.db``
+#: records its events through the store. Until then a write is tried once.
+_retry: Callable[..., Any] | None = None
+
+
+def use_retries(retry: Callable[..., Any]) -> None:
+    """Have every audit write run again after a serialization failure by ``retry``
+    (``retry(attempt, using=alias, on_retry=callback)``, as ``gql_audit.db.retry_write``)."""
+    global _retry
+    _retry = retry
+
+
+def _retrying(attempt: Callable[[list[dict[str, Any]]], T], alias: str) -> T:
+    """``attempt(retries)``, run again after a serialization failure; ``retries``: the
+    ``db_retry`` events of the attempts before, to write with the records."""
+    if _retry is None:
+        return attempt([])
+    result: T = _retry(attempt, using=alias, on_retry=lambda exc: sealing.rolled_back(alias))
+    return result
 
 
 def _store(
@@ -40,46 +66,77 @@ def _store(
     events: list[dict[str, Any]],
     alias: str,
     seal: bool = True,
-) -> None:
+) -> dict[str, list[Any]]:
     """Write the records, and seal them in the same transaction (``TAMPER_EVIDENCE``):
     no savepoint, so a seal that fails takes the records with it, and ``write`` tries
-    again without the seal."""
-    sealed = seal and sealing.enabled()
+    again without the seal. Returns what was written unsealed (``seal=False`` with
+    sealing on), ``{kind: rows or primary keys}``, the request's change entries too."""
+    on = sealing.enabled()
+    sealed = seal and on
+    if sealed:
+        sealing.prepare(alias)
     store = access_store()
     groups = by_reader(ctx, records) if records and ctx is not None else []
-    if ctx is not None and len(groups) == 1 and not events:
+    if ctx is not None and len(groups) == 1 and not events and sealed == on:
         [(reader, group)] = groups
         if store.save_alone(ctx, group, alias, reader, sealed=sealed):
             metrics.records_written("reads", len(group))
-            return
+            return {}
     written: dict[str, list[Any]] = {sealing.READS: [], sealing.ENTRY: [], sealing.EVENT: []}
     unsaved: list[Any] = []
     with transaction.atomic(using=alias):
         if ctx is not None:
             for reader, group in groups:
-                sealable, left = store.save(ctx, group, alias, reader, sealed=sealed)
+                # Sealing on, the rows are wanted either way: sealed, or named as unsealed.
+                sealable, left = store.save(ctx, group, alias, reader, sealed=on)
                 written[store.seal_kind].extend(sealable)
-                unsaved.extend(left)
+                if sealed:
+                    unsaved.extend(left)
+                else:
+                    for row in left:
+                        sealing.insert(alias, row)
         if events:
             written[sealing.EVENT] = event_rows.insert_events(events, alias)
         outbox.stage(alias, written)
+        if on and ctx is not None:
+            written[sealing.ENTRY].extend(ctx.changes_to_seal)
         if sealed:
-            written[sealing.ENTRY].extend(ctx.changes_to_seal if ctx is not None else [])
             sealing.seal(alias, written, insert=unsaved)
     if sealed and ctx is not None:
         ctx.changes_to_seal = []
     metrics.records_written("reads", len(records) if ctx is not None else 0)
     metrics.records_written("event", len(events))
+    return written if on and not sealed else {}
+
+
+def _left_unsealed(
+    ctx: context.RequestContext | None, alias: str, written: dict[str, list[Any]], error: BaseException
+) -> None:
+    """Records written (or committed by the service) whose seal could not be: the fallback
+    log names them, and the next seal of this process lists them as ``unsealed``."""
+    keys = {kind: [getattr(item, "pk", item) for item in items] for kind, items in written.items() if items}
+    if ctx is not None:
+        ctx.changes_to_seal = []
+    if not keys:
+        return
+    sealing.note_unsealed(alias, keys, error)
+    seal_failed(error, ctx, {"unsealed": {kind: [str(pk) for pk in pks] for kind, pks in keys.items()}})
 
 
 def seal_quietly(alias: str, written: dict[str, list[Any]]) -> None:
     """Seal what was just written; a seal that cannot be written must not lose the records
-    (they are written unsealed, and the fallback log says so)."""
-    try:
+    (they stay unsealed, and the fallback log says so)."""
+
+    def attempt(retries: list[dict[str, Any]]) -> None:
+        sealing.prepare(alias)
         with transaction.atomic(using=alias):
-            sealing.seal(alias, written)
+            ids = event_rows.insert_events(retries, alias) if retries else []
+            sealing.seal(alias, {**written, sealing.EVENT: ids} if ids else written)
+
+    try:
+        _retrying(attempt, alias)
     except Exception as exc:  # noqa: BLE001 - the records matter more than their seal
-        seal_failed(exc, None, written)
+        _left_unsealed(None, alias, written, exc)
 
 
 def _store_apart(
@@ -132,9 +189,9 @@ def _write(ctx: context.RequestContext | None, records: list[Any], events: list[
     if not records and not events:
         if ctx is not None and ctx.changes_to_seal and sealing.enabled():
             try:
-                _store(ctx, [], [], alias)
+                _retrying(lambda retries: _store(ctx, [], retries, alias), alias)
             except Exception as exc:  # noqa: BLE001 - sealing must not fail the request
-                seal_failed(exc, ctx)
+                _left_unsealed(ctx, alias, {sealing.ENTRY: list(ctx.changes_to_seal)}, exc)
         return True
     sink = conf.EVENT_SINK
     if sink != "database":
@@ -142,18 +199,18 @@ def _write(ctx: context.RequestContext | None, records: list[Any], events: list[
         if sink == "logs":
             return True
     try:
-        _store(ctx, records, events, alias)
+        _retrying(lambda retries: _store(ctx, records, [*events, *retries], alias), alias)
         return True
     except Exception as exc:  # noqa: BLE001 - the request must not fail because auditing did
         error: BaseException = exc
     if sealing.enabled() and not unreachable(error):
         # Maybe the seal failed, not the records: they matter more than their seal.
         try:
-            _store(ctx, records, events, alias, seal=False)
+            written = _retrying(lambda retries: _store(ctx, records, [*events, *retries], alias, seal=False), alias)
         except Exception as exc:  # noqa: BLE001 - the records themselves were refused
             error = exc
         else:
-            seal_failed(error, ctx)
+            _left_unsealed(ctx, alias, written, error)
             return True
     if not unreachable(error):
         records, events, last = _store_apart(ctx, records, events, alias)
@@ -163,6 +220,9 @@ def _write(ctx: context.RequestContext | None, records: list[Any], events: list[
     metrics.records_fallback("reads", len(records))
     metrics.records_fallback("event", len(events))
     log_unwritten(entries_for_log(ctx, records, alias), events, error, ctx)
+    if ctx is not None and ctx.changes_to_seal and sealing.enabled():
+        # Committed with the view, their seal was to come with these records.
+        _left_unsealed(ctx, alias, {sealing.ENTRY: list(ctx.changes_to_seal)}, error)
     return False
 
 

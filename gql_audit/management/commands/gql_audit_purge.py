@@ -1,52 +1,46 @@
-"""Delete old security events and ACCESS log entries, in batches."""
+"""Delete old security events and reads, in batches."""
 
 from __future__ import annotations
 
 import datetime
-import re
+import time
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import transaction
-from django.db.models import Model, QuerySet
+from django.db.models import Min, Model, QuerySet
 from django.utils import timezone
 
-from gql_audit import sealing
+from gql_audit.db import run_in_transaction
+from gql_audit.durations import SPELLINGS, parse_duration
+from gql_audit.evidence import log, sealing
 from gql_audit.kinds import SEVERITY
-from gql_audit.models import ReadObject, RequestReads, SecurityEvent
+from gql_audit.models import LogLeaf, ReadObject, RequestReads, SecurityEvent
 from gql_audit.store import audit_alias
 
-_AGE = re.compile(r"(\d+)([smhdw])")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 ACCESS = "access"
-#: Ages beyond this reach before year 1 on some dates: refused rather than overflowing.
-MAX_AGE = datetime.timedelta(days=365_000)
 #: The indexed time each purged model is cut off by (auditlog's LogEntry: ``timestamp``).
 TIME_FIELDS = {"gql_audit.securityevent": "created_at", "gql_audit.requestreads": "at", "gql_audit.readobject": "at"}
 
 
 def parse_age(value: str, option: str = "--older-than") -> datetime.timedelta:
-    """``90d``, ``12h``, ``30m``, ``2w``, ``45s``."""
-    match = _AGE.fullmatch(value.strip())
-    if match is None or int(match.group(1)) == 0:
-        raise CommandError(f"{option} takes a number and a unit (s, m, h, d, w), like 90d; not {value!r}")
+    """``90d``, ``12h``, ``30min``, ``2w``, ``6mo`` (see :mod:`gql_audit.durations`)."""
     try:
-        age: datetime.timedelta | None = datetime.timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
-    except OverflowError:
-        age = None
-    if age is None or age > MAX_AGE:
-        raise CommandError(f"{option} reaches back more than 1000 years: {value!r}")
-    return age
+        return parse_duration(value, option)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
 
 
 class Command(BaseCommand):
     help = (
         "Delete security events and reads (both access stores) older than a cut-off, in batches of small "
-        "transactions. Safe to interrupt and to run again."
+        "transactions. Safe to interrupt and to run again. With CHECKPOINTS, only the oldest of each kind "
+        "in the log's order, so that verification with the public key still passes."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--older-than", required=True, help="Age cut-off, e.g. 90d, 12h, 2w.")
+        parser.add_argument(
+            "--older-than", required=True, help=f"Age cut-off, e.g. 90d, 12h, 6mo (units: {SPELLINGS})."
+        )
         parser.add_argument(
             "--kind",
             choices=sorted([*SEVERITY, ACCESS]),
@@ -55,6 +49,12 @@ class Command(BaseCommand):
         parser.add_argument("--dry-run", action="store_true", help="Count what would be deleted; delete nothing.")
         parser.add_argument("--batch-size", type=int, default=1000, help="Rows per transaction (default 1000).")
         parser.add_argument("--database", default=None, help="Database alias (default: GQL_AUDIT AUDIT_DATABASE).")
+        parser.add_argument(
+            "--wait",
+            default=None,
+            help="With CHECKPOINTS: how long to wait for gql_audit_checkpoint to log the purge before "
+            "deleting anything (default: twice CHECKPOINTS['interval']).",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         batch_size = options["batch_size"]
@@ -63,50 +63,111 @@ class Command(BaseCommand):
         cutoff = timezone.now() - parse_age(options["older_than"])
         using = options["database"] or audit_alias()
         kind = options["kind"]
-        self.stdout.write(f"Deleting records older than {cutoff.isoformat()} from {using!r}.")
-        targets: list[tuple[str, QuerySet[Any]]] = []
-        if kind != ACCESS:
-            events = SecurityEvent.objects.using(using).filter(created_at__lt=cutoff)
-            targets.append(("security events", events.filter(kind=kind) if kind else events))
-        if kind in (None, ACCESS):
-            from auditlog import get_logentry_model
-
-            LogEntry = get_logentry_model()
-            targets.append(
-                (
-                    "access entries",
-                    LogEntry.objects.using(using).filter(action=LogEntry.Action.ACCESS, timestamp__lt=cutoff),
-                )
-            )
-            # The gql_audit access store: one row per request, and its object index where it has one.
-            targets.append(("requests' reads", RequestReads.objects.using(using).filter(at__lt=cutoff)))
-            targets.append(("objects read (index)", ReadObject.objects.using(using).filter(at__lt=cutoff)))
-        if not options["dry_run"] and sealing.enabled():
+        dry_run = options["dry_run"]
+        verb = "Would delete (dry run, nothing is deleted)" if dry_run else "Deleting"
+        self.stdout.write(f"{verb}: records older than {cutoff.isoformat()} from {using!r}.")
+        targets = self.targets(kind, cutoff, using)
+        if not dry_run and sealing.enabled():
             # Before deleting (an interrupted purge is covered too): a sealed record of what
             # goes, so that gql_audit_verify knows these absences from tampering.
             scope = "all" if kind is None else ACCESS if kind == ACCESS else f"event:{kind}"
-            sealing.append(using, [[sealing.PURGE, scope, cutoff.isoformat(), None, None, None]])
+            entry = [sealing.PURGE, scope, cutoff.isoformat(), None, None, None]
+            run_in_transaction(sealing.append, using, [entry], using=using)
             self.stdout.write(f"Sealed checkpoint: {scope} before {cutoff.isoformat()}.")
+            self.wait_logged(entry, options["wait"], using)
         for label, queryset in targets:
-            if options["dry_run"]:
-                self.stdout.write(f"{label}: would delete {queryset.count()}")
+            total = queryset.count()
+            if dry_run:
+                self.stdout.write(f"{label}: would delete {total}")
                 continue
-            total = self.purge(label, queryset, using, batch_size)
-            self.stdout.write(self.style.SUCCESS(f"{label}: deleted {total}"))
+            deleted = self.purge(label, queryset, using, batch_size, total)
+            self.stdout.write(self.style.SUCCESS(f"{label}: deleted {deleted} of {total}"))
 
-    def purge(self, label: str, queryset: QuerySet[Any], using: str, batch_size: int) -> int:
+    def wait_logged(self, entry: list[Any], wait: str | None, using: str) -> None:
+        """With ``CHECKPOINTS``: nothing is deleted before the log holds the purge's own
+        record, so that verification with the public key tells the purge from a deletion."""
+        try:
+            settings = log.log_settings()
+        except ValueError as exc:
+            raise CommandError(f"CHECKPOINTS {exc}.") from None
+        if settings is None:
+            return
+        timeout = parse_age(wait, "--wait") if wait else 2 * settings.interval
+        _, scope, _, _, text = log.leaf_of_entry(entry)
+        self.stdout.write(f"Waiting for gql_audit_checkpoint to log the purge (at most {timeout}).")
+        deadline = time.monotonic() + timeout.total_seconds()
+        leaves = LogLeaf.objects.using(using).filter(kind=sealing.PURGE, record_id=scope, leaf=text)
+        while not leaves.exists():
+            if time.monotonic() > deadline:
+                raise CommandError(
+                    "the log has not taken the purge's record: nothing was deleted. Is gql_audit_checkpoint "
+                    "running? Run the purge again once it is (see docs/evidence.md)."
+                )
+            time.sleep(1)
+        self.stdout.write("Logged.")
+
+    def targets(self, kind: str | None, cutoff: datetime.datetime, using: str) -> list[tuple[str, QuerySet[Any]]]:
+        """What goes: ``(label, queryset)``, the log's order kept where there is a log."""
+        from auditlog import get_logentry_model
+
+        targets: list[tuple[str, QuerySet[Any]]] = []
+        if kind != ACCESS:
+            events = SecurityEvent.objects.using(using).filter(created_at__lt=cutoff)
+            events = events.filter(kind=kind) if kind else events
+            types = [kind] if kind else list(SEVERITY)
+            targets.append(("security events", _in_log_order(events, sealing.EVENT, types, cutoff, using)))
+        if kind in (None, ACCESS):
+            LogEntry = get_logentry_model()
+            entries = LogEntry.objects.using(using).filter(action=LogEntry.Action.ACCESS, timestamp__lt=cutoff)
+            targets.append(("access entries", _in_log_order(entries, sealing.ENTRY, [ACCESS], cutoff, using)))
+            # The gql_audit access store: one row per request, and its object index where it has one.
+            reads = RequestReads.objects.using(using).filter(at__lt=cutoff)
+            targets.append(("requests' reads", _in_log_order(reads, sealing.READS, [sealing.READS], cutoff, using)))
+            index = ReadObject.objects.using(using).filter(at__lt=cutoff)
+            kept = list(_kept(sealing.READS, [sealing.READS], cutoff, using))
+            targets.append(("objects read (index)", index.exclude(reads_id__in=kept) if kept else index))
+        return targets
+
+    def purge(self, label: str, queryset: QuerySet[Any], using: str, batch_size: int, total: int) -> int:
         model: type[Model] = queryset.model
-        total = 0
+        deleted_so_far = 0
         while True:
             # Primary keys first, then a delete by key: each batch is one short
-            # transaction (CockroachDB and PostgreSQL alike prefer those). Oldest first,
+            # transaction (CockroachDB and PostgreSQL alike prefer those), run again after a
+            # serialization failure. Oldest first,
             # along the time index: retention only ever takes the oldest records, also
             # when a purge is interrupted.
             oldest_first = queryset.order_by(TIME_FIELDS.get(model._meta.label_lower, "timestamp"))
             pks = list(oldest_first.values_list("pk", flat=True)[:batch_size])
             if not pks:
-                return total
-            with transaction.atomic(using=using):
-                deleted, _ = model._base_manager.using(using).filter(pk__in=pks).delete()
-            total += deleted
-            self.stdout.write(f"{label}: batch of {deleted}, {total} so far")
+                return deleted_so_far
+            deleted = run_in_transaction(_delete, model, pks, using, using=using)
+            deleted_so_far += deleted
+            self.stdout.write(f"{label}: batch of {deleted}, {deleted_so_far} of {total}")
+
+
+def _delete(model: type[Model], pks: list[Any], using: str) -> int:
+    deleted, _ = model._base_manager.using(using).filter(pk__in=pks).delete()
+    return int(deleted)
+
+
+def _kept(kind: str, types: list[str], cutoff: datetime.datetime, using: str) -> QuerySet[Any]:
+    """Keys of records older than ``cutoff`` the log holds after a newer one of their kind:
+    kept for now, so that what is purged is always the oldest of each kind in the log
+    (the check with the public key tells a purge from a deletion by that)."""
+    leaves = LogLeaf.objects.using(using).filter(kind=kind, type__in=types)
+    kept = LogLeaf.objects.using(using).none()
+    for type_ in types:
+        boundary = leaves.filter(type=type_, at__gte=cutoff).aggregate(first=Min("index"))["first"]
+        if boundary is not None:
+            kept = kept | leaves.filter(type=type_, index__gt=boundary, at__lt=cutoff)
+    return kept.values_list("record_id", flat=True)
+
+
+def _in_log_order(
+    queryset: QuerySet[Any], kind: str, types: list[str], cutoff: datetime.datetime, using: str
+) -> QuerySet[Any]:
+    """``queryset`` less the records the log keeps for now (see :func:`_kept`)."""
+    if not LogLeaf.objects.using(using).filter(kind=kind).exists():
+        return queryset
+    return queryset.exclude(pk__in=list(_kept(kind, types, cutoff, using)))

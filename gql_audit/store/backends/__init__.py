@@ -17,7 +17,7 @@ from gql_audit.conf import conf
 class AccessStore:
     """Where the reads of a request go. A store writes inside the caller's transaction."""
 
-    #: The record kind a seal names what this store writes (``gql_audit.sealing``).
+    #: The record kind a seal names what this store writes (``gql_audit.evidence.sealing``).
     seal_kind: str
 
     def save(

@@ -16,8 +16,9 @@ from django.db import connections
 from django.db.models import Model
 from django.utils import timezone
 
-from gql_audit import context, sealing
+from gql_audit import context
 from gql_audit.compat import other_receivers
+from gql_audit.evidence import sealing
 from gql_audit.export import outbox
 from gql_audit.store.backends import AccessStore
 from gql_audit.store.observe import notify, observers
@@ -34,7 +35,7 @@ class AuditlogStore(AccessStore):
     def save(
         self, ctx: context.RequestContext, records: list[Any], alias: str, reader: context.Reader, *, sealed: bool
     ) -> tuple[list[Any], list[Any]]:
-        return insert_access_entries(ctx, records, alias, reader, ids=sealed or outbox.enabled()), []
+        return insert_access_entries(ctx, records, alias, reader, written=sealed or outbox.enabled()), []
 
 
 def max_query_params(connection: Any) -> int:
@@ -92,10 +93,13 @@ class AccessInsert:
         self.per_row = [self.meta.get_field(name) for name in PER_ROW]
         # Columns not set here take their default; NULLs are left to the column.
         self.constant = []
+        #: The same values as Python has them: what the entries are, as written.
+        self.constant_values: dict[str, Any] = {}
         for field in self.meta.concrete_fields:
             if field.primary_key or field.attname in PER_ROW:
                 continue
             value = shared[field.attname] if field.attname in shared else field.get_default()
+            self.constant_values[field.attname] = value
             if value is not None:
                 self.constant.append((field, field.get_db_prep_save(value, self.connection)))
         self.rows: list[tuple[Any, ...]] = []
@@ -145,25 +149,44 @@ class AccessInsert:
         return created
 
     def execute(self, returning: bool = False) -> list[Any]:
-        """Insert the entries; their primary keys when ``returning`` (``RETURNING``, no extra statement)."""
+        """Insert the entries; when ``returning``, the entries as written (``LogEntry``
+        objects with their primary keys, from ``RETURNING``: no extra statement, and
+        nothing read back for their seal)."""
         if not self.rows:
             return []
         quote = self.connection.ops.quote_name
         self.table = quote(self.meta.db_table)
         self.columns = ", ".join(quote(f.column) for f in [*self.per_row, *(f for f, _ in self.constant)])
-        self.returning = f" RETURNING {quote(self.meta.pk.column)}" if returning else ""
+        # The key with what tells the rows apart: one object is one entry of a request's reader.
+        named = [self.meta.pk, self.meta.get_field("content_type"), self.meta.get_field("object_pk")]
+        self.returning = f" RETURNING {', '.join(quote(f.column) for f in named)}" if returning else ""
         self.ids: list[Any] = []
         with self.connection.cursor() as cursor:
             if self.connection.vendor in ARRAY_VENDORS:
                 self._by_arrays(cursor)
             else:
                 self._by_values(cursor)
-        return self.ids
+        return self.entries(self.ids) if returning else []
+
+    def entries(self, returned: list[Any]) -> list[Any]:
+        """The ``LogEntry`` objects the rows are, each with the key ``returned`` names for it."""
+        from auditlog import get_logentry_model
+
+        LogEntry = get_logentry_model()
+        key_of = {(content_type, str(object_pk)): pk for pk, content_type, object_pk in returned}
+        names = [f.attname for f in self.per_row]
+        written = []
+        for row in self.rows:
+            fields = dict(zip(names, row, strict=True))
+            fields["additional_data"] = self.documents[row[-1]]
+            pk = key_of[(fields["content_type_id"], fields["object_pk"])]
+            written.append(LogEntry(pk=pk, **self.constant_values, **fields))
+        return written
 
     def _run(self, cursor: Any, sql: str, params: list[Any]) -> None:
         cursor.execute(sql + self.returning, params)
         if self.returning:
-            self.ids.extend(row[0] for row in cursor.fetchall())
+            self.ids.extend(cursor.fetchall())
 
     def _by_values(self, cursor: Any) -> None:
         """``INSERT ... VALUES (...), (...)``: as many rows a statement as parameters allow."""
@@ -212,11 +235,11 @@ OUR_RECEIVERS = ("gql_audit.defer_access_entry", "gql_audit.log_failed_change_en
 
 
 def insert_access_entries(
-    ctx: context.RequestContext, records: list[Any], alias: str, reader: context.Reader, ids: bool = False
+    ctx: context.RequestContext, records: list[Any], alias: str, reader: context.Reader, written: bool = False
 ) -> list[Any]:
     """Few statements whatever the number of entries; auditlog's ``pre_log`` and
     ``post_log`` sent for each entry when a receiver other than gql_audit's listens.
-    The primary keys of the entries when ``ids`` (else none)."""
+    The entries as written (``LogEntry`` objects) when ``written`` (else none)."""
     from auditlog import get_logentry_model
     from auditlog.signals import post_log, pre_log
 
@@ -238,10 +261,10 @@ def insert_access_entries(
         insert.add(record)
     announced = {m for m in models if other_receivers(post_log, m, OUR_RECEIVERS)}
     if not announced:
-        written = insert.execute(returning=ids)
+        rows = insert.execute(returning=written)
         if observers and records:
             notify("access_cid", alias, [ctx.correlation_id()])
-        return written
+        return rows
     entries = insert.execute_as_objects()
     for record, entry in zip(records, entries, strict=True):
         if record.model in announced:
@@ -256,4 +279,4 @@ def insert_access_entries(
                 log_entry=entry,
                 log_created=True,
             )
-    return [entry.pk for entry in entries]
+    return entries if written else []

@@ -11,8 +11,9 @@ from typing import Any
 from django.db import connections
 from django.utils import timezone
 
-from gql_audit import context, sealing
+from gql_audit import context
 from gql_audit.dbcontext import POSTGRES_VENDORS
+from gql_audit.evidence import sealing
 from gql_audit.export import outbox
 from gql_audit.models import ReadObject, RequestReads
 from gql_audit.redaction import safe_data
