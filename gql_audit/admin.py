@@ -31,7 +31,6 @@ from django.contrib.auth import get_user_model
 from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.db import connections
 from django.db.models import Model, Q, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
@@ -42,10 +41,9 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
 
 from gql_audit.conf import conf
-from gql_audit.dbcontext import POSTGRES_VENDORS
 from gql_audit.history import Read, entries_of_request, reads_in_row, reads_of, request_trail
-from gql_audit.models import ReadObject, RequestReads, SecurityEvent
-from gql_audit.store import object_key
+from gql_audit.models import RequestReads, SecurityEvent
+from gql_audit.store import index, object_key
 
 __all__ = [
     "AccessHistoryAdminMixin",
@@ -310,10 +308,7 @@ class ObjectFilter(InputFilter):
         if queryset.model is LogEntry:
             content_type = ContentType.objects.get_for_model(model)
             return queryset.filter(content_type=content_type, object_pk=object_pk)
-        key = object_key(model, object_pk)
-        if connections[queryset.db].vendor in POSTGRES_VENDORS:
-            return queryset.filter(keys__contains=[key])  # the GIN index on keys
-        return queryset.filter(id__in=ReadObject.objects.using(queryset.db).filter(key=key).values("reads_id"))
+        return index.reading(queryset, object_key(model, object_pk))
 
 
 class FieldReadFilter(InputFilter):

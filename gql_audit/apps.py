@@ -19,6 +19,13 @@ class GqlAuditConfig(AppConfig):
 
         connection_created.connect(db.on_connection_created, dispatch_uid="gql_audit.on_connection_created")
 
+        from django.core.signals import request_finished
+
+        from gql_audit.store import index
+
+        # Once the client has its response: the object index of reads caught up in bulk (SQLite).
+        request_finished.connect(index.after_response, dispatch_uid="gql_audit.index_after_response")
+
         from importlib.util import find_spec
 
         if find_spec("celery") is not None:

@@ -34,7 +34,8 @@ from django.utils.dateparse import parse_datetime
 
 from gql_audit import sealing
 from gql_audit.dbcontext import POSTGRES_VENDORS
-from gql_audit.models import ReadObject, Seal, SealChain
+from gql_audit.models import Seal, SealChain
+from gql_audit.store import index
 
 CHUNK = 1000
 
@@ -423,20 +424,12 @@ def _check_records(name: str, kind: sealing.RecordKind, walk: _Walk) -> None:
 
 
 def _check_object_index(indexed: dict[str, tuple[Any, Any]], walk: _Walk) -> None:
-    """Where reads are found through :class:`ReadObject` rows (SQLite), those rows must be
-    exactly the sealed reads' keys: a row deleted or moved hides a read from ``reads_of``."""
-    for chunk in _chunks(list(indexed)):
-        found: dict[str, set[tuple[str, Any]]] = {pk: set() for pk in chunk}
-        index = ReadObject.objects.using(walk.using).filter(reads_id__in=chunk)
-        for reads_id, key, at in index.values_list("reads_id", "key", "at"):
-            found[str(reads_id)].add((key, at))
-        for pk in chunk:
-            keys, at = indexed[pk]
-            if found[pk] != {(key, at) for key in keys}:
-                info = walk.sealed[(sealing.READS, pk)]
-                walk.report.problems.append(
-                    Problem("edited", sealing.READS, pk, info.chain, info.position, "object index")
-                )
+    """Where reads are found through an object index apart from their rows (SQLite), a
+    sealed row must be in it whole, or wait to be: an index row deleted or moved hides
+    a read from ``reads_of``."""
+    for pk in index.misindexed(walk.using, indexed):
+        info = walk.sealed[(sealing.READS, pk)]
+        walk.report.problems.append(Problem("edited", sealing.READS, pk, info.chain, info.position, "object index"))
 
 
 def _find_inserted(name: str, kind: sealing.RecordKind, seen: set[str], walk: _Walk) -> None:
