@@ -1,4 +1,8 @@
-"""Settings for the benchmarks: the example service on SQLite (in memory, or a WAL file) or PostgreSQL."""
+"""Settings for the benchmarks: the example service on SQLite (in memory, or a WAL file) or PostgreSQL.
+
+``BENCH_NAME`` names the throwaway database (PostgreSQL) or file (SQLite) a run creates,
+so that two runs side by side do not share one.
+"""
 
 import os
 
@@ -8,7 +12,7 @@ from example_service.settings import *  # noqa: F403
 DEBUG = False
 INSTALLED_APPS = [*INSTALLED_APPS, "bench"]  # noqa: F405
 if os.environ.get("BENCH_DB") == "postgres":
-    DATABASES = {"default": postgres_from_environment("gql_audit_bench")}
+    DATABASES = {"default": postgres_from_environment(os.environ.get("BENCH_NAME", "gql_audit_bench"))}
 elif os.environ.get("BENCH_DB") == "sqlite-wal":
     # A file in WAL mode, as docs/access-log.md recommends: what a durable SQLite costs.
     import tempfile
@@ -17,7 +21,11 @@ elif os.environ.get("BENCH_DB") == "sqlite-wal":
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": os.path.join(tempfile.gettempdir(), "gql_audit_bench.sqlite3"),
-            "TEST": {"NAME": os.path.join(tempfile.gettempdir(), "gql_audit_bench_test.sqlite3")},
+            "TEST": {
+                "NAME": os.path.join(
+                    tempfile.gettempdir(), os.environ.get("BENCH_NAME", "gql_audit_bench_test") + ".sqlite3"
+                )
+            },
             "OPTIONS": {"init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"},
         }
     }
