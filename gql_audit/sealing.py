@@ -440,15 +440,6 @@ def insert_clause(connection: Any, instance: Model) -> tuple[str, list[Any]]:
     return sql, [f.get_db_prep_save(getattr(instance, f.attname), connection) for f in fields]
 
 
-def insert(alias: str, row: Model) -> None:
-    """One row in one statement, with no signal and, in autocommit, no transaction of its own
-    (``QuerySet.bulk_create`` opens one)."""
-    connection = connections[alias]
-    sql, params = insert_clause(connection, row)
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-
-
 def _insert_and_advance(alias: str, seal: Seal, chain: SealChain, rows: list[Model]) -> None:
     """The seal's INSERT (and the ``rows``' INSERT) and the chain's UPDATE in one statement
     (PostgreSQL and CockroachDB run data-modifying ``WITH`` clauses): one round trip."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.db import connections
+from django.db.models import Model
 from django.utils import timezone
 
 from gql_audit import context, sealing
@@ -63,20 +64,36 @@ def built(ctx: context.RequestContext, records: list[Any], alias: str, reader: c
     return row
 
 
-def insert_row(alias: str, row: RequestReads) -> None:
+def insert_row(alias: str, row: Model) -> None:
     """One row, one raw INSERT: no transaction of its own in autocommit (``bulk_create``
-    opens one), no signal, nothing read back."""
-    sealing.insert(alias, row)
+    opens one), no signal, nothing read back, the statement's text made once."""
+    connection = connections[alias]
+    statement = _statements.get((connection.vendor, type(row)))
+    if statement is None:
+        statement = _statements[connection.vendor, type(row)] = _insert_statement(connection, type(row))
+    sql, fields = statement
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [field.get_db_prep_save(getattr(row, field.attname), connection) for field in fields])
+
+
+#: ``(vendor, model)`` -> the INSERT of one row and the fields its parameters come from.
+_statements: dict[tuple[str, type[Model]], tuple[str, list[Any]]] = {}
+
+
+def _insert_statement(connection: Any, model: type[Model]) -> tuple[str, list[Any]]:
+    quote = connection.ops.quote_name
+    fields = list(model._meta.concrete_fields)
+    columns = ", ".join(quote(str(field.column)) for field in fields)
+    values = ", ".join(["%s"] * len(fields))
+    return f"INSERT INTO {quote(model._meta.db_table)} ({columns}) VALUES ({values})", fields
 
 
 def request_reads_row(
     ctx: context.RequestContext, records: list[Any], alias: str, reader: context.Reader
 ) -> RequestReads:
     """The ``RequestReads`` row of ``records`` read by ``reader``, not yet saved."""
-    data = ctx.record_data(alias)
+    data = ctx.record_context(alias)
     actor = reader.actor
-    for key in ("request_id", "operation", "remote_addr", "path", "actor"):
-        data.pop(key, None)
     if reader.remote_port is not None:
         data["remote_port"] = reader.remote_port
     if reader.extra:
