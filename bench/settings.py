@@ -39,3 +39,18 @@ AUTHENTICATION_BACKENDS = [
     "graphql_jwt.backends.JSONWebTokenBackend",
     "django.contrib.auth.backends.ModelBackend",
 ]
+
+# Served by a real server (bench/throughput.py): BENCH_SERVE says which configuration,
+# on the database the benchmark created, its connections kept from one request to the
+# next (CONN_MAX_AGE), as a service under load keeps them.
+SERVE = os.environ.get("BENCH_SERVE")
+if SERVE:
+    DATABASES["default"]["NAME"] = DATABASES["default"]["TEST"]["NAME"]
+    DATABASES["default"]["CONN_MAX_AGE"] = 600
+    ALLOWED_HOSTS = ["*"]
+    if SERVE == "bare":
+        MIDDLEWARE = [m for m in MIDDLEWARE if m != "gql_audit.middleware.AuditContextMiddleware"]  # noqa: F405
+    elif SERVE == "sealed":
+        GQL_AUDIT = {**GQL_AUDIT, "TAMPER_EVIDENCE": {"key": "benchmark sealing key, long enough for HMAC-SHA256"}}  # noqa: F405
+    elif SERVE != "default":
+        raise RuntimeError(f"BENCH_SERVE must be bare, default or sealed, not {SERVE!r}")
