@@ -24,7 +24,7 @@ class GqlAuditConfig(AppConfig):
         from gql_audit.store import index
 
         # Once the client has its response: the object index of reads caught up in bulk (SQLite).
-        request_finished.connect(index.after_response, dispatch_uid="gql_audit.index_after_response")
+        request_finished.connect(index.catch_up_when_due, dispatch_uid="gql_audit.index_catch_up")
 
         from importlib.util import find_spec
 

@@ -15,7 +15,7 @@ they are built in bulk, off the request path:
   is written once for many entries) and removes them from the queue, in one transaction:
   a crash leaves both as they were;
 - each process catches up after a response (``request_finished``, when the client has
-  it), once its writes since the last time hold :data:`CATCH_UP_KEYS` keys;
+  it) or a Celery task, once its writes since the last time hold :data:`CATCH_UP_KEYS` keys;
 - readers search the index and the queued rows together, in one statement (one
   snapshot), so a read is found the moment its row is committed, indexed or not.
 
@@ -73,10 +73,10 @@ def wrote(alias: str, keys: int) -> None:
         _written[alias] = _written.get(alias, 0) + keys
 
 
-def after_response(**kwargs: Any) -> None:
-    """``request_finished``: catch up where this process wrote :data:`CATCH_UP_KEYS` keys
-    since it last did. The client has its response; a failure is logged, the rows stay
-    queued (and found by readers) until the next catch-up."""
+def catch_up_when_due(**kwargs: Any) -> None:
+    """Catch up where this process wrote :data:`CATCH_UP_KEYS` keys since it last did: after
+    a response (``request_finished``, the client has it) and after a task. A failure is
+    logged; the rows stay queued (and found by readers) until the next catch-up."""
     if not _written:
         return
     with _lock:
