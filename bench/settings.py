@@ -42,11 +42,15 @@ AUTHENTICATION_BACKENDS = [
 
 # Served by a real server (bench/throughput.py): BENCH_SERVE says which configuration,
 # on the database the benchmark created, its connections kept from one request to the
-# next (CONN_MAX_AGE), as a service under load keeps them.
+# next (CONN_MAX_AGE, or Django's pool with BENCH_POOL), as a service under load keeps them.
 SERVE = os.environ.get("BENCH_SERVE")
 if SERVE:
     DATABASES["default"]["NAME"] = DATABASES["default"]["TEST"]["NAME"]
-    DATABASES["default"]["CONN_MAX_AGE"] = 600
+    if os.environ.get("BENCH_POOL"):
+        # ASGI: each request runs in a thread of its own, so connections are pooled, not kept.
+        DATABASES["default"]["OPTIONS"] = {"pool": {"min_size": 2, "max_size": 4}}
+    else:
+        DATABASES["default"]["CONN_MAX_AGE"] = 600
     ALLOWED_HOSTS = ["*"]
     if SERVE == "bare":
         MIDDLEWARE = [m for m in MIDDLEWARE if m != "gql_audit.middleware.AuditContextMiddleware"]  # noqa: F405

@@ -5,7 +5,8 @@
 Needs ``wrk`` (Debian's package). Starts three servers of each kind on the same database,
 one per configuration: bare graphene-django, gql_audit as installed, and gql_audit with
 ``TAMPER_EVIDENCE``; the database connections kept from one request to the next
-(``CONN_MAX_AGE``), as a service under load keeps them. Kinds of server:
+(``CONN_MAX_AGE``; under ASGI, where each request runs in a thread of its own, Django's
+connection pool), as a service under load keeps them. Kinds of server:
 
 - ``sync``: gunicorn, 2 sync workers;
 - ``gthread``: gunicorn, 2 workers of 4 threads;
@@ -82,6 +83,7 @@ def start(kind: str, config: str, port: int) -> subprocess.Popen[bytes]:
         "BENCH_SERVE": config,
         "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "example_service")]),
         "EXAMPLE_LOG_LEVEL": "WARNING",
+        **({"BENCH_POOL": "1"} if kind == "uvicorn" else {}),
     }
     return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
@@ -109,12 +111,12 @@ def wait_until_serving(port: int, path: str, body: bytes, server: subprocess.Pop
 def load(url: str, script: Path, clients: int, seconds: int) -> tuple[float, float, float]:
     """Requests per second, p50 and p99 latency (ms) of ``clients`` connections for ``seconds``."""
     out = subprocess.run(
-        ["wrk", "-t2", f"-c{clients}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        ["wrk", "-t2", f"-c{clients}", f"-d{seconds}s", "--timeout", "30s", "--latency", "-s", str(script), url],
         check=True,
         capture_output=True,
         text=True,
     ).stdout
-    if "Non-2xx" in out:
+    if "Non-2xx" in out or "Socket errors" in out:
         raise SystemExit(f"wrk saw errors:\n{out}")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
 

@@ -116,6 +116,22 @@ def test_reads_of_with_a_limit_takes_the_newest_in_sql_and_loads_no_row_whole(do
 
 
 @pytest.mark.django_db
+def test_the_newest_reads_of_an_object_last_read_long_ago(documents):
+    """Many requests since, none reading it: its newest reads are still found, newest first."""
+    old, busy = documents[0], documents[1]
+    for n in range(3):
+        write_reads(f"old-{n}", [old, busy])
+    for n in range(40):
+        write_reads(f"busy-{n}", [busy])
+        if n == 20:
+            index.catch_up("default")
+    assert request_ids(reads_of(old, limit=2)) == ["old-2", "old-1"]
+    assert request_ids(reads_of(busy, limit=3)) == ["busy-39", "busy-38", "busy-37"]
+    assert request_ids(reads_of_objects([old, busy], limit=4)) == ["busy-39", "busy-38", "busy-37", "busy-36"]
+    assert sorted(request_ids(reads_of_objects([old], limit=10))) == ["old-0", "old-1", "old-2"]
+
+
+@pytest.mark.django_db
 def test_an_object_index_row_naming_an_object_its_row_does_not_hold_adds_no_read(documents):
     """The index only finds candidate rows; the reads come from the rows' own keys."""
     if not SQLITE:

@@ -57,6 +57,9 @@ _QUEUE = ReadIndexQueue._meta.db_table
 
 #: Up to this many objects, queued rows are narrowed down by their text before their JSON is walked.
 FEW_KEYS = 8
+#: PostgreSQL: the newest reads of an object are first looked for among the newest
+#: ``PROBE_ROWS * limit`` rows (an object read often is there), then in the object index.
+PROBE_ROWS = 10
 
 _written: dict[str, int] = {}
 _lock = threading.Lock()
@@ -143,52 +146,80 @@ def reads(
     else:
         found = _sqlite_reads(connection, keys, when, limit)
     convert = [_converters(field, connection) for field in fields]
-    shapes: dict[Any, Any] = {}
-    result = []
-    for raw in found:
-        values = [_apply(convert[n], value) for n, value in enumerate(raw[:5])]
-        # Rows read alike share their shapes' text: each decoded once.
-        shape_text = raw[5]
-        if shape_text not in shapes:
-            shapes[shape_text] = _apply(convert[5], shape_text)
-        result.append((*values, shapes[shape_text], raw[6], _shape_index(raw[7])))
-    return result
+    # Rows of one actor, one operation or one way of reading share that JSON column's
+    # text: each text is decoded once (its value shared, as one row's reads share it).
+    decoded: dict[tuple[int, Any], Any] = {}
+
+    def value(n: int, raw: Any) -> Any:
+        if n not in _JSON_COLUMNS:
+            return _apply(convert[n], raw)
+        if (n, raw) not in decoded:
+            decoded[n, raw] = _apply(convert[n], raw)
+        return decoded[n, raw]
+
+    return [(*(value(n, raw) for n, raw in enumerate(row[:6])), row[6], _shape_index(row[7])) for row in found]
+
+
+#: The columns of :data:`READ_COLUMNS` holding JSON (text from the database, never a list or dict).
+_JSON_COLUMNS = frozenset(n for n, name in enumerate(READ_COLUMNS) if name in ("actor", "operation", "shapes"))
 
 
 def _postgres_reads(connection: Any, keys: list[str], when: Any, limit: int | None) -> list[tuple[Any, ...]]:
-    quote = connection.ops.quote_name
-    rows = quote(_ROWS)
+    rows = connection.ops.quote_name(_ROWS)
     json_field: Any = RequestReads._meta.get_field("keys")
-    params: list[Any] = [json_field.get_db_prep_value([key], connection) for key in keys]
-    since = ""
-    if when is not None:
-        since = " AND at >= %s"
-        params.append(when)
-    # Each containment test is answered by the index on keys; the rows found are ordered
-    # apart (MATERIALIZED): an ORDER BY ... LIMIT beside the test would tempt the planner
-    # into walking the time index backwards through every row. Each row holds at least
-    # one of the reads: the newest ``limit`` reads are in the newest ``limit`` rows.
-    newest = f" ORDER BY at DESC LIMIT {int(limit)}" if limit is not None else ""
-    sql = (
-        f"WITH found AS MATERIALIZED (SELECT id, at FROM {rows} WHERE ({' OR '.join(['keys @> %s'] * len(keys))})"
-        f"{since}), newest AS (SELECT id FROM found{newest}) "
-    )
+    contained = [json_field.get_db_prep_value([key], connection) for key in keys]
+    since = " AND at >= %s" if when is not None else ""
+    ids: list[Any] | None = None
+    if limit is not None:
+        # An object read often: its newest reads are among the newest rows, found by
+        # walking the time index back a few times ``limit`` rows; if they hold fewer than
+        # ``limit`` reads of it, the object index finds them all instead.
+        tests = " OR ".join(["keys @> %s"] * len(keys))
+        probe = (
+            f"SELECT id FROM (SELECT id, at, keys FROM {rows} WHERE TRUE{since} ORDER BY at DESC "
+            f"LIMIT {PROBE_ROWS * int(limit)}) recent WHERE {tests} ORDER BY at DESC LIMIT {int(limit)}"
+        )
+        with connection.cursor() as cursor:
+            cursor.execute(probe, [*([when] if when is not None else []), *contained])
+            found = [row_id for (row_id,) in cursor.fetchall()]
+        if len(found) == limit:
+            ids = found
+    if ids is None:
+        # The object index, one containment test a statement part: each row found is
+        # checked against the one object it was found for (an OR would check every row
+        # against every object). MATERIALIZED: an ORDER BY ... LIMIT beside the tests
+        # would tempt the planner into walking the time index through every row.
+        each = f"SELECT id, at FROM {rows} WHERE keys @> %s{since}"
+        params: list[Any] = []
+        for value in contained:
+            params.extend([value, *([when] if when is not None else [])])
+        sql = f"WITH found AS MATERIALIZED ({' UNION ALL '.join([each] * len(keys))}) SELECT DISTINCT id, at FROM found"
+        if limit is not None:
+            # Each row holds at least one of the reads: the newest ``limit`` are in the newest ``limit`` rows.
+            sql += f" ORDER BY at DESC LIMIT {int(limit)}"
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            ids = [row_id for row_id, _ in cursor.fetchall()]
+    if not ids:
+        return []
+    quote = connection.ops.quote_name
     columns = ", ".join(f"r.{quote(name)}" for name in READ_COLUMNS)
+    # The reads taken from their rows; with one object, each row holds it (it was found
+    # for it), and its shape is the row's only one, or found by walking the row's keys.
     if len(keys) == 1:
-        # One object: each row holds it (its containment test said so); its shape is the
-        # row's only one, or found by walking the row's keys.
-        sql += (
+        sql = (
             f"SELECT {columns}, %s::text, CASE WHEN jsonb_array_length(r.shapes) = 1 THEN '0' ELSE ("
             "SELECT r.shape_of ->> (e.i - 1)::int FROM jsonb_array_elements_text(r.keys) WITH ORDINALITY AS e(v, i) "
-            f"WHERE e.v = %s LIMIT 1) END FROM newest n JOIN {rows} r ON r.id = n.id"
+            f"WHERE e.v = %s LIMIT 1) END FROM {rows} r WHERE r.id = ANY(%s)"
         )
-        params.extend([keys[0], keys[0]])
+        params = [keys[0], keys[0], ids]
     else:
-        sql += (
-            f"SELECT {columns}, e.v, r.shape_of ->> (e.i - 1)::int FROM newest n JOIN {rows} r ON r.id = n.id "
-            "CROSS JOIN LATERAL jsonb_array_elements_text(r.keys) WITH ORDINALITY AS e(v, i) WHERE e.v = ANY(%s)"
+        sql = (
+            f"SELECT {columns}, e.v, r.shape_of ->> (e.i - 1)::int FROM {rows} r "
+            "CROSS JOIN LATERAL jsonb_array_elements_text(r.keys) WITH ORDINALITY AS e(v, i) "
+            "WHERE r.id = ANY(%s) AND e.v = ANY(%s)"
         )
-        params.append(list(keys))
+        params = [ids, list(keys)]
     sql += " ORDER BY r.at DESC" + (f" LIMIT {int(limit)}" if limit is not None else "")
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
