@@ -119,6 +119,7 @@ def measure_rounds(
     warmup: int = 20,
     between: Callable[[], None] | None = None,
     interleave: bool = False,
+    closes: dict[str, list[float]] | None = None,
 ) -> dict[str, list[float]]:
     """Seconds per request of each round of each configuration.
 
@@ -130,7 +131,8 @@ def measure_rounds(
 
     A request is timed up to its response's last byte, as its client sees it;
     the server's ``response.close()`` after that (where ``WRITE_AFTER_RESPONSE``
-    writes) is not counted.
+    writes) is not counted; with ``closes`` given, it is timed on its own and its
+    seconds per request of each round are added there.
     """
     for app, env in configs.values():
         for _ in range(warmup):
@@ -142,26 +144,53 @@ def measure_rounds(
             if between is not None:
                 between()
             elapsed = dict.fromkeys(names, 0.0)
+            closing = dict.fromkeys(names, 0.0)
             for n in range(requests):
                 for name in names[n % len(names) :] + names[: n % len(names)]:
-                    elapsed[name] += _timed(*configs[name])
+                    seconds, closed = _timed(*configs[name])
+                    elapsed[name] += seconds
+                    closing[name] += closed
             for name in names:
                 samples[name].append(elapsed[name] / requests)
+                if closes is not None:
+                    closes.setdefault(name, []).append(closing[name] / requests)
             continue
         for name, (app, env) in configs.items():
             if between is not None:
                 between()
-            samples[name].append(sum(_timed(app, env) for _ in range(requests)) / requests)
+            timings = [_timed(app, env) for _ in range(requests)]
+            samples[name].append(sum(seconds for seconds, _ in timings) / requests)
+            if closes is not None:
+                closes.setdefault(name, []).append(sum(closed for _, closed in timings) / requests)
     return samples
 
 
-def _timed(app: WSGIHandler, env: dict) -> float:
-    """Seconds of one request up to its last byte (its ``close()`` not counted)."""
+def _timed(app: WSGIHandler, env: dict) -> tuple[float, float]:
+    """Seconds of one request up to its last byte, and of its ``close()`` apart."""
     start = time.perf_counter()
     _, response = send(app, env)
-    elapsed = time.perf_counter() - start
+    sent = time.perf_counter()
     response.close()
-    return elapsed
+    return sent - start, time.perf_counter() - sent
+
+
+def with_settings(app: Callable[..., Any], overrides: dict[str, Any]) -> Callable[..., Any]:
+    """``app`` with these ``GQL_AUDIT`` values in force for its requests.
+
+    Each configuration gets a settings cache of its own, put in place before each of
+    its requests: what gql_audit works out from its settings (the access store, the
+    sealing key, the protections' rules) is worked out once per configuration, as a
+    service works it out once per settings change, and never leaks into another.
+    """
+    from gql_audit.conf import conf
+
+    cache = dict(overrides)
+
+    def run(env: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        conf._cache = cache
+        return app(env, start_response)
+
+    return run
 
 
 def report(title: str, results: dict[str, float], baseline: str, unit: str = "request") -> None:

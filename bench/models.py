@@ -1,5 +1,7 @@
 from django.db import models
 
+from gql_audit.models import RequestReads
+
 
 class Record(models.Model):
     """Eight readable fields, registered with auditlog."""
@@ -14,3 +16,11 @@ class Record(models.Model):
 
     class Meta:
         ordering = ["id"]
+
+
+class FloorReads(models.Model):
+    """The floor: a request's reads row as ``gql_audit.models.RequestReads`` holds it, in a
+    table with the same columns and indexes but no object index (no GIN index, no
+    ``ReadObject`` rows): the least a durable record of a request can cost."""
+
+    locals().update({field.name: field.clone() for field in RequestReads._meta.local_fields})

@@ -30,12 +30,12 @@ class RecordType(DjangoObjectType):
 
 
 class RecordQuery(graphene.ObjectType):
-    records = graphene.List(graphene.NonNull(RecordType))
+    records = graphene.List(graphene.NonNull(RecordType), first=graphene.Int())
     records_with_accessed_signal = graphene.List(graphene.NonNull(RecordType))
 
     @gql_audit.public
-    def resolve_records(root, info):
-        return Record.objects.all()
+    def resolve_records(root, info, first=None):
+        return Record.objects.all() if first is None else Record.objects.all()[:first]
 
     @gql_audit.public
     def resolve_records_with_accessed_signal(root, info):

@@ -1,4 +1,8 @@
-"""Settings for the benchmarks: the example service on SQLite (in memory, or a WAL file) or PostgreSQL."""
+"""Settings for the benchmarks: the example service on SQLite (in memory, or a WAL file) or PostgreSQL.
+
+``BENCH_NAME`` names the throwaway database (PostgreSQL) or file (SQLite) a run creates,
+so that two runs side by side do not share one.
+"""
 
 import os
 
@@ -18,7 +22,11 @@ elif os.environ.get("BENCH_DB") == "sqlite-wal":
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": os.path.join(tempfile.gettempdir(), "gql_audit_bench.sqlite3"),
-            "TEST": {"NAME": os.path.join(tempfile.gettempdir(), "gql_audit_bench_test.sqlite3")},
+            "TEST": {
+                "NAME": os.path.join(
+                    tempfile.gettempdir(), os.environ.get("BENCH_NAME", "gql_audit_bench_test") + ".sqlite3"
+                )
+            },
             "OPTIONS": {"init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"},
         }
     }
@@ -45,3 +53,22 @@ if os.environ.get("GQA_BENCH_DB_NAME"):
     for _alias in DATABASES:
         DATABASES[_alias]["NAME"] = os.environ["GQA_BENCH_DB_NAME"]
     GQL_AUDIT = {**GQL_AUDIT, **json.loads(os.environ.get("GQA_BENCH_GQL_AUDIT", "{}"))}  # noqa: F405
+
+# Served by a real server (bench/throughput.py): BENCH_SERVE says which configuration,
+# on the database the benchmark created, its connections kept from one request to the
+# next (CONN_MAX_AGE, or Django's pool with BENCH_POOL), as a service under load keeps them.
+SERVE = os.environ.get("BENCH_SERVE")
+if SERVE:
+    DATABASES["default"]["NAME"] = DATABASES["default"]["TEST"]["NAME"]
+    if os.environ.get("BENCH_POOL"):
+        # ASGI: each request runs in a thread of its own, so connections are pooled, not kept.
+        DATABASES["default"]["OPTIONS"] = {"pool": {"min_size": 2, "max_size": 4}}
+    else:
+        DATABASES["default"]["CONN_MAX_AGE"] = 600
+    ALLOWED_HOSTS = ["*"]
+    if SERVE == "bare":
+        MIDDLEWARE = [m for m in MIDDLEWARE if m != "gql_audit.middleware.AuditContextMiddleware"]  # noqa: F405
+    elif SERVE == "sealed":
+        GQL_AUDIT = {**GQL_AUDIT, "TAMPER_EVIDENCE": {"key": "benchmark sealing key, long enough for HMAC-SHA256"}}  # noqa: F405
+    elif SERVE != "default":
+        raise RuntimeError(f"BENCH_SERVE must be bare, default or sealed, not {SERVE!r}")

@@ -1,3 +1,4 @@
+from django.contrib import admin
 from django.urls import path
 from django.views.decorators.csrf import csrf_exempt
 from graphene_django.views import GraphQLView
@@ -7,6 +8,7 @@ from bench.schema import bare_example_schema, bare_record_schema, record_schema
 from gql_audit.graphene import AuditMiddleware
 
 urlpatterns = [
+    path("admin/", admin.site.urls),
     # Bare graphene-django: no Graphene middleware at all.
     path("bare/", csrf_exempt(GraphQLView.as_view(schema=bare_example_schema, middleware=[]))),
     # Bare graphene-django authenticating with graphql_jwt's own middleware.

@@ -6,9 +6,12 @@ objects (a list field, a queryset). ``AuditMiddleware`` looks at every field's
 value for that (one set lookup for the usual scalar) and records each object of
 an auditlog-registered model with the fields the query selects on it, as
 graphql-core collects them (fragments, aliases, ``@include``/``@skip``), once
-per list rather than once per field. Records are kept by object identity (the
-object is held, so its id cannot be reused mid-request) and merged by model
-and primary key when written: one ``LogEntry`` per object per request.
+per list rather than once per field. Records are kept by object identity and
+merged by model and primary key when written: one ``LogEntry`` per object per
+request. A record holds its model instance only where the store needs it
+(``RequestContext.keep_objects``): otherwise the instance is freed with the
+response's data, and an id met again is believed to be the same object only if
+the model and primary key agree (a freed object's id may be another's).
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ class AccessRecord:
     def __init__(
         self, obj: Any, model: type[Model], pk: Any, paths: frozenset[str], fields: frozenset[str], block: Any = None
     ) -> None:
+        #: The object read, or None when the request's records do not keep them.
         self.obj = obj
         self.model = model
         self.pk = pk
@@ -100,10 +104,12 @@ def track(
     if accessed is None or pk is None:
         return None
     record = accessed.get(id(obj))
-    if record is None:
-        record = accessed[id(obj)] = AccessRecord(obj, model, pk, path_set(path), fields, block)
-    else:
+    if record is not None and (record.obj is obj or (record.obj is None and (record.model, record.pk) == (model, pk))):
         add_read(record, path_set(path), fields)
+        return record
+    if record is not None:
+        retire(accessed, record)
+    record = accessed[id(obj)] = AccessRecord(obj, model, pk, path_set(path), fields, block)
     return record
 
 
@@ -162,6 +168,7 @@ def record_value(ctx: context.RequestContext, value: Any, info: Any) -> None:
         return
     paths = path_set(plain_path(info.path))
     block = auditlog_block_values()
+    keep = ctx.keep_objects
     # Per model of the list: the fields selected on it, and the attribute holding
     # its primary key (``Model.pk`` is a property: a call per object).
     seen: dict[type[Model], tuple[frozenset[str], str]] = {}
@@ -175,19 +182,35 @@ def record_value(ctx: context.RequestContext, value: Any, info: Any) -> None:
             fields = selected_fields(ctx, info, object_type) if object_type else NO_FIELDS
             how = seen[model] = (fields, model._meta.pk.attname)
         record = accessed.get(id(item))
-        if record is None:
-            pk = getattr(item, how[1])
-            if pk is not None:
-                accessed[id(item)] = AccessRecord(item, model, pk, paths, how[0], block)
-        else:
+        if record is not None and (record.obj is item or _same(record, item, how[1])):
             add_read(record, paths, how[0])
+            continue
+        pk = getattr(item, how[1])
+        if pk is not None:
+            if record is not None:
+                retire(accessed, record)
+            accessed[id(item)] = AccessRecord(item if keep else None, model, pk, paths, how[0], block)
+
+
+def _same(record: AccessRecord, item: Any, attname: str) -> bool:
+    """Whether ``item``, a model instance, is the object ``record`` was made for (which
+    no longer holds it): same model, same primary key."""
+    return record.obj is None and record.model is item.__class__ and record.pk == getattr(item, attname, None)
+
+
+def retire(accessed: dict[int, AccessRecord], record: AccessRecord) -> None:
+    """Keep ``record`` under a key no object's id can be (its object was freed, and its
+    id is now another object's): the caller puts the new object's record in its place."""
+    accessed[-id(record)] = record
 
 
 def unread(ctx: context.RequestContext, obj: Any, field_name: str) -> None:
     """A field of ``obj`` failed (denied, raised): it was not read after all."""
     if ctx.accessed is not None:
         record = ctx.accessed.get(id(obj))
-        if record is not None and field_name in record.fields:
+        if record is None or not (record.obj is obj or _same(record, obj, record.model._meta.pk.attname)):
+            return
+        if field_name in record.fields:
             record.fields = record.fields - {field_name}
 
 

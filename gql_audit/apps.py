@@ -23,7 +23,13 @@ class GqlAuditConfig(AppConfig):
 
         connection_created.connect(db.on_connection_created, dispatch_uid="gql_audit.on_connection_created")
 
+        from django.core.signals import request_finished
+
         from gql_audit import store
+        from gql_audit.store import index
+
+        # Once the client has its response: the object index of reads caught up in bulk (SQLite).
+        request_finished.connect(index.catch_up_when_due, dispatch_uid="gql_audit.index_catch_up")
 
         # Audit writes run again after a serialization failure, as any transaction here does.
         store.use_retries(db.retry_write)

@@ -35,7 +35,7 @@ from gql_audit.conf import conf
 from gql_audit.events import classify_resolver_error, record_event
 from gql_audit.net import REQUEST_ID_PATTERN
 from gql_audit.redaction import Scrubber, safe_text, secret_leaves
-from gql_audit.store import flush
+from gql_audit.store import flush, index
 
 HEADER = "gql_audit"
 #: An error's text is looked at up to here (an event keeps 2,000 characters of it).
@@ -169,3 +169,4 @@ def leave_task(sender: Any = None, task_id: str | None = None, **kwargs: Any) ->
         logger.exception("gql_audit could not write the records of task %s", ctx.task)
     finally:
         context.reset(token)
+    index.catch_up_when_due()  # a worker serves no response: its writes are indexed here

@@ -64,6 +64,10 @@ class RequestContext:
     deleted_actor_pks: set[Any] = field(default_factory=set)
     #: Objects exposed so far, by identity; None when ``ACCESS_LOG`` is off.
     accessed: dict[int, AccessRecord] | None = None
+    #: Whether records hold the model instances they were made from until they are
+    #: written (auditlog's store and log lines name an object by its ``__str__``);
+    #: otherwise an instance is freed as soon as the response no longer needs it.
+    keep_objects: bool = True
     #: Models registered with auditlog: objects of these are access-logged.
     audited: frozenset[type[Any]] = frozenset()
     #: The client certificate the proxy forwarded (``gql_audit.mtls.ClientCertificate``).
@@ -205,8 +209,9 @@ class RequestContext:
             values.extend(secret_leaves([variables[n] for n in names if n in variables], secret=True))
         return values
 
-    def record_data(self, using: str) -> dict[str, Any]:
-        """The ``"gql_audit"`` object of a record written now on database ``using``.
+    def record_data(self, using: str, reader: Reader | None = None) -> dict[str, Any]:
+        """The ``"gql_audit"`` object of a record written now on database ``using``
+        (by ``reader``, when given: its actor and address, worked out once for its records).
 
         One picture of who and where for every kind of record; each adds its own
         fields (an ACCESS entry its ``fields``, an event its ``details``).
@@ -215,8 +220,18 @@ class RequestContext:
             "request_id": self.request_id,
             "operation": self.operation,
             "path": self.path,
-            "remote_addr": self.entry_remote_addr(),
-            "actor": self.actor_snapshot(),
+            "remote_addr": self.entry_remote_addr() if reader is None else reader.remote_addr,
+            "actor": self.actor_snapshot() if reader is None else reader.actor,
+        }
+        # Certificate names and usernames are the client's text: stored as safe data.
+        safe: dict[str, Any] = safe_data(data)
+        safe.update(self.record_context(using))
+        return safe
+
+    def record_context(self, using: str) -> dict[str, Any]:
+        """What :meth:`record_data` says besides who, where and which operation: the
+        certificate, the database, the client's own request id, the trace, the task."""
+        data: dict[str, Any] = {
             "client_cert": self.client_cert_summary(),
             "db": connection_context(using, self.db_retries),
         }
@@ -228,7 +243,6 @@ class RequestContext:
             data.update(self.trace)
         if self.task is not None:
             data["task"] = self.task
-        # Certificate names and usernames are the client's text: stored as safe data.
         safe: dict[str, Any] = safe_data(data)
         return safe
 

@@ -11,19 +11,15 @@ auditlog's ACCESS ``LogEntry`` rows alike become [`Read`][gql_audit.history.Read
 from __future__ import annotations
 
 import datetime
-import functools
-import operator
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from django.apps import apps
-from django.db import connections
 from django.db.models import Model, Q, QuerySet
 
-from gql_audit.dbcontext import POSTGRES_VENDORS
-from gql_audit.models import ReadObject, RequestReads, SecurityEvent
-from gql_audit.store import audit_alias, object_key
+from gql_audit.models import RequestReads, SecurityEvent
+from gql_audit.store import audit_alias, index, object_key
 
 __all__ = [
     "Read",
@@ -106,47 +102,22 @@ def reads_of_objects(
 
     ``targets`` holds instances or ``(Model, pk)`` pairs; an instance without a
     primary key is skipped. ``since`` keeps the reads written at or after it, ``until`` at or before it;
-    ``limit`` the newest that many: then only their rows are loaded whole, however
-    many times the objects were read.
+    ``limit`` the newest that many, found and ordered by the database however many
+    times the objects were read (no row is loaded whole: only what its reads show).
     """
     if limit is not None and limit < 0:
         raise ValueError("limit must be None or at least 0")
     objects = _objects(targets)
     alias = using or audit_alias()
     keys = {object_key(model, pk): (model, pk) for model, pk in objects}
-    # Sorted here, not in SQL: no ORDER BY tempts the planner away from the object index.
-    rows = RequestReads.objects.using(alias).order_by()
-    if since is not None:
-        rows = rows.filter(at__gte=since)
-    if until is not None:
-        rows = rows.filter(at__lte=until)
-    matching: list[Any] = []
-    postgres = connections[alias].vendor in POSTGRES_VENDORS
+    found: list[Read] = []
+    labels: dict[str, str] = {}
     for chunk in _chunks(sorted(keys)):
-        if postgres:
-            # One containment test per key, OR-ed: each is answered by the index on keys.
-            found = rows.filter(functools.reduce(operator.or_, (Q(keys__contains=[key]) for key in chunk)))
-        else:
-            index = ReadObject.objects.using(alias).filter(key__in=chunk)
-            if since is not None:
-                index = index.filter(at__gte=since)
-            if until is not None:
-                index = index.filter(at__lte=until)
-            found = rows.filter(id__in=index.values("reads_id"))
-        matching.append(found)
-    if limit is None:
-        by_id = {row.id: row for found in matching for row in found}
-    else:
-        # The rows' ids and times first (narrow), then only the newest ``limit`` rows whole:
-        # each row holds at least one read of the objects, all at the row's time.
-        stamps = {row_id: at for found in matching for row_id, at in found.values_list("id", "at")}
-        newest = sorted(stamps, key=stamps.__getitem__, reverse=True)[:limit]
-        by_id = {row.id: row for chunk in _chunks(newest) for row in rows.filter(id__in=chunk)}
-    wanted = frozenset(keys)
-    reads = [read for row in by_id.values() for read in reads_in_row(row, only=wanted)]
-    reads.extend(reads_of_entries(_entries_of(objects, alias, since=since, until=until, access=True, limit=limit)))
-    reads.sort(key=lambda read: read.at, reverse=True)
-    return reads if limit is None else reads[:limit]
+        for *values, shapes, key, shape_index in index.reads(alias, chunk, since=since, until=until, limit=limit):
+            found.append(_read(values, _shape(shapes, shape_index), key, labels))
+    found.extend(reads_of_entries(_entries_of(objects, alias, since=since, until=until, access=True, limit=limit)))
+    found.sort(key=lambda read: read.at, reverse=True)
+    return found if limit is None else found[:limit]
 
 
 def changes_of_objects(
@@ -259,29 +230,45 @@ def _label(label_lower: str) -> str:
     return label
 
 
-def reads_in_row(row: RequestReads, only: frozenset[str] | None = None) -> list[Read]:
-    """The reads one ``RequestReads`` row holds (those of the object keys in ``only``, if given)."""
-    reads = []
-    for key, shape_index in zip(row.keys, row.shape_of, strict=False):
-        if only is not None and key not in only:
-            continue
-        label_lower, _, object_pk = key.partition(":")
-        shape = row.shapes[shape_index] if 0 <= shape_index < len(row.shapes) else {}
-        reads.append(
-            Read(
-                at=row.at,
-                model=_label(label_lower),
-                object_pk=object_pk,
-                actor_id=(row.actor or {}).get("id"),
-                actor=row.actor,
-                request_id=row.request_id,
-                remote_addr=row.remote_addr,
-                fields=list(shape.get("fields", [])),
-                paths=list(shape.get("paths", [])),
-                operation=row.operation,
-            )
-        )
-    return reads
+def reads_in_row(row: RequestReads) -> list[Read]:
+    """The reads one ``RequestReads`` row holds."""
+    labels: dict[str, str] = {}
+    values = [row.at, row.request_id, row.actor, row.remote_addr, row.operation]
+    return [
+        _read(values, _shape(row.shapes, shape_index), key, labels)
+        for key, shape_index in zip(row.keys, row.shape_of, strict=False)
+    ]
+
+
+def _shape(shapes: Any, index: Any) -> dict[str, Any]:
+    """The shape at ``index`` of a row's ``shapes`` (nothing read, if there is none there)."""
+    if isinstance(shapes, list) and isinstance(index, int) and 0 <= index < len(shapes):
+        shape = shapes[index]
+        if isinstance(shape, dict):
+            return shape
+    return {}
+
+
+def _read(row: list[Any], shape: dict[str, Any], key: str, labels: dict[str, str]) -> Read:
+    """The read of the object ``key``: ``row`` is its row's ``at``, ``request_id``,
+    ``actor``, ``remote_addr`` and ``operation`` (``labels``: the models' labels, looked up once)."""
+    at, request_id, actor, remote_addr, operation = row
+    label_lower, _, object_pk = key.partition(":")
+    label = labels.get(label_lower)
+    if label is None:
+        label = labels[label_lower] = _label(label_lower)
+    return Read(
+        at=at,
+        model=label,
+        object_pk=object_pk,
+        actor_id=actor.get("id") if isinstance(actor, dict) else None,
+        actor=actor,
+        request_id=request_id,
+        remote_addr=remote_addr,
+        fields=list(shape.get("fields", [])),
+        paths=list(shape.get("paths", [])),
+        operation=operation,
+    )
 
 
 def reads_of_entries(entries: Iterable[Any]) -> list[Read]:

@@ -68,6 +68,7 @@ def begin(request: HttpRequest) -> context.RequestContext:
     if conf.ACCESS_LOG:
         ctx.accessed = {}
         ctx.audited = registered_models()
+        ctx.keep_objects = conf.ACCESS_STORE == "auditlog" or conf.EVENT_SINK != "database"
     ctx.failed_databases = _failed_databases()
     setattr(request, context.REQUEST_ATTRIBUTE, ctx)
     return ctx

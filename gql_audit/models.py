@@ -78,17 +78,37 @@ class RequestReads(models.Model):
 class ReadObject(models.Model):
     """One object of a :class:`RequestReads` row, where the database has no index on arrays (SQLite).
 
-    Never written on PostgreSQL or CockroachDB (their index on ``keys`` answers),
-    so its sequential key makes no hot spot.
+    Built in bulk from :class:`ReadIndexQueue`, off the request path
+    (``gql_audit.store.index``); indexed by object and time, so that an object's newest
+    reads are the first rows of its range. Never written on PostgreSQL or CockroachDB
+    (their index on ``keys`` answers), so its sequential key makes no hot spot.
     """
 
     id = models.BigAutoField(primary_key=True)
     reads_id = models.UUIDField(db_index=True)
-    key = models.CharField(max_length=255, db_index=True)
+    key = models.CharField(max_length=255)
     at = models.DateTimeField(db_index=True)
 
     class Meta:
         verbose_name = "object read"
+        indexes = [models.Index(fields=["key", "at"], name="gql_audit_readobject_key_at")]
+
+
+class ReadIndexQueue(models.Model):
+    """A :class:`RequestReads` row whose objects are not yet in :class:`ReadObject` (SQLite).
+
+    Filled by a trigger on the INSERT of every ``RequestReads`` row, in that statement:
+    the row and its place here commit together, whatever wrote the row. Emptied, in
+    order, by ``gql_audit.store.index.catch_up``, in the transaction that indexes the
+    rows. Readers search these rows directly, so a read is found the moment it is written.
+    """
+
+    #: SQLite's rowid: each row is appended at the end.
+    id = models.IntegerField(primary_key=True)
+    reads_id = models.UUIDField()
+
+    class Meta:
+        verbose_name = "reads row to index"
 
 
 class Seal(models.Model):

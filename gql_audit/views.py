@@ -104,7 +104,24 @@ class _DatabaseGauges:
         except Exception:  # noqa: BLE001 - a scrape must not fail because the database did: no sample
             logger.exception("the outbox backlog could not be counted")
         yield found
-        # Checkpoints (gql_audit_checkpoint) are not stored yet: the family is there, with no sample.
-        yield GaugeMetricFamily(
+        age = GaugeMetricFamily(
             "gql_audit_checkpoint_age_seconds", "Seconds since the newest stored checkpoint was written."
         )
+        try:
+            newest = _newest_checkpoint()
+            if newest is not None:
+                age.add_metric([], max(time.time() - newest.timestamp(), 0.0))
+        except Exception:  # noqa: BLE001 - a scrape must not fail because the database did: no sample
+            logger.exception("the newest checkpoint could not be read")
+        yield age
+
+
+def _newest_checkpoint() -> Any:
+    """When the newest checkpoint (``gql_audit_checkpoint``) was written, or None: none stored,
+    or ``CHECKPOINTS`` off."""
+    from gql_audit.models import Checkpoint
+    from gql_audit.store import audit_alias
+
+    if conf.CHECKPOINTS is None:
+        return None
+    return Checkpoint.objects.using(audit_alias()).order_by("-created_at").values_list("created_at", flat=True).first()

@@ -10,6 +10,7 @@ from urllib.parse import urlparse
 import graphene
 import pytest
 from auditlog.models import LogEntry
+from auditlog.signals import accessed
 from django.db import OperationalError
 from django.urls import path
 from django.views.decorators.csrf import csrf_exempt
@@ -59,11 +60,30 @@ class Rename(graphene.Mutation):
         return Rename(queued=True)
 
 
+@app.task(name="tests.read")
+def read(document_id: int) -> None:
+    accessed.send(sender=Document, instance=Document.objects.get(pk=document_id))
+
+
+class ReadLater(graphene.Mutation):
+    class Arguments:
+        id = graphene.Int(required=True)
+
+    queued = graphene.Boolean()
+
+    def mutate(root, info, id):
+        read.delay(id)
+        return ReadLater(queued=True)
+
+
 class Query(graphene.ObjectType):
     ok = graphene.Boolean()
 
 
-schema = graphene.Schema(query=Query, mutation=type("Mutation", (graphene.ObjectType,), {"rename": Rename.Field()}))
+schema = graphene.Schema(
+    query=Query,
+    mutation=type("Mutation", (graphene.ObjectType,), {"rename": Rename.Field(), "read_later": ReadLater.Field()}),
+)
 urlpatterns = [path("graphql/", csrf_exempt(GraphQLView.as_view(schema=schema)))]
 
 
@@ -133,6 +153,33 @@ def test_task_records_carry_the_request_id_and_the_actor(client, users, worker):
     (refused,) = trail.events.filter(kind="task_failed")
     assert refused.message == "no such customer" and refused.details["task"] == "tests.refuse"
     assert refused.severity == "error"
+
+
+@pytest.mark.urls("tests.test_celery")
+@pytest.mark.django_db(transaction=True)
+def test_the_reads_a_task_writes_are_indexed_by_the_worker(client, users, worker, settings, monkeypatch):
+    """A worker serves no response: on SQLite it indexes its own reads after its tasks."""
+    from django.db import connection
+
+    from gql_audit.history import reads_of
+    from gql_audit.models import ReadIndexQueue, ReadObject
+    from gql_audit.store import index, object_key
+
+    settings.GQL_AUDIT = {**settings.GQL_AUDIT, "ACCESS_STORE": "gql_audit"}
+    monkeypatch.setattr(index, "CATCH_UP_KEYS", 1)
+    doc = users["alice"].documents.first()
+    post_graphql(
+        client,
+        "mutation { readLater(id: %d) { queued } }" % doc.pk,
+        token=make_token("alice"),
+        headers={"X-Request-ID": "read-later"},
+    )
+    wait_for(lambda: [read.request_id for read in reads_of(doc)] == ["read-later"])
+    (read_by_task,) = reads_of(doc)
+    assert read_by_task.actor == {"id": users["alice"].pk, "username": "alice"}
+    if connection.vendor == "sqlite":
+        wait_for(lambda: not ReadIndexQueue.objects.exists())
+        assert ReadObject.objects.filter(key=object_key(Document, doc.pk)).count() == 1
 
 
 @pytest.mark.django_db(transaction=True)

@@ -118,6 +118,32 @@ def test_the_database_gauges(client, users, settings, metrics_on, tmp_path):
 
 
 @pytest.mark.django_db
+def test_the_checkpoint_age_is_the_newest_checkpoint_s(client, users, settings, metrics_on):
+    import datetime
+
+    from django.utils import timezone
+
+    from gql_audit.models import Checkpoint
+
+    def stored(minutes_ago: float) -> None:
+        Checkpoint.objects.create(
+            created_at=timezone.now() - datetime.timedelta(minutes=minutes_ago),
+            tree_size=1,
+            root_hash="0" * 64,
+            key_id="00000000",
+            note="n",
+        )
+
+    stored(30)
+    # CHECKPOINTS off: no sample, whatever the table holds.
+    assert ("gql_audit_checkpoint_age_seconds", ()) not in scrape(client)
+    settings.GQL_AUDIT = {**settings.GQL_AUDIT, "CHECKPOINTS": {"origin": "example.test/log", "public_keys": []}}
+    assert 30 * 60 <= scrape(client)[("gql_audit_checkpoint_age_seconds", ())] < 31 * 60
+    stored(2)
+    assert 2 * 60 <= scrape(client)[("gql_audit_checkpoint_age_seconds", ())] < 3 * 60
+
+
+@pytest.mark.django_db
 def test_off_it_is_not_found_and_counts_nothing(client, users, settings, monkeypatch):
     from gql_audit import metrics
 

@@ -19,6 +19,7 @@ from gql_audit.dbcontext import POSTGRES_VENDORS
 from gql_audit.evidence import sealing
 from gql_audit.evidence.verify import verify
 from gql_audit.models import RequestReads, Seal, SecurityEvent
+from gql_audit.store import index
 from tests.test_tamper import KEY, SECOND_KEY, problems, sealed, sql, traffic  # noqa: F401 - sealed is a fixture
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -164,11 +165,32 @@ def test_sqlite_the_object_index_of_reads_is_not_sealed(client, users, sealed_re
     from gql_audit.models import ReadObject
 
     traffic(client, users)
+    index.catch_up("default")
     doc = Document.objects.get(title="alice secret")
     assert any(read.request_id == "r-1" for read in reads_of(doc))
     sql(f"DELETE FROM {ReadObject._meta.db_table}")
     assert reads_of(doc) == []  # alice's read of her secret document is gone from the answer
     assert problems() != [], "the reads index was emptied and the trail verified clean"
+
+
+def test_sqlite_a_row_taken_out_of_the_index_queue_is_reported(client, users, sealed_reads):
+    """A row not yet indexed is found by its place in ``ReadIndexQueue``: removing it
+    from there hides its reads from ``reads_of`` as surely as deleting index rows."""
+    if connection.vendor != "sqlite":
+        pytest.skip("PostgreSQL answers from the sealed row's own keys")
+    from example_service.models import Document
+    from gql_audit.history import reads_of
+    from gql_audit.models import ReadIndexQueue
+
+    traffic(client, users)
+    doc = Document.objects.get(title="alice secret")
+    assert any(read.request_id == "r-1" for read in reads_of(doc))
+    assert problems() == []  # queued rows are not yet indexed: nothing wrong
+    sql(f"DELETE FROM {ReadIndexQueue._meta.db_table}")
+    assert reads_of(doc) == []
+    assert ("edited", "reads") in {(kind, name) for kind, name, _ in problems()}
+    index.catch_up("default")  # and nothing brings them back: the rows are no longer queued
+    assert reads_of(doc) == []
 
 
 # --- (b) crashes and false positives ------------------------------------------------------

@@ -21,6 +21,7 @@ from auditlog.models import LogEntry
 from django.db import connection, connections, transaction
 from graphql_relay import to_global_id
 
+from gql_audit.dbcontext import POSTGRES_VENDORS
 from gql_audit.evidence import sealing
 from gql_audit.evidence.verify import verify
 from gql_audit.models import RequestReads, Seal, SealChain, SecurityEvent
@@ -197,7 +198,7 @@ def test_8_threads_x_100_requests_at_serializable_verify_clean(live_server, user
 def _block_the_audit_write():
     """From another connection, once the view's transaction committed: hold every table the
     audit write needs, so that it times out (PostgreSQL's statement_timeout, SQLite's busy timeout)."""
-    if connection.vendor == "postgresql":
+    if connection.vendor in POSTGRES_VENDORS:
         import psycopg
 
         params = connection.get_connection_params()
@@ -215,13 +216,13 @@ def _block_the_audit_write():
 @pytest.fixture
 def short_timeout():
     with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
+        if connection.vendor in POSTGRES_VENDORS:
             cursor.execute("SET statement_timeout = 300")
         else:
             cursor.execute("PRAGMA busy_timeout = 300")
     yield
     with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
+        if connection.vendor in POSTGRES_VENDORS:
             cursor.execute("SET statement_timeout = 0")
         else:
             cursor.execute("PRAGMA busy_timeout = 60000")
@@ -253,7 +254,7 @@ def test_change_entries_left_unsealed_by_a_timed_out_write_are_logged_and_report
     finally:
         post_save.disconnect(dispatch_uid="test-block", sender=LogEntry)
         for other in held:
-            other.rollback() if connection.vendor == "postgresql" else other.execute("ROLLBACK")
+            other.rollback() if connection.vendor in POSTGRES_VENDORS else other.execute("ROLLBACK")
             other.close()
     assert held, "the audit write was not blocked"
     change = LogEntry.objects.filter(cid="timed-out").exclude(action=LogEntry.Action.ACCESS).get()

@@ -24,8 +24,8 @@ from django.utils.dateparse import parse_date, parse_datetime
 from gql_audit.admin.display import visible
 from gql_audit.dbcontext import POSTGRES_VENDORS
 from gql_audit.history import entries_of_request
-from gql_audit.models import ReadObject, RequestReads
-from gql_audit.store import object_key
+from gql_audit.models import RequestReads
+from gql_audit.store import index, object_key
 
 LogEntry = get_logentry_model()
 
@@ -184,10 +184,7 @@ class ObjectFilter(InputFilter):
         if queryset.model is LogEntry:
             content_type = ContentType.objects.get_for_model(model)
             return queryset.filter(content_type=content_type, object_pk=object_pk)
-        key = object_key(model, object_pk)
-        if connections[queryset.db].vendor in POSTGRES_VENDORS:
-            return queryset.filter(keys__contains=[key])  # the GIN index on keys
-        return queryset.filter(id__in=ReadObject.objects.using(queryset.db).filter(key=key).values("reads_id"))
+        return index.reading(queryset, object_key(model, object_pk))
 
 
 class FieldReadFilter(InputFilter):

@@ -22,8 +22,8 @@ from gql_audit.dbcontext import POSTGRES_VENDORS
 from gql_audit.history import reads_in_row
 from gql_audit.models import RequestReads, SecurityEvent
 
-#: Record kinds, as ``gql_audit_verify`` names them. Checkpoints (``gql_audit_checkpoint``'s
-#: signed tree heads) are exported once stored: a loader here and a class in the OCSF mapping.
+#: Record kinds, as ``gql_audit_verify`` names them. Signed checkpoints are not records: they
+#: go to their own anchors (``gql_audit.evidence.anchors``).
 READS = "reads"
 ENTRY = "entry"
 EVENT = "event"

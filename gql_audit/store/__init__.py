@@ -11,6 +11,7 @@ One module a job:
 
 - :mod:`~gql_audit.store.records`: a request's reads as records, one per object;
 - :mod:`~gql_audit.store.backends`: the access stores ``ACCESS_STORE`` chooses, behind one interface;
+- :mod:`~gql_audit.store.index`: the object index of reads ("who read this object"), built in bulk on SQLite;
 - :mod:`~gql_audit.store.events`: security event rows;
 - :mod:`~gql_audit.store.fallback`: the records as log lines, when the database cannot take them;
 - :mod:`~gql_audit.store.faults`: what a database error says about trying again;

@@ -22,7 +22,7 @@ def describe(ctx: context.RequestContext, alias: str, records: list[Any]) -> lis
     now = timezone.now()
     entries: list[dict[str, Any]] = []
     for reader, group in by_reader(ctx, records):
-        shared = {**ctx.record_data(alias), "actor": reader.actor, "remote_addr": reader.remote_addr}
+        shared = ctx.record_data(alias, reader)
         entries.extend(
             {
                 "model": record.model._meta.label,

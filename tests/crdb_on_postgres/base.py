@@ -28,6 +28,7 @@ from typing import Any
 import psycopg
 from django.utils.functional import cached_property
 from django_cockroachdb.base import DatabaseWrapper as CockroachDatabaseWrapper
+from django_cockroachdb.introspection import DatabaseIntrospection as CockroachIntrospection
 
 #: The server the probe reports: the release whose grammar ``crdbparse`` carries.
 SERVER_VERSION = "CockroachDB CCL v25.2.0 (x86_64-pc-linux-gnu, built 2025/05/12 00:00:00, go1.23.7)"
@@ -116,7 +117,16 @@ def recording(base: type) -> type:
     return RecordingCursor
 
 
+class DatabaseIntrospection(CockroachIntrospection):
+    #: The access method of a plain index, as the server names it: CockroachDB says
+    #: ``prefix``, PostgreSQL ``btree``. Django's schema editor finds the index of a
+    #: ``db_index`` field it drops by this name.
+    index_default_access_method = "btree"
+
+
 class DatabaseWrapper(CockroachDatabaseWrapper):
+    introspection_class = DatabaseIntrospection
+
     @cached_property
     def cockroachdb_server_info(self) -> str:
         return SERVER_VERSION

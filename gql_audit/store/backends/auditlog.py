@@ -73,7 +73,7 @@ class AccessInsert:
         self.connection = connections[alias]
         self.meta = LogEntry._meta
         self.data_field = self.meta.get_field("additional_data")
-        self.shared = {**ctx.record_data(alias), "actor": reader.actor, "remote_addr": reader.remote_addr}
+        self.shared = ctx.record_data(alias, reader)
         # auditlog's set_extra_data sets the LogEntry fields its block names; so do reads.
         settable = {f.attname for f in self.meta.concrete_fields if not f.primary_key} - set(PER_ROW)
         extra = {k: v for k, v in reader.extra.items() if k in settable or k == "additional_data"}

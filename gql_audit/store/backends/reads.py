@@ -1,7 +1,9 @@
 """``ACCESS_STORE = "gql_audit"``: a request's reads as one ``RequestReads`` row.
 
-Where the database cannot index an array (SQLite), one narrow ``ReadObject`` row per
-object answers "who read this object", written in one statement.
+One INSERT a request, whatever the number of objects. "Who read this object" is
+answered by the object index (:mod:`gql_audit.store.index`): on PostgreSQL and
+CockroachDB the row's own ``keys``, indexed; on SQLite ``ReadObject`` rows built in
+bulk off the request path, the row queued for them by the INSERT's own statement.
 """
 
 from __future__ import annotations
@@ -9,14 +11,16 @@ from __future__ import annotations
 from typing import Any
 
 from django.db import connections
+from django.db.models import Model
 from django.utils import timezone
 
 from gql_audit import context
 from gql_audit.dbcontext import POSTGRES_VENDORS
 from gql_audit.evidence import sealing
 from gql_audit.export import outbox
-from gql_audit.models import ReadObject, RequestReads
+from gql_audit.models import RequestReads
 from gql_audit.redaction import safe_data
+from gql_audit.store import index
 from gql_audit.store.backends import AccessStore
 from gql_audit.store.observe import notify, observers
 from gql_audit.store.records import object_key, shape
@@ -30,52 +34,71 @@ class ReadsStore(AccessStore):
     ) -> tuple[list[Any], list[Any]]:
         # Sealed on PostgreSQL, the row is inserted by the seal's own statement: one round trip.
         deferred = sealed and connections[alias].vendor in POSTGRES_VENDORS
-        row = insert_request_reads(ctx, records, alias, reader, deferred=deferred)
+        row = built(ctx, records, alias, reader)
+        if not deferred:
+            insert_row(alias, row)
         return ([row] if sealed or outbox.enabled() else []), ([row] if deferred else [])
 
     def save_alone(
         self, ctx: context.RequestContext, records: list[Any], alias: str, reader: context.Reader, *, sealed: bool
     ) -> bool:
-        if connections[alias].vendor not in POSTGRES_VENDORS or (sealed and ctx.changes_to_seal):
+        if sealed and (ctx.changes_to_seal or connections[alias].vendor not in POSTGRES_VENDORS):
             return False
         if not sealing.autocommit(alias):
             return False
         # One statement, its own transaction: the row's INSERT (sealed: with its seal's
         # INSERT and the chain's UPDATE).
-        row = insert_request_reads(ctx, records, alias, reader, deferred=True)
+        row = built(ctx, records, alias, reader)
         exported = outbox.rows({sealing.READS: [row]})  # EXPORT: its outbox row, in the same statement
         if sealed:
             sealing.seal(alias, {sealing.READS: [row]}, insert=[row, *exported])
         elif exported:
             outbox.insert_together(alias, [row, *exported])
         else:
-            sealing.insert(alias, row)
+            insert_row(alias, row)
         return True
 
 
-def insert_request_reads(
-    ctx: context.RequestContext, records: list[Any], alias: str, reader: context.Reader, deferred: bool = False
-) -> RequestReads:
-    """The request's reads as one row (and, where the database cannot index an array,
-    one narrow row per object, in one statement). ``deferred``: the row is built, and
-    left for the seal's statement to INSERT (PostgreSQL and CockroachDB)."""
+def built(ctx: context.RequestContext, records: list[Any], alias: str, reader: context.Reader) -> RequestReads:
+    """The request's row, its observers told, its objects counted for the index's catch-up."""
     row = request_reads_row(ctx, records, alias, reader)
-    if not deferred:
-        RequestReads.objects.using(alias).bulk_create([row])
     if observers:
         notify("reads", alias, [row])
-    _side_table(row, row.keys, alias)
+    if index.queued(alias):
+        index.wrote(alias, len(row.keys))
     return row
+
+
+def insert_row(alias: str, row: Model) -> None:
+    """One row, one raw INSERT: no transaction of its own in autocommit (``bulk_create``
+    opens one), no signal, nothing read back, the statement's text made once."""
+    connection = connections[alias]
+    statement = _statements.get((connection.vendor, type(row)))
+    if statement is None:
+        statement = _statements[connection.vendor, type(row)] = _insert_statement(connection, type(row))
+    sql, fields = statement
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [field.get_db_prep_save(getattr(row, field.attname), connection) for field in fields])
+
+
+#: ``(vendor, model)`` -> the INSERT of one row and the fields its parameters come from.
+_statements: dict[tuple[str, type[Model]], tuple[str, list[Any]]] = {}
+
+
+def _insert_statement(connection: Any, model: type[Model]) -> tuple[str, list[Any]]:
+    quote = connection.ops.quote_name
+    fields = list(model._meta.concrete_fields)
+    columns = ", ".join(quote(str(field.column)) for field in fields)
+    values = ", ".join(["%s"] * len(fields))
+    return f"INSERT INTO {quote(model._meta.db_table)} ({columns}) VALUES ({values})", fields
 
 
 def request_reads_row(
     ctx: context.RequestContext, records: list[Any], alias: str, reader: context.Reader
 ) -> RequestReads:
     """The ``RequestReads`` row of ``records`` read by ``reader``, not yet saved."""
-    data = ctx.record_data(alias)
+    data = ctx.record_context(alias)
     actor = reader.actor
-    for key in ("request_id", "operation", "remote_addr", "path", "actor"):
-        data.pop(key, None)
     if reader.remote_port is not None:
         data["remote_port"] = reader.remote_port
     if reader.extra:
@@ -88,12 +111,12 @@ def request_reads_row(
     index_of: dict[tuple[frozenset[str], frozenset[str]], int] = {}
     for record in records:
         read_alike = (record.fields, record.paths)
-        index = index_of.get(read_alike)
-        if index is None:
-            index = index_of[read_alike] = len(shapes)
+        position = index_of.get(read_alike)
+        if position is None:
+            position = index_of[read_alike] = len(shapes)
             shapes.append(shape(record))
         keys.append(record.key or object_key(record.model, record.pk))
-        shape_of.append(index)
+        shape_of.append(position)
     return RequestReads(
         at=timezone.now(),
         request_id=ctx.request_id,
@@ -106,20 +129,3 @@ def request_reads_row(
         shape_of=shape_of,
         shapes=shapes,
     )
-
-
-def _side_table(row: RequestReads, keys: list[str], alias: str) -> None:
-    """:class:`ReadObject` rows, where the database cannot index ``keys`` (one statement)."""
-    connection = connections[alias]
-    if connection.vendor not in POSTGRES_VENDORS:
-        meta = ReadObject._meta
-        quote = connection.ops.quote_name
-        fields: list[Any] = [meta.get_field(name) for name in ("reads_id", "key", "at")]
-        columns = ", ".join(quote(f.column) for f in fields)
-        reads_id = fields[0].get_db_prep_save(row.id, connection)
-        at = fields[2].get_db_prep_save(row.at, connection)
-        with connection.cursor() as cursor:
-            cursor.executemany(
-                f"INSERT INTO {quote(meta.db_table)} ({columns}) VALUES (%s, %s, %s)",
-                [(reads_id, key, at) for key in keys],
-            )
