@@ -34,6 +34,11 @@ class GqlAuditConfig(AppConfig):
         # Audit writes run again after a serialization failure, as any transaction here does.
         store.use_retries(db.retry_write)
 
+        from gql_audit import compat, middleware
+
+        # A database error graphene-django's view answers itself (a mutation's COMMIT) is masked.
+        compat.observe_view_errors(middleware.note_view_error)
+
         from importlib.util import find_spec
 
         if find_spec("celery") is not None:

@@ -254,3 +254,32 @@ def field_index_name(schema_editor: Any, model: Any, field: Any) -> str:
     """
     name: str = schema_editor._create_index_name(model._meta.db_table, [field.column], suffix="")
     return name
+
+
+# --- graphene-django -------------------------------------------------------------------
+
+
+def observe_view_errors(callback: Any) -> None:
+    """Have ``callback(exception)`` see every exception graphene-django's ``GraphQLView``
+    answers with the exception's own text: ``format_error`` of what is not a
+    ``GraphQLError``, a failure outside every resolver, such as the COMMIT of a mutation's
+    transaction refused with SQLSTATE 40001 (Django's rollback after it clears
+    ``errors_occurred``, so the connection no longer says a database failed). Once; the
+    view's answer is unchanged."""
+    from graphene_django.views import GraphQLView
+    from graphql import GraphQLError
+
+    original = GraphQLView.__dict__["format_error"]
+    if getattr(original, "gql_audit_observed", False):
+        return
+    formatted = original.__func__ if isinstance(original, staticmethod) else original
+
+    def format_error(error: Any) -> Any:
+        if not isinstance(error, GraphQLError):
+            callback(error)
+        return formatted(error)
+
+    format_error.gql_audit_observed = True  # type: ignore[attr-defined]
+    observed = staticmethod(format_error)
+    observed.gql_audit_observed = True  # type: ignore[attr-defined]
+    GraphQLView.format_error = observed

@@ -117,6 +117,8 @@ class RequestContext:
     refusal: Any = None
     #: Database aliases whose connection had already failed when the request began.
     failed_databases: frozenset[str] = frozenset()
+    #: SQLSTATE of a database error the view answered outside every resolver (its COMMIT).
+    unlocated_sqlstate: str | None = None
     #: The view executes GraphQL (its request was admitted by ``gql_audit.protect``).
     graphql_view: bool = False
     #: ``AUTHENTICATOR`` decided who the request is (a user, or a bad token): a session

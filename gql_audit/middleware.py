@@ -24,7 +24,7 @@ from gql_audit.access import registered_models
 from gql_audit.auth import authenticate, refuse_cookie_without_csrf
 from gql_audit.compat import mark_jwt_credentials_handled, set_session_user_cache
 from gql_audit.conf import conf
-from gql_audit.errors import AUDIT_UNAVAILABLE, BAD_REQUEST, INTERNAL_ERROR, MESSAGES
+from gql_audit.errors import AUDIT_UNAVAILABLE, BAD_REQUEST, INTERNAL_ERROR, MESSAGES, sqlstate_of
 from gql_audit.events import record_event
 from gql_audit.logging import log_aborted, log_request, remember_answered
 from gql_audit.mtls import client_identity, read_client_certificate
@@ -262,7 +262,7 @@ def mask_unlocated(ctx: context.RequestContext, errors: list[Any]) -> bool:
     mode = conf.MASK_ERRORS
     if mode == "none":
         return False
-    database = bool(_failed_databases() - ctx.failed_databases)
+    database = bool(_failed_databases() - ctx.failed_databases) or ctx.unlocated_sqlstate is not None
     changed = False
     for index, error in enumerate(errors):
         if not isinstance(error, dict) or set(error) != {"message"} or not isinstance(error["message"], str):
@@ -274,6 +274,7 @@ def mask_unlocated(ctx: context.RequestContext, errors: list[Any]) -> bool:
             message="a database error outside any resolver (its text withheld: it names hosts)"
             if database
             else error["message"],
+            sqlstate=(ctx.unlocated_sqlstate or "") if database else "",
             details={"outside": "resolvers"},
         )
         errors[index] = {
@@ -282,6 +283,16 @@ def mask_unlocated(ctx: context.RequestContext, errors: list[Any]) -> bool:
         }
         changed = True
     return changed
+
+
+def note_view_error(error: BaseException) -> None:
+    """graphene-django's view answers ``error`` with its text (see
+    :func:`gql_audit.compat.observe_view_errors`): a database's is masked as one."""
+    from django.db import DatabaseError
+
+    ctx = context.current()
+    if ctx is not None and isinstance(error, DatabaseError):
+        ctx.unlocated_sqlstate = sqlstate_of(error)
 
 
 #: Methods of graphene-django's ``GraphQLView`` that decide which schema a request executes.

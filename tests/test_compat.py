@@ -212,3 +212,20 @@ def test_field_index_name_is_the_name_django_gave_the_index():
     with connection.cursor() as cursor:
         constraints = connection.introspection.get_constraints(cursor, ReadObject._meta.db_table)
     assert constraints[name]["index"] and constraints[name]["columns"] == [field.column]
+
+
+def test_graphene_django_view_errors_are_observed_and_answered_unchanged():
+    """compat.observe_view_errors: GraphQLView.format_error is a static method taking the
+    error, and gql_audit's wrapper (installed at start-up) answers as it did."""
+    import inspect
+
+    from graphene_django.views import GraphQLView
+    from graphql import GraphQLError
+
+    installed = GraphQLView.__dict__["format_error"]
+    assert isinstance(installed, staticmethod) and getattr(installed, "gql_audit_observed", False)
+    assert list(inspect.signature(GraphQLView.format_error).parameters) == ["error"]
+    assert GraphQLView.format_error(ValueError("plain")) == {"message": "plain"}
+    assert GraphQLView.format_error(GraphQLError("typed"))["message"] == "typed"
+    compat.observe_view_errors(lambda error: None)  # once: installing again changes nothing
+    assert GraphQLView.__dict__["format_error"] is installed

@@ -103,7 +103,8 @@ def verify(work, prefix, responses, store):
     owner_of = {request_id: user.pk for request_id, user, _, _ in work}
     assert len(responses) == REQUESTS
     for request_id, status, echoed, body in responses:
-        assert status == 200, (request_id, body)
+        # At SERIALIZABLE a mutation's COMMIT may be refused: graphene-django answers it with 400.
+        assert status == 200 or (status == 400 and "errors" in body and serializable()), (request_id, body)
         assert echoed == request_id
     refused = refused_by_the_database(responses, owner_of)
     entries = list(

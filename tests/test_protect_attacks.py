@@ -307,6 +307,40 @@ def test_a_database_failure_outside_the_resolvers_is_masked(client, users, mode)
     assert "10.20.30.40" not in event.message + json.dumps(event.details)
 
 
+def refused_commits():
+    """The COMMIT of a mutation's transaction refused with a serialization failure (40001), as
+    at SERIALIZABLE; Django's rollback after it says the connection works again."""
+    import contextlib
+    import types
+
+    import psycopg
+    from django.db import connection
+    from django.db.utils import OperationalError
+
+    @contextlib.contextmanager
+    def atomic(*args, **kwargs):
+        yield
+        connection.errors_occurred = False  # what Django's rollback() leaves
+        raise OperationalError(f"could not serialize access during commit attempt ({DRIVER_TEXT})") from (
+            psycopg.errors.SerializationFailure("could not serialize access")
+        )
+
+    return mock.patch("graphene_django.views.transaction", types.SimpleNamespace(atomic=atomic))
+
+
+def test_a_refused_commit_is_masked_and_recorded_with_its_sqlstate(client, users):
+    query = 'mutation { updateProfile(fullName: "x") { profile { fullName } } }'
+    with refused_commits():
+        response = post_graphql(client, query, token=make_token("alice"), headers={"X-Request-ID": "commit-40001"})
+    text = response.content.decode()
+    assert "10.20.30.40" not in text and "serialize" not in text
+    (error,) = response.json()["errors"]
+    assert error["extensions"] == {"code": "INTERNAL_ERROR", "request_id": "commit-40001"}
+    (event,) = SecurityEvent.objects.filter(request_id="commit-40001", kind="db_error")
+    assert event.sqlstate == "40001" and event.actor.username == "alice"
+    assert "10.20.30.40" not in event.message + json.dumps(event.details)
+
+
 def test_mask_errors_all_masks_an_exception_outside_the_resolvers(client, users):
     from graphql import ExecutionContext
 
