@@ -202,6 +202,9 @@ def _block_the_audit_write():
         import psycopg
 
         params = connection.get_connection_params()
+        # A plain cursor: the CockroachDB-backend pass records (and parses) gql_audit's
+        # statements, not this test's own scaffolding (LOCK TABLE is PostgreSQL's).
+        params.pop("cursor_factory", None)
         other = psycopg.connect(**params)
         tables = ", ".join(m._meta.db_table for m in (Seal, SealChain, RequestReads, SecurityEvent, LogEntry))
         other.execute(f"LOCK TABLE {tables} IN ACCESS EXCLUSIVE MODE")
