@@ -223,3 +223,20 @@ def run_in_threads(work, count: int, *, timeout: float = 600) -> list[BaseExcept
     for thread in threads:
         thread.join(timeout=timeout)
     return raised
+
+
+def writes_of_a_request(client, token: str, request_id: str) -> list[tuple[str, bool, bool]]:
+    """What one request (after a first one, which starts the process's seal chain in its own
+    transaction) sends other than SELECTs: ``(sql, in an atomic block, autocommit)`` each."""
+    from django.db import connection
+
+    post_graphql(client, "{ documents { title } }", token=token)
+    seen = []
+
+    def spy(execute, sql, params, many, context):
+        seen.append((sql, connection.in_atomic_block, connection.get_autocommit()))
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(spy):
+        post_graphql(client, "{ documents { title } }", token=token, headers={"X-Request-ID": request_id})
+    return [entry for entry in seen if not entry[0].lstrip().upper().startswith("SELECT")]

@@ -18,7 +18,7 @@ from django.db import connection
 from gql_audit.export import ocsf
 from gql_audit.export.records import load
 from gql_audit.models import OutboxCursor, OutboxEvent, RequestReads, SecurityEvent
-from tests.conftest import make_token, post_graphql
+from tests.conftest import make_token, post_graphql, writes_of_a_request
 from tests.ocsf import problems
 
 pytestmark = pytest.mark.django_db
@@ -251,17 +251,7 @@ def test_on_postgresql_the_outbox_row_rides_in_the_reads_statement(client, users
         "TAMPER_EVIDENCE": {"key": "k" * 40} if sealed else None,
     }
     sealing.forget()
-    token = make_token("alice")
-    post_graphql(client, "{ documents { title } }", token=token)  # a chain starts: its own transaction
-    seen = []
-
-    def spy(execute, sql, params, many, context):
-        seen.append((sql, connection.in_atomic_block, connection.get_autocommit()))
-        return execute(sql, params, many, context)
-
-    with connection.execute_wrapper(spy):
-        post_graphql(client, "{ documents { title } }", token=token, headers={"X-Request-ID": "one-stmt"})
-    writes = [entry for entry in seen if not entry[0].lstrip().upper().startswith("SELECT")]
+    writes = writes_of_a_request(client, make_token("alice"), "one-stmt")
     assert len(writes) == 1, [w[0][:120] for w in writes]
     sql_text, in_atomic, autocommit = writes[0]
     assert RequestReads._meta.db_table in sql_text and OutboxEvent._meta.db_table in sql_text

@@ -23,7 +23,7 @@ from gql_audit.events import record_event
 from gql_audit.evidence import sealing
 from gql_audit.evidence.verify import verify
 from gql_audit.models import RequestReads, Seal, SealChain, SecurityEvent
-from tests.conftest import make_token, post_graphql
+from tests.conftest import make_token, post_graphql, writes_of_a_request
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -197,17 +197,7 @@ def test_a_request_s_reads_are_written_by_one_statement_in_autocommit(client, us
     store = {"ACCESS_STORE": "gql_audit", "TAMPER_EVIDENCE": {"key": KEY} if sealing_on else None}
     settings.GQL_AUDIT = {**settings.GQL_AUDIT, **store}
     sealing.forget()
-    token = make_token("alice")
-    post_graphql(client, "{ documents { title } }", token=token)  # a chain starts: its own transaction
-    seen = []
-
-    def spy(execute, sql, params, many, context):
-        seen.append((sql, connection.in_atomic_block, connection.get_autocommit()))
-        return execute(sql, params, many, context)
-
-    with connection.execute_wrapper(spy):
-        post_graphql(client, "{ documents { title } }", token=token, headers={"X-Request-ID": "one-statement"})
-    writes = [entry for entry in seen if not entry[0].lstrip().upper().startswith("SELECT")]
+    writes = writes_of_a_request(client, make_token("alice"), "one-statement")
     assert len(writes) == 1
     sql_text, in_atomic, autocommit = writes[0]
     assert RequestReads._meta.db_table in sql_text and (Seal._meta.db_table in sql_text) is sealing_on
