@@ -177,15 +177,7 @@ def _note_retry(exc: Exception, attempt: int, sqlstate: str, parsed: dict[str, s
         details={"attempt": attempt, "error": type(exc).__name__, **parsed, "using": using},
         merge=False,
     )
-    transaction_retried.send(
-        sender=run_in_transaction,
-        attempt=attempt,
-        sqlstate=sqlstate,
-        reason=parsed.get("reason"),
-        txn=parsed.get("txn"),
-        error=exc,
-        using=using,
-    )
+    announce_retry(run_in_transaction, attempt, sqlstate, parsed, exc, using)
 
 
 def retry_transaction(
@@ -258,6 +250,21 @@ def sql_comment(execute: Callable[..., Any], sql: str, params: Any, many: bool, 
     return execute(sql, params, many, context_)
 
 
+def announce_retry(
+    sender: Any, attempt: int, sqlstate: str, parsed: dict[str, Any], exc: BaseException, using: str
+) -> None:
+    """Send :data:`transaction_retried` for one retry (of ``run_in_transaction`` or an audit write)."""
+    transaction_retried.send(
+        sender=sender,
+        attempt=attempt,
+        sqlstate=sqlstate,
+        reason=parsed.get("reason"),
+        txn=parsed.get("txn"),
+        error=exc,
+        using=using,
+    )
+
+
 # --- gql_audit's own writes, run again after a serialization failure -------------------
 
 #: Attempts of one audit write at most: writes are short, and a record that cannot be
@@ -304,15 +311,7 @@ def retry_write(
             text, _ = describe_database_error(exc)
             details = {"attempt": number, **parsed, "using": using, "write": "audit"}
             retries.append(build_event("db_retry", ctx, message=text, sqlstate=sqlstate, details=details))
-            transaction_retried.send(
-                sender=retry_write,
-                attempt=number,
-                sqlstate=sqlstate,
-                reason=parsed.get("reason"),
-                txn=parsed.get("txn"),
-                error=exc,
-                using=using,
-            )
+            announce_retry(retry_write, number, sqlstate, parsed, exc, using)
             if on_retry is not None:
                 on_retry(exc)
             time.sleep(backoff(number))
