@@ -61,9 +61,12 @@ def browser():
 
 
 def wait(browser):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(browser, WAIT)
+    # A page that is being replaced (a form just submitted) can hand back an element
+    # of the old page; asking again, on the new one, is the right answer to that.
+    return WebDriverWait(browser, WAIT, ignored_exceptions=(StaleElementReferenceException,))
 
 
 def find(browser, css):
