@@ -164,7 +164,8 @@ def start_checkpointer(connection: Any, checkpoints: dict[str, Any], every: str)
 
 
 def fill(count: int, start: int, chains: list[Any], key: bytes, kid: str) -> None:
-    """``count`` reads rows, each sealed in a seal of its own as a request seals it
+    """``count`` reads rows (20 objects each, no two requests the same objects), each
+    sealed in a seal of its own as a request seals it
     (the same functions ``gql_audit.evidence.sealing.append`` uses), round robin over ``chains``."""
     from django.db import connection
     from django.utils import timezone
@@ -173,7 +174,6 @@ def fill(count: int, start: int, chains: list[Any], key: bytes, kid: str) -> Non
     from gql_audit.models import RequestReads, Seal, SealChain
 
     kind = sealing.record_kinds()[sealing.READS]
-    keys_read = [f"bench.record:{i}" for i in range(20)]
     shapes = [{"fields": ["city", "country", "email", "name", "phone", "score", "status"], "paths": ["records"]}]
     batch = 5000
     for offset in range(0, count, batch):
@@ -189,7 +189,9 @@ def fill(count: int, start: int, chains: list[Any], key: bytes, kid: str) -> Non
                 remote_addr="127.0.0.1",
                 operation={"type": "query", "name": None, "sha256": "0" * 64},
                 context={"database": {"vendor": connection.vendor, "alias": "default"}},
-                keys=keys_read,
+                # Each request reads objects of its own; its actor, operation and page shape
+                # are those of many others.
+                keys=[f"bench.record:{(start + n) * 20 + i}" for i in range(20)],
                 shape_of=[0] * 20,
                 shapes=shapes,
             )

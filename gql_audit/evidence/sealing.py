@@ -144,10 +144,21 @@ def _ip(value: Any) -> Any:
     """An address in one spelling (PostgreSQL's ``inet`` returns its own)."""
     if not value:
         return value
-    try:
-        return str(ipaddress.ip_address(value))
-    except ValueError:
-        return value
+    found = _ip_spellings.get(value)
+    if found is None:
+        try:
+            found = str(ipaddress.ip_address(value))
+        except ValueError:
+            found = value
+        if len(_ip_spellings) >= _IP_SPELLINGS:
+            _ip_spellings.clear()
+        _ip_spellings[value] = found
+    return found
+
+
+#: Addresses repeat request after request: each spelled once (at most this many kept).
+_IP_SPELLINGS = 4096
+_ip_spellings: dict[Any, Any] = {}
 
 
 def _json(value: Any) -> Any:
@@ -187,6 +198,26 @@ def load_json(text: str) -> Any:
     return _canonical_decoder.decode(text)
 
 
+class CanonicalJSON(str):
+    """A JSON column's value already serialized as the digest writes it (:func:`canonical_json`)."""
+
+    __slots__ = ()
+
+
+def canonical_json(text: str) -> CanonicalJSON:
+    """Stored JSON text as the digest serializes its value: parsed canonically and written
+    with keys sorted, no spaces. ValueError or RecursionError when it cannot be read."""
+    return CanonicalJSON(_dumps(load_json(text)))
+
+
+#: How the digest writes a value: keys sorted, no spaces, not ASCII-escaped.
+_dumps = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode
+
+
+#: What ``json.dumps(..., ensure_ascii=False)`` makes of a string (C).
+_encode_text = json.encoder.encode_basestring
+
+
 def _converter(field: Any) -> Any:
     """How a column's value, as the database returns it, becomes canonical JSON data."""
     from django.db.models import GenericIPAddressField, JSONField
@@ -213,19 +244,30 @@ class RecordKind:
     def converters(self) -> list[tuple[str, Any]]:
         return [(f.attname, _converter(f)) for f in self.model._meta.concrete_fields if f.attname != self.actor]
 
-    def digest(self, row: dict[str, Any], json_canonical: bool = False) -> str:
-        """The SHA-256 of the row's canonical JSON. ``json_canonical``: its JSON columns were
-        parsed with :func:`load_json` already, in the canonical form."""
+    def digest(self, row: dict[str, Any]) -> str:
+        """The SHA-256 of the row's canonical JSON."""
         columns: dict[str, Any] = {}
         for name, convert in _converters(self):
             value = row[name]
+            columns[name] = None if value is None else convert(value)
+        text = _dumps(columns)
+        return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+    def digest_stored(self, row: dict[str, Any]) -> str:
+        """:meth:`digest` of a row whose JSON columns are given serialized already
+        (:class:`CanonicalJSON`, as :func:`canonical_json` makes them from stored text):
+        the same canonical text, written a column at a time in ``sort_keys`` order."""
+        parts = []
+        for name, convert, label in _digest_columns(self):
+            value = row[name]
             if value is None:
-                columns[name] = None
-            elif json_canonical and convert is _json:
-                columns[name] = value
+                parts.append(label + "null")
+            elif type(value) is CanonicalJSON:
+                parts.append(label + value)
             else:
-                columns[name] = convert(value)
-        text = json.dumps(columns, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+                value = convert(value)
+                parts.append(label + (_encode_text(value) if type(value) is str else _dumps(value)))
+        text = "{" + ",".join(parts) + "}"
         return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
     def subkind(self, row: dict[str, Any]) -> str:
@@ -271,6 +313,20 @@ def _converters(kind: RecordKind) -> list[tuple[str, Any]]:
     found = _converters_cache.get(key)
     if found is None:
         found = _converters_cache[key] = kind.converters()
+    return found
+
+
+#: Model label -> ``(column, converter, '"column":')`` in the order ``sort_keys`` writes them.
+_digest_columns_cache: dict[str, list[tuple[str, Any, str]]] = {}
+
+
+def _digest_columns(kind: RecordKind) -> list[tuple[str, Any, str]]:
+    key = kind.model._meta.label
+    found = _digest_columns_cache.get(key)
+    if found is None:
+        found = _digest_columns_cache[key] = [
+            (name, convert, json.dumps(name, ensure_ascii=False) + ":") for name, convert in sorted(_converters(kind))
+        ]
     return found
 
 

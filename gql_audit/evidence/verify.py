@@ -46,6 +46,8 @@ from gql_audit.evidence import sealing, seals
 from gql_audit.models import LogLeaf, ReadIndexQueue, ReadObject, Seal, SealChain, SealCounter
 
 CHUNK = 1000
+#: Distinct JSON texts whose canonical serialization is kept while reading records.
+SERIALIZED = 50_000
 
 
 @dataclass(frozen=True)
@@ -410,8 +412,11 @@ class StoredRecords:
         self.pk_name = kind.model._meta.pk.attname
         self.users = get_user_model()._default_manager.db_manager(using)
         self.raw = _raw_select(kind, self.fields, self.connection)
-        #: Whether rows come with their JSON already parsed canonically (the raw read).
-        self.json_canonical = False
+        #: Whether rows come with their JSON serialized canonically already (the raw read).
+        self.serialized_json = False
+        #: Stored JSON text -> its canonical serialization: the actor, operation and context
+        #: of one request are those of many others, each parsed once.
+        self.serialized: dict[str, sealing.CanonicalJSON] = {}
 
     def _stored(self, pks: list[str]) -> list[dict[str, Any]]:
         if self.raw is not None:
@@ -439,13 +444,21 @@ class StoredRecords:
             cursor.execute(sql, [keys])
             fetched = cursor.fetchall()
         rows = []
+        serialized = self.serialized
         for values in fetched:
             row = dict(zip(names, values, strict=True))
             for name in json_columns:
-                if isinstance(row[name], str):
-                    row[name] = sealing.load_json(row[name])
+                text = row[name]
+                if isinstance(text, str):
+                    found = serialized.get(text)
+                    if found is None:
+                        found = sealing.canonical_json(text)
+                        if len(serialized) >= SERIALIZED:
+                            serialized.clear()
+                        serialized[text] = found
+                    row[name] = found
             rows.append(row)
-        self.json_canonical = True
+        self.serialized_json = True
         return rows
 
     def read(self, pks: list[str]) -> tuple[list[dict[str, Any]], list[str]]:
@@ -469,7 +482,7 @@ class StoredRecords:
         """None when the row is what was recorded; else why not (``""``: its content,
         ``"unreadable"``, ``"actor"``). A deleted user's records lose their actor: not tampering."""
         try:
-            found = self.kind.digest(row, json_canonical=self.json_canonical)
+            found = self.kind.digest_stored(row) if self.serialized_json else self.kind.digest(row)
         except _UNREADABLE:  # JSON nested past what the digest's walk goes (Python 3.13 reads it)
             return "unreadable"
         if found != digest or any(_respelled(f, row, self.connection) for f in self.spelled):
