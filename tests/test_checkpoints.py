@@ -30,6 +30,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connection, connections
 
+from gql_audit.dbcontext import POSTGRES_VENDORS
 from gql_audit.evidence import sealing, verify_proof
 from gql_audit.models import Checkpoint, LogLeaf, RequestReads, Seal, SecurityEvent
 from tests.conftest import make_token, post_graphql
@@ -160,6 +161,25 @@ def public_verify(keys, *args, expect_ok=True):
     else:
         assert expect_ok, out.getvalue()
     return json.loads(out.getvalue())
+
+
+def command_env(tmp_path, settings):
+    """The environment of a management command run as a process of its own, on this
+    test's database with this test's ``GQL_AUDIT``."""
+    (tmp_path / "command_settings.py").write_text(
+        "import json, os\n"
+        "from tests.settings import *  # noqa: F403\n"
+        "for _alias in DATABASES:  # noqa: F405\n"
+        "    DATABASES[_alias]['NAME'] = os.environ['GQA_TEST_DB_NAME']  # noqa: F405\n"
+        "GQL_AUDIT = json.loads(os.environ['GQA_SETTINGS'])\n"
+    )
+    return {
+        **os.environ,
+        "PYTHONPATH": f"{tmp_path}:{ROOT}:{ROOT / 'example_service'}",
+        "DJANGO_SETTINGS_MODULE": "command_settings",
+        "GQA_TEST_DB_NAME": str(connection.settings_dict["NAME"]),
+        "GQA_SETTINGS": json.dumps({k: v for k, v in settings.GQL_AUDIT.items() if k != "AUTHENTICATOR"}),
+    }
 
 
 def found(report):
@@ -332,6 +352,50 @@ def test_an_untouched_log_verifies_with_the_public_key_alone(client, users, logg
     assert "Results requested for" in text and "2/2 checkpoints valid" in text and text.rstrip().endswith(".")
 
 
+def test_records_checked_in_forked_processes_give_the_same_report(client, users, logged, keys, settings, tmp_path):
+    """``--jobs 2`` on PostgreSQL: the records are read and digested in two processes forked
+    for the check (the command run on its own, with no other thread); the report is the one
+    a single process makes, problems and counts alike."""
+    if connection.vendor not in POSTGRES_VENDORS:
+        pytest.skip("needs PostgreSQL: runs in the PostgreSQL pass of tests/run.sh (forked readers: PostgreSQL only)")
+    for prefix in ("r", "s", "t"):
+        traffic(client, users, prefix=prefix)
+    checkpoint()
+    event = SecurityEvent.objects.order_by("created_at").last()
+    SecurityEvent.objects.filter(pk=event.pk).update(message="nothing happened")
+    shell = LogEntry.objects.exclude(action=LogEntry.Action.ACCESS).order_by("-timestamp").first()
+    LogEntry.objects.filter(pk=shell.pk).delete()
+    kind, pk = reads_record(logged)
+    model = RequestReads if kind == "reads" else LogEntry
+    model.objects.filter(pk=pk).update(**({"operation": {"forged": 1}} if kind == "reads" else {"object_repr": "x"}))
+    alone = public_verify(keys, "--jobs", "1", expect_ok=False)
+    assert alone["jobs"] == 0
+    # Batches of four records: several in flight at once, their verdicts applied in order.
+    script = (
+        "import sys, django; django.setup(); from gql_audit.evidence import log; log.BATCH = 4; "
+        "from django.core.management import execute_from_command_line; execute_from_command_line(sys.argv)"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script, "gql_audit_verify", "--public-key", str(keys[1]), "--format", "json"]
+        + ["--jobs", "2"],
+        cwd=ROOT,
+        env=command_env(tmp_path, settings),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 1, run.stderr
+    forked = json.loads(run.stdout)
+    assert forked["jobs"] == 2
+    expected = {("edited", "event", str(event.pk)), ("deleted", "entry", str(shell.pk)), ("edited", kind, pk)}
+    assert found(forked) == found(alone) == expected
+    counts = ("records", "records_valid", "leaves", "checkpoints_valid", "range_found")
+    assert {k: forked[k] for k in counts} == {k: alone[k] for k in counts}
+    assert forked["records"] == LogLeaf.objects.exclude(kind="purge").count() >= 15
+    with pytest.raises(CommandError, match="--jobs must be 1 or more"):
+        call_command("gql_audit_verify", "--public-key", str(keys[1]), "--jobs", "0")
+
+
 def test_each_change_to_the_records_or_the_log_is_named(client, users, logged, keys):
     traffic(client, users)
     checkpoint()
@@ -495,20 +559,7 @@ def test_every_writes_checkpoints_while_no_request_arrives(users, logged, keys, 
     post_graphql(
         __import__("django.test", fromlist=["Client"]).Client(), "{ documents { title } }", token=make_token("alice")
     )
-    (tmp_path / "heartbeat_settings.py").write_text(
-        "import json, os\n"
-        "from tests.settings import *  # noqa: F403\n"
-        "for _alias in DATABASES:  # noqa: F405\n"
-        "    DATABASES[_alias]['NAME'] = os.environ['GQA_TEST_DB_NAME']  # noqa: F405\n"
-        "GQL_AUDIT = json.loads(os.environ['GQA_SETTINGS'])\n"
-    )
-    env = {
-        **os.environ,
-        "PYTHONPATH": f"{tmp_path}:{ROOT}:{ROOT / 'example_service'}",
-        "DJANGO_SETTINGS_MODULE": "heartbeat_settings",
-        "GQA_TEST_DB_NAME": str(connection.settings_dict["NAME"]),
-        "GQA_SETTINGS": json.dumps({k: v for k, v in settings.GQL_AUDIT.items() if k != "AUTHENTICATOR"}),
-    }
+    env = command_env(tmp_path, settings)
     process = subprocess.Popen(
         [sys.executable, "-m", "django", "gql_audit_checkpoint", "--every", "1s"],
         cwd=ROOT,

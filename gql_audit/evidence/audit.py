@@ -21,7 +21,11 @@ intervals, the report names the gap.
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import datetime
+import multiprocessing
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from django.db import connections
 from django.utils import timezone
 
+from gql_audit.dbcontext import POSTGRES_VENDORS
 from gql_audit.evidence import anchors, log, merkle, note, sealing, seals
 from gql_audit.evidence.verify import CHUNK, Problem, StoredRecords, stored_keys
 from gql_audit.models import Checkpoint, LogLeaf
@@ -72,6 +77,8 @@ class AuditReport:
     began: datetime.datetime | None = None
     newest: Signed | None = None
     anchored: Signed | None = None
+    #: Processes that read and digested the records beside the one walking the log (0: none).
+    jobs: int = 0
 
     @property
     def ok(self) -> bool:
@@ -87,12 +94,14 @@ def audit(
     interval: datetime.timedelta | None = None,
     origin: str | None = None,
     all_logged: bool = False,
+    jobs: int = 1,
 ) -> AuditReport:
     """Check the log, its checkpoints and the records it names with ``public_keys``.
 
     ``all_logged``: the log began before the first record was written, so a record no leaf
     names is reported however old it claims to be (otherwise one older than every logged
-    record is only counted as not covered)."""
+    record is only counted as not covered). ``jobs``: processes that read and digest the
+    records while this one walks the log (see :class:`_Verdicts`)."""
     now = timezone.now()
     report = AuditReport(requested=(since, now))
     keys = list(public_keys)
@@ -101,7 +110,7 @@ def audit(
     kept = _anchored(report, keys, origin, anchor_urls)
     report.anchored = max(kept, key=lambda c: (c.size, c.time or now), default=None)
     _gaps(report, signed, interval, now)
-    tree = _leaves(report, using, {c.size for c in [*signed, *kept]}, since, keep=bool(kept))
+    tree = _leaves(report, using, {c.size for c in [*signed, *kept]}, since, keep=bool(kept), jobs=jobs)
     for checkpoint in signed:
         _check_root(report, checkpoint, tree.roots, tree.size, "checkpoint")
     for checkpoint in kept:
@@ -218,10 +227,27 @@ class _Tree(list[bytes]):
         return self.frontier.size
 
 
-def _leaves(report: AuditReport, using: str, sizes: set[int], since: datetime.datetime | None, keep: bool) -> _Tree:
+def _leaves(
+    report: AuditReport, using: str, sizes: set[int], since: datetime.datetime | None, keep: bool, jobs: int = 1
+) -> _Tree:
     """Stream the leaves by index: the roots at ``sizes``, and each record checked."""
     tree = _Tree(keep)
-    checker = _Records(report, using, since)
+    checker = _Records(report, using, since, _Verdicts.start(using, jobs))
+    report.jobs = jobs if checker.verdicts.pool is not None else 0
+    try:
+        _walk(report, using, sizes, tree, checker)
+    finally:
+        checker.verdicts.close()
+    newest = report.newest.size if report.newest is not None else 0
+    if tree.size > newest:
+        report.problems.append(
+            Problem("inserted", "leaf", str(newest), detail=f"{tree.size - newest} leaves no checkpoint signs")
+        )
+    return tree
+
+
+def _walk(report: AuditReport, using: str, sizes: set[int], tree: _Tree, checker: _Records) -> None:
+    """The leaves by index into ``tree``, and their records to ``checker`` in batches."""
     batch: list[tuple[int, dict[str, Any] | None]] = []
     missing_reported = False
     for index, text in log.stored_leaves(using):
@@ -234,7 +260,7 @@ def _leaves(report: AuditReport, using: str, sizes: set[int], since: datetime.da
         report.leaves += 1
         value = merkle.leaf_hash(text.encode("utf-8", "surrogatepass") if isinstance(text, str) else b"")
         tree.frontier.append(value)
-        if keep:
+        if tree.keep:
             tree.append(value)
         if tree.size in sizes:
             tree.roots[tree.size] = tree.frontier.root()
@@ -244,12 +270,6 @@ def _leaves(report: AuditReport, using: str, sizes: set[int], since: datetime.da
             batch = []
     checker.check(batch)
     checker.finish()
-    newest = report.newest.size if report.newest is not None else 0
-    if tree.size > newest:
-        report.problems.append(
-            Problem("inserted", "leaf", str(newest), detail=f"{tree.size - newest} leaves no checkpoint signs")
-        )
-    return tree
 
 
 def _check_root(report: AuditReport, checkpoint: Signed, roots: dict[int, bytes], size: int, kind: str) -> None:
@@ -278,9 +298,9 @@ class _Records:
     a purge of its kind. Otherwise it was deleted.
     """
 
-    def __init__(self, report: AuditReport, using: str, since: datetime.datetime | None) -> None:
-        self.report, self.using, self.since = report, using, since
-        self.stored = {name: StoredRecords(name, kind, using) for name, kind in sealing.record_kinds().items()}
+    def __init__(self, report: AuditReport, using: str, since: datetime.datetime | None, verdicts: _Verdicts) -> None:
+        self.report, self.using, self.since, self.verdicts = report, using, since, verdicts
+        self.names = set(sealing.record_kinds())
         #: Classes (``kind type``) of which a logged record was found stored: a later one
         #: missing was deleted, not purged.
         self.present: set[str] = set()
@@ -288,9 +308,12 @@ class _Records:
         self.gone: list[tuple[str, str, str, Any, int]] = []
         #: ``(scope, cut-off)`` of the purges the log holds.
         self.purges: list[tuple[str, datetime.datetime]] = []
+        #: Batches whose records are being read, oldest first, with their verdicts to come.
+        self.pending: collections.deque[tuple[list[tuple[int, dict[str, Any]]], dict[str, Any]]] = collections.deque()
 
     def check(self, batch: list[tuple[int, dict[str, Any] | None]]) -> None:
-        wanted: dict[str, list[str]] = {}
+        wanted: dict[str, list[tuple[str, str, str | None]]] = {}
+        mine: list[tuple[int, dict[str, Any]]] = []
         for index, leaf in batch:
             if leaf is None:
                 self.report.problems.append(Problem("log edited", "leaf", str(index), detail="not a leaf"))
@@ -298,17 +321,20 @@ class _Records:
                 cutoff = seals.when(leaf["at"], timezone.now())
                 if cutoff is not None:
                     self.purges.append((leaf["id"], cutoff))
-            elif leaf["kind"] in self.stored and self._in_range(leaf):
-                wanted.setdefault(leaf["kind"], []).append(leaf["id"])
-        found: dict[tuple[str, str], dict[str, Any] | None] = {}
-        for name, pks in wanted.items():
-            records = self.stored[name]
-            rows, unreadable = records.read(pks)
-            found.update({(name, records.key(row)): row for row in rows})
-            found.update({(name, pk): None for pk in unreadable})
+            elif leaf["kind"] in self.names and self._in_range(leaf):
+                actor = None if leaf["actor"] is None else str(leaf["actor"])
+                wanted.setdefault(leaf["kind"], []).append((leaf["id"], str(leaf["digest"]), actor))
+                mine.append((index, leaf))
+        self.pending.append((mine, {name: self.verdicts.submit(name, items) for name, items in wanted.items()}))
+        while len(self.pending) > self.verdicts.ahead:
+            self._judge(*self.pending.popleft())
+
+    def _judge(self, batch: list[tuple[int, dict[str, Any]]], submitted: dict[str, Any]) -> None:
+        """The verdicts on a batch's records, applied in the log's order."""
+        found: dict[tuple[str, str], str | None] = {}
+        for name, job in submitted.items():
+            found.update(((name, pk), verdict) for pk, verdict in self.verdicts.result(job))
         for index, leaf in batch:
-            if leaf is None or leaf["kind"] not in self.stored or not self._in_range(leaf):
-                continue
             self._one(index, leaf, found)
 
     def _in_range(self, leaf: dict[str, Any]) -> bool:
@@ -317,29 +343,23 @@ class _Records:
         at = seals.when(leaf["at"], self.since)
         return at is None or at >= self.since
 
-    def _one(self, index: int, leaf: dict[str, Any], found: dict[tuple[str, str], dict[str, Any] | None]) -> None:
+    def _one(self, index: int, leaf: dict[str, Any], found: dict[tuple[str, str], str | None]) -> None:
         name, pk, report = leaf["kind"], leaf["id"], self.report
         report.records += 1
         kind_class = f"{name} {leaf['type']}"
-        key = (name, pk)
         at = seals.when(leaf["at"], timezone.now())
         if at is not None and (report.began is None or at < report.began):
             report.began = at
-        if key not in found:
+        verdict = found[(name, pk)]
+        if verdict == MISSING:
             if leaf["type"] != NEVER_PURGED and kind_class not in self.present:
                 self.gone.append((kind_class, name, pk, at, index))
             else:
                 report.problems.append(Problem("deleted", name, pk, detail=f"leaf {index}"))
             return
         self.present.add(kind_class)
-        row = found[key]
-        if row is None:
-            report.problems.append(Problem("edited", name, pk, detail="unreadable"))
-            return
-        actor = None if leaf["actor"] is None else str(leaf["actor"])
-        wrong = self.stored[name].compare(row, str(leaf["digest"]), actor)
-        if wrong is not None:
-            report.problems.append(Problem("edited", name, pk, detail=wrong or f"leaf {index}"))
+        if verdict is not None:
+            report.problems.append(Problem("edited", name, pk, detail=verdict or f"leaf {index}"))
             return
         report.records_valid += 1
         if at is not None:
@@ -349,6 +369,8 @@ class _Records:
     def finish(self) -> None:
         """Judge what is gone from among the oldest of each kind, now that every purge the
         log holds is known."""
+        while self.pending:
+            self._judge(*self.pending.popleft())
         for kind_class, name, pk, at, index in self.gone:
             if self.purges and not any(
                 _covers(scope, kind_class) and at is not None and at < cutoff for scope, cutoff in self.purges
@@ -361,6 +383,89 @@ class _Records:
             purged[0] += 1
             purged[1] = note.format_time(at) if at is not None else None
             self.report.records_valid += 1
+
+
+#: The verdict on a logged record that is not stored.
+MISSING = "missing"
+
+
+def verdicts(name: str, using: str, items: list[tuple[str, str, str | None]]) -> list[tuple[str, str | None]]:
+    """``(pk, verdict)`` of each logged record ``(pk, digest, actor)`` of kind ``name``:
+    None when it is stored as logged, :data:`MISSING`, or why it is not what was logged
+    (:meth:`StoredRecords.compare`; ``"unreadable"``)."""
+    records = _stored_records(name, using)
+    rows, unreadable = records.read([pk for pk, _, _ in items])
+    stored = {records.key(row): row for row in rows}
+    gone = set(unreadable)
+    out: list[tuple[str, str | None]] = []
+    for pk, digest, actor in items:
+        row = stored.get(pk)
+        if row is not None:
+            out.append((pk, records.compare(row, digest, actor)))
+        else:
+            out.append((pk, "unreadable" if pk in gone else MISSING))
+    return out
+
+
+#: This process's readers of stored records, one a kind and database (their caches kept
+#: from batch to batch); emptied when a check ends.
+_readers: dict[tuple[str, str], StoredRecords] = {}
+
+
+def _stored_records(name: str, using: str) -> StoredRecords:
+    found = _readers.get((name, using))
+    if found is None:
+        found = _readers[(name, using)] = StoredRecords(name, sealing.record_kinds()[name], using)
+    return found
+
+
+def _in_child() -> None:
+    """In a process forked to read records: the database connections are the parent's, to
+    be left to it (psycopg closes nothing a process did not open): each opens its own."""
+    for connection in connections.all(initialized_only=True):
+        connection.connection = None
+
+
+class _Verdicts:
+    """Where the records' verdicts are worked out: in this process, or, with ``jobs`` > 1 on
+    PostgreSQL (or CockroachDB), in ``jobs`` processes forked for the check, each reading and digesting a
+    batch while this one walks the log and hashes the tree (the digests are most of a
+    check's work). Forked only from a process with no other thread, outside a transaction
+    (a child's own connection sees only what is committed)."""
+
+    def __init__(self, using: str, pool: concurrent.futures.ProcessPoolExecutor | None, ahead: int) -> None:
+        self.using, self.pool, self.ahead = using, pool, ahead
+
+    @classmethod
+    def start(cls, using: str, jobs: int) -> _Verdicts:
+        connection = connections[using]
+        _readers.clear()
+        if (
+            jobs <= 1
+            or connection.vendor not in POSTGRES_VENDORS
+            or connection.in_atomic_block
+            or threading.active_count() > 1
+            or "fork" not in multiprocessing.get_all_start_methods()
+        ):
+            return cls(using, None, 0)
+        pool = concurrent.futures.ProcessPoolExecutor(
+            max_workers=jobs, mp_context=multiprocessing.get_context("fork"), initializer=_in_child
+        )
+        return cls(using, pool, 2 * jobs)
+
+    def submit(self, name: str, items: list[tuple[str, str, str | None]]) -> Any:
+        if self.pool is None:
+            return verdicts(name, self.using, items)
+        return self.pool.submit(verdicts, name, self.using, items)
+
+    def result(self, job: Any) -> list[tuple[str, str | None]]:
+        return job.result() if self.pool is not None else job  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+            self.pool = None
+        _readers.clear()
 
 
 def _covers(scope: str, kind_class: str) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,17 @@ from gql_audit.evidence import log, note, sealing
 from gql_audit.evidence.audit import AuditReport, audit
 from gql_audit.evidence.verify import Problem, Report, verify
 from gql_audit.store import audit_alias
+
+#: ``--jobs`` by default at most: past it the database, not the digests, is what is waited for.
+MAX_JOBS = 4
+
+
+def default_jobs() -> int:
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return min(MAX_JOBS, cpus)
 
 
 def plural(count: int, word: str) -> str:
@@ -67,6 +79,14 @@ class Command(BaseCommand):
             help="An anchor the checkpointer writes to (file:///dir/): fail when the database is behind it.",
         )
         parser.add_argument("--format", choices=["text", "json"], default="text", help="Output (default: text).")
+        parser.add_argument(
+            "--jobs",
+            type=int,
+            default=default_jobs(),
+            metavar="N",
+            help="With --public-key on PostgreSQL: processes that read and digest the logged records beside "
+            f"the one walking the log (default: the CPUs this process may use, at most {MAX_JOBS}; 1: none).",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
@@ -74,6 +94,8 @@ class Command(BaseCommand):
         except ValueError as exc:
             raise CommandError(str(exc)) from None
         using = options["database"] or audit_alias()
+        if options["jobs"] < 1:
+            raise CommandError(f"--jobs must be 1 or more, not {options['jobs']}.")
         if options["public_key"] or options["anchor"]:
             self.with_public_keys(options, since, using)
             return
@@ -114,6 +136,7 @@ class Command(BaseCommand):
             interval=interval,
             origin=settings.origin if settings is not None else None,
             all_logged=options["all_sealed"],
+            jobs=options["jobs"],
         )
         lines = self.audit_lines(report)
         summary = (
@@ -166,6 +189,7 @@ class Command(BaseCommand):
             "purged": [{"kind": k, "records": n, "newest": at} for k, (n, at) in sorted(report.purged.items())],
             "gaps": [{"from": moment(a), "to": moment(b)} for a, b in report.gaps],
             "not_covered": report.not_covered,
+            "jobs": report.jobs,
         }
 
     @staticmethod
