@@ -27,7 +27,7 @@ from django.db import DatabaseError, connection, connections
 from example_service.models import Document, Profile
 from gql_audit.errors import AUTH_UNAVAILABLE, INTERNAL_ERROR, MESSAGES, sqlstate_of
 from gql_audit.models import SecurityEvent
-from tests.conftest import codes, make_token, post_graphql
+from tests.conftest import codes, make_token, post_graphql, stored_text
 
 pytestmark = pytest.mark.postgres
 
@@ -95,12 +95,6 @@ def audit_lines(caplog) -> list[dict]:
             assert json.loads(record.getMessage()) == payload
             lines.append(payload)
     return lines
-
-
-def stored_text() -> str:
-    """Every SecurityEvent and LogEntry row, as one JSON text."""
-    rows = [*SecurityEvent.objects.values(), *LogEntry.objects.values()]
-    return json.dumps(rows, default=str, sort_keys=True)
 
 
 def secrets(*tokens: str) -> list[str]:

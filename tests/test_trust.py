@@ -25,18 +25,11 @@ from example_service.models import Document
 from gql_audit.dbcontext import POSTGRES_VENDORS
 from gql_audit.models import SecurityEvent
 from gql_audit.store import events as event_rows
-from tests.conftest import SQLRecorder, codes, make_token, post_graphql, table_away
+from tests.conftest import SQLRecorder, codes, make_token, post_graphql, stored_text, table_away
 
 pytestmark = pytest.mark.django_db
 
 LOGIN = "mutation L($u: String!, $p: String!) { tokenAuth(username: $u, password: $p) { token } }"
-
-
-def stored_text() -> str:
-    """Every audit row, as text: what an attacker with the database could read."""
-    return json.dumps(list(SecurityEvent.objects.values()), default=str) + json.dumps(
-        list(LogEntry.objects.values()), default=str
-    )
 
 
 def all_log_text(caplog) -> str:
