@@ -124,6 +124,17 @@ def async_connections_closed():
     close_async_connections()
 
 
+def stored_text() -> str:
+    """Every audit row as one JSON text (security events, auditlog's entries, the default access
+    store's reads): what someone with the database could read."""
+    from auditlog.models import LogEntry
+
+    from gql_audit.models import RequestReads, SecurityEvent
+
+    rows = [*SecurityEvent.objects.values(), *LogEntry.objects.values(), *RequestReads.objects.values()]
+    return json.dumps(rows, default=str, sort_keys=True)
+
+
 def codes(body) -> dict[tuple, str]:
     """``{path: extensions.code}`` of a GraphQL response body."""
     return {tuple(e.get("path") or ()): (e.get("extensions") or {}).get("code") for e in body.get("errors", [])}

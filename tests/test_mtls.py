@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gql_audit import mtls
-from gql_audit.models import SecurityEvent
+from gql_audit.models import RequestReads, SecurityEvent
 from tests.certs import NOW, make_ca, make_leaf
 from tests.conftest import codes, make_token, post_graphql, sized
 
@@ -199,9 +199,7 @@ def test_trusted_proxy_certificate_on_entries_and_events(client, users, settings
         headers={**cert_headers(), "X-Request-ID": "c1"},
         REMOTE_ADDR="10.1.2.3",
     )
-    entries = LogEntry.objects.filter(cid="c1", action=LogEntry.Action.ACCESS)
-    assert entries.exists()
-    summary = entries[0].additional_data["gql_audit"]["client_cert"]
+    summary = RequestReads.objects.get(request_id="c1").context["client_cert"]
     assert (
         summary["fingerprint_sha256"]
         == mtls.ClientCertificate.from_pem(LEAF.pem, verify="", source="").fingerprint_sha256
@@ -223,9 +221,8 @@ def test_untrusted_peer_headers_are_ignored_and_recorded(client, users, settings
     # From an untrusted peer the request id sent is kept apart, never used as the id.
     event = SecurityEvent.objects.get(details__client_request_id="c2")
     assert event.kind == "cert_header_untrusted" and event.details["peer"] == "203.0.113.5"
-    entry = LogEntry.objects.filter(cid=event.request_id).first()
-    assert entry.additional_data["gql_audit"]["client_cert"] is None
-    assert entry.additional_data["gql_audit"]["client_request_id"] == "c2"
+    reads = RequestReads.objects.get(request_id=event.request_id)
+    assert reads.context["client_cert"] is None and reads.context["client_request_id"] == "c2"
 
 
 @pytest.mark.django_db

@@ -22,9 +22,8 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-from auditlog.models import LogEntry
 
-from gql_audit.models import SecurityEvent
+from gql_audit.models import RequestReads, SecurityEvent
 from gql_audit.mtls import serial_hex
 from tests.certs import NOW, make_ca, make_leaf
 from tests.conftest import make_token
@@ -172,12 +171,10 @@ def fingerprint(issued):
     return hashlib.sha256(issued.der).hexdigest()
 
 
-def cert_on_entries(request_id):
-    entries = LogEntry.objects.filter(cid=request_id, action=LogEntry.Action.ACCESS)
-    assert entries.exists()
-    summaries = {str(e.additional_data["gql_audit"]["client_cert"]) for e in entries}
-    assert len(summaries) == 1
-    return entries[0].additional_data["gql_audit"]["client_cert"]
+def cert_on_reads(request_id):
+    reads = RequestReads.objects.get(request_id=request_id)
+    assert reads.keys
+    return reads.context["client_cert"]
 
 
 def test_valid_certificate(nginx, pki, users):
@@ -185,7 +182,7 @@ def test_valid_certificate(nginx, pki, users):
     body = query(nginx, pki, "valid", request_id="e2e-valid")
     assert body["data"]["serviceStatus"] == {"ok": True} and body["data"]["documents"]
     assert list(SecurityEvent.objects.filter(request_id="e2e-valid").values("kind", "details")) == []
-    cert = cert_on_entries("e2e-valid")
+    cert = cert_on_reads("e2e-valid")
     assert cert["verify"] == "SUCCESS" and cert["source"] == "nginx"
     assert cert["fingerprint_sha256"] == fingerprint(clients["valid"])
     assert cert["serial"] == serial_hex(clients["valid"].cert.serial_number)
@@ -198,7 +195,7 @@ def test_failing_certificates_are_recorded(nginx, pki, users, name, verify):
     _, clients, _ = pki
     body = query(nginx, pki, name, request_id=f"e2e-{name}")
     assert body["data"]["serviceStatus"] == {"ok": True}  # the proxy let it through; the app served it
-    cert = cert_on_entries(f"e2e-{name}")
+    cert = cert_on_reads(f"e2e-{name}")
     assert cert["verify"].startswith(verify) and cert["fingerprint_sha256"] == fingerprint(clients[name])
     event = SecurityEvent.objects.get(request_id=f"e2e-{name}", kind="cert_failed")
     assert event.details["client_cert"]["verify"].startswith(verify)
@@ -206,7 +203,7 @@ def test_failing_certificates_are_recorded(nginx, pki, users, name, verify):
 
 def test_no_certificate(nginx, pki, users):
     query(nginx, pki, None, request_id="e2e-none")
-    assert cert_on_entries("e2e-none") is None
+    assert cert_on_reads("e2e-none") is None
     assert not SecurityEvent.objects.filter(request_id="e2e-none").exists()
 
 
@@ -216,8 +213,8 @@ def test_forged_headers_cannot_override_nginx(nginx, pki, users):
     spoof = {"X-SSL-Client-Cert": forged, "X-SSL-Client-Verify": "SUCCESS", "X_SSL_Client_Cert": forged}
     # Without a certificate of its own, the client's headers are replaced by nginx's empty values.
     query(nginx, pki, None, headers=spoof, request_id="e2e-forged")
-    assert cert_on_entries("e2e-forged") is None
+    assert cert_on_reads("e2e-forged") is None
     # With a failing certificate, it cannot claim a verified one.
     query(nginx, pki, "other-ca", headers=spoof, request_id="e2e-forged-2")
-    cert = cert_on_entries("e2e-forged-2")
+    cert = cert_on_reads("e2e-forged-2")
     assert cert["verify"].startswith("FAILED:") and cert["fingerprint_sha256"] == fingerprint(clients["other-ca"])

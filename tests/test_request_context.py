@@ -9,7 +9,9 @@ from auditlog.models import LogEntry
 from django.test import RequestFactory
 
 from gql_audit import context
+from gql_audit.history import request_trail
 from gql_audit.middleware import AuditContextMiddleware
+from gql_audit.models import RequestReads
 from gql_audit.net import client_address, parse_ip
 from tests.conftest import codes, make_token, post_graphql
 
@@ -42,6 +44,7 @@ def test_request_id_kept_only_when_well_formed(client, users, incoming, kept):
         assert echoed != incoming
         assert uuid.UUID(echoed).version == 4
     assert set(LogEntry.objects.exclude(cid=None).values_list("cid", flat=True)) == {echoed}
+    assert set(RequestReads.objects.values_list("request_id", flat=True)) == {echoed}
 
 
 @pytest.mark.django_db
@@ -103,10 +106,13 @@ def test_forged_forwarded_for_from_untrusted_peer_is_not_remote_addr(client, use
     settings.GQL_AUDIT = {**settings.GQL_AUDIT, "TRUSTED_PROXIES": ["10.0.0.0/8"]}
     post_graphql(client, PROFILE, token=make_token("alice"), HTTP_X_FORWARDED_FOR="6.6.6.6")
     assert set(LogEntry.objects.exclude(cid=None).values_list("remote_addr", flat=True)) == {"127.0.0.1"}
+    assert set(RequestReads.objects.values_list("remote_addr", flat=True)) == {"127.0.0.1"}
     LogEntry.objects.all().delete()
+    RequestReads.objects.all().delete()
     second = PROFILE.replace('"1"', '"2"')
     post_graphql(client, second, token=make_token("alice"), HTTP_X_FORWARDED_FOR="6.6.6.6", REMOTE_ADDR="10.0.0.3")
     assert set(LogEntry.objects.exclude(cid=None).values_list("remote_addr", flat=True)) == {"6.6.6.6"}
+    assert set(RequestReads.objects.values_list("remote_addr", flat=True)) == {"6.6.6.6"}
     entry = LogEntry.objects.exclude(cid=None).get(action=LogEntry.Action.UPDATE)
     assert entry.additional_data["gql_audit"]["remote_addr"] == "6.6.6.6"
 
@@ -162,3 +168,5 @@ async def test_async_client_gets_same_behaviour(async_client, settings, async_co
         LogEntry.objects.filter(cid="async-2").values_list("actor__username", flat=True)
     )
     assert entries and set(entries) == {"dora"}
+    reads = await sync_to_async(lambda: request_trail("async-2").reads)()
+    assert [read.actor["username"] for read in reads] == ["dora"]

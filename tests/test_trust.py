@@ -23,20 +23,14 @@ from django.test import Client
 
 from example_service.models import Document
 from gql_audit.dbcontext import POSTGRES_VENDORS
-from gql_audit.models import SecurityEvent
+from gql_audit.history import request_trail
+from gql_audit.models import RequestReads, SecurityEvent
 from gql_audit.store import events as event_rows
-from tests.conftest import SQLRecorder, codes, make_token, post_graphql, table_away
+from tests.conftest import SQLRecorder, codes, make_token, post_graphql, stored_text, table_away
 
 pytestmark = pytest.mark.django_db
 
 LOGIN = "mutation L($u: String!, $p: String!) { tokenAuth(username: $u, password: $p) { token } }"
-
-
-def stored_text() -> str:
-    """Every audit row, as text: what an attacker with the database could read."""
-    return json.dumps(list(SecurityEvent.objects.values()), default=str) + json.dumps(
-        list(LogEntry.objects.values()), default=str
-    )
 
 
 def all_log_text(caplog) -> str:
@@ -148,7 +142,7 @@ def test_nul_surrogates_and_control_characters_are_stored_as_safe_data(client, u
         token=make_token("alice"),
         headers={"X-Request-ID": "hostile-2"},
     )
-    assert LogEntry.objects.filter(cid="hostile-2", action=LogEntry.Action.ACCESS).count() == 4
+    assert len(request_trail("hostile-2").reads) == 4
     assert [e.kind for e in events("hostile-2")] == ["graphql_error"]
     # Huge and deeply nested values: the event is written, bounded.
     post_graphql(
@@ -183,7 +177,7 @@ def test_one_record_the_database_refuses_does_not_take_the_others(client, users,
     post_graphql(client, query, token=make_token("alice"), headers={"X-Request-ID": "poison-2"})
     # The token event of the first request and the reads of the second landed...
     assert [e.kind for e in events("poison")] == ["token_invalid"]
-    assert LogEntry.objects.filter(cid="poison-2", action=LogEntry.Action.ACCESS).count() == 5  # 4 documents, alice
+    assert len(request_trail("poison-2").reads) == 5  # 4 documents, alice
     # ...and the refused event is, complete, in the fallback log.
     logged = [json.loads(r.getMessage()) for r in caplog.records if r.name == "gql_audit.audit"]
     refused = [r for r in logged if r.get("event") == "security_event"]
@@ -230,10 +224,10 @@ def test_request_id_is_believed_only_from_trusted_proxies(client, users):
     )
     ids = {first["X-Request-ID"], second["X-Request-ID"]}
     assert len(ids) == 2 and "mine" not in ids
-    entries = LogEntry.objects.filter(cid__in=ids)
-    assert entries.count() == 8
-    assert {e.additional_data["gql_audit"]["client_request_id"] for e in entries} == {"mine"}
-    actors = {e.cid: e.additional_data["gql_audit"]["actor"]["username"] for e in entries}
+    rows = RequestReads.objects.filter(request_id__in=ids)
+    assert sum(len(row.keys) for row in rows) == 8
+    assert {row.context["client_request_id"] for row in rows} == {"mine"}
+    actors = {row.request_id: row.actor["username"] for row in rows}
     assert actors == {first["X-Request-ID"]: "alice", second["X-Request-ID"]: "bob"}
     trusted = post_graphql(client, "{ serviceStatus { ok } }", headers={"X-Request-ID": "from-proxy"})
     assert trusted["X-Request-ID"] == "from-proxy"
@@ -252,6 +246,8 @@ def test_every_record_names_its_actor_after_the_user_is_gone(client, django_user
     for entry in entries:
         assert entry.actor_id is None  # the row is gone...
         assert entry.additional_data["gql_audit"]["actor"] == {"id": user.pk, "username": "noemail"}  # ...not its name
+    # The reads (the user and the profile) name the reader too.
+    assert [read.actor for read in request_trail("ne-1").reads] == [{"id": user.pk, "username": "noemail"}] * 2
 
 
 # --- 5. MASK_ERRORS ----------------------------------------------------------------------
@@ -373,8 +369,8 @@ def test_sql_comment_for_every_allowed_request_id(client, users, settings, reque
     for response in (read, write):
         assert response.status_code == 200 and "errors" not in response.json(), response.content
     assert any("request_id=" in sql for sql in seen)
-    reads = LogEntry.objects.filter(cid=request_id, action=LogEntry.Action.ACCESS)
-    assert reads.filter(content_type__model="document").count() == 4
+    reads = request_trail(request_id).reads
+    assert [read.model for read in reads].count("example_service.Document") == 4
     assert LogEntry.objects.filter(cid=request_id, action=LogEntry.Action.UPDATE).exists()
 
 
@@ -607,8 +603,8 @@ async def test_identity_mapper_may_use_the_orm_under_asgi(async_client, settings
         headers={**cert_headers(), "X-Request-ID": "asgi-id"},
     )
     assert response.status_code == 200
-    entry = await sync_to_async(LogEntry.objects.get)(cid="asgi-id")
-    assert entry.additional_data["gql_audit"]["client_cert"]["identity"] == f"svc-{user.pk}"
+    row = await sync_to_async(RequestReads.objects.get)(request_id="asgi-id")
+    assert row.context["client_cert"]["identity"] == f"svc-{user.pk}"
     settings.GQL_AUDIT = {**settings.GQL_AUDIT, "CLIENT_CERT_IDENTITY": "tests.test_trust.identity_broken"}
     await async_client.post(
         "/graphql/",
@@ -693,8 +689,8 @@ def test_forwarded_ipv6_zone_is_dropped_not_fatal(client, users, caplog):
         headers={"X-Request-ID": "zone", "X-Forwarded-For": "fe80::1%" + "A" * 300},
     )
     assert not [r for r in caplog.records if "audit_write_failed" in r.getMessage()]
-    entries = LogEntry.objects.filter(cid="zone")
-    assert entries.count() == 3 and {e.remote_addr for e in entries} == {"fe80::1"}
+    reads = request_trail("zone").reads
+    assert len(reads) == 3 and {read.remote_addr for read in reads} == {"fe80::1"}
     assert events("zone")[0].remote_addr == "fe80::1"
 
 
@@ -838,18 +834,21 @@ def test_a_table_that_refuses_everything_is_not_retried_record_by_record(client,
             )
     attempts = [sql for sql in seen if sql.startswith('INSERT INTO "gql_audit_securityevent"')]
     assert len(attempts) == 2  # with the reads, then alone: never once per event
-    assert LogEntry.objects.filter(cid="away", action=LogEntry.Action.ACCESS).count() == 3
+    assert len(request_trail("away").reads) == 3
     logged = [json.loads(r.getMessage()) for r in caplog.records if r.name == "gql_audit.audit"]
     assert [r["kind"] for r in logged if r.get("event") == "security_event"] == ["token_invalid"]
 
 
-def test_malformed_values_of_an_auditlog_block_do_not_fail_the_write(users):
+# Each store writes the block's address and port to columns of its own types.
+@pytest.mark.parametrize("access_store", ["gql_audit", "auditlog"])
+def test_malformed_values_of_an_auditlog_block_do_not_fail_the_write(users, settings, access_store):
     from auditlog.context import set_extra_data
     from auditlog.signals import accessed
     from django.test import RequestFactory
 
     from gql_audit import context, store
 
+    settings.GQL_AUDIT = {**settings.GQL_AUDIT, "ACCESS_STORE": access_store}
     doc = users["bob"].documents.first()
     request = RequestFactory().get("/")
     request.user = users["alice"]
@@ -861,5 +860,9 @@ def test_malformed_values_of_an_auditlog_block_do_not_fail_the_write(users):
         store.flush(ctx)
     finally:
         context.reset(token)
-    entry = LogEntry.objects.get(cid="odd-block")
-    assert (entry.remote_addr, entry.remote_port) == (None, None)
+    (read,) = request_trail("odd-block").reads
+    assert read.remote_addr is None
+    if access_store == "gql_audit":
+        assert "remote_port" not in RequestReads.objects.get(request_id="odd-block").context
+    else:
+        assert LogEntry.objects.get(cid="odd-block").remote_port is None
