@@ -20,6 +20,7 @@ from gql_audit.evidence import sealing
 from gql_audit.evidence.verify import verify
 from gql_audit.models import RequestReads, Seal, SecurityEvent
 from gql_audit.store import index
+from tests.conftest import sized
 from tests.test_tamper import KEY, SECOND_KEY, problems, sealed, sql, traffic  # noqa: F401 - sealed is a fixture
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -602,7 +603,7 @@ def test_a_stored_row_read_with_its_json_serialized_digests_as_the_row_itself():
     def check_kind(kind):
         is_json = {name: convert is sealing._json for name, convert in sealing._converters(kind)}
 
-        @settings(max_examples=400, deadline=None)
+        @settings(max_examples=sized(400, 60), deadline=None)
         @given(st.fixed_dictionaries({n: json_values if j else plain_values for n, j in is_json.items()}))
         def check(row):
             stored = {
