@@ -24,6 +24,7 @@ NOT_CLONED = shutil.ignore_patterns(
 
 
 @pytest.mark.index
+@pytest.mark.venv
 @pytest.mark.server
 def test_docs_serve_works_in_a_fresh_clone(tmp_path):
     clone = shutil.copytree(ROOT, tmp_path / "clone", ignore=NOT_CLONED)

@@ -103,6 +103,7 @@ def test_the_wheel_admits_every_supported_python_and_django(wheel):
         assert f"Programming Language :: Python :: {series}" in classifiers
 
 
+@pytest.mark.venv
 def test_the_wheel_installs_beside_this_django_and_the_example_passes_its_checks(wheel, tmp_path):
     """In a fresh virtual environment, from the package index: no checkout on the path."""
     env_dir = tmp_path / "venv"
