@@ -27,6 +27,12 @@ def sized(full: int, quick: int) -> int:
     return full if PROFILE == "full" else quick
 
 
+#: The access stores a test that holds for both runs once for each: both in the full
+#: profile; in the quick one the default store alone (the tests of the other store itself
+#: set it, and always run).
+ACCESS_STORES = ["gql_audit", "auditlog"] if PROFILE == "full" else ["gql_audit"]
+
+
 def pytest_report_header(config):
     return f"gql_audit test database: {TEST_DB}; sizes: {PROFILE} (GQL_AUDIT_TEST_PROFILE)"
 

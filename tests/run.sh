@@ -4,10 +4,12 @@
 # layers and the documentation site, then runs the suite on SQLite and, when a
 # PostgreSQL server is configured (PGHOST ...) or under CI=true, again on PostgreSQL and
 # through django-cockroachdb's backend on PostgreSQL (step_cockroachdb).
-# Each pass runs the tests on two pytest-xdist workers.
+# Each pass runs the tests on pytest-xdist workers: four in the quick profile, two in the full.
 #
-# Sizes: fuzzing and stress tests run at quick sizes by default, at their full sizes
-# under CI=true or with GQL_AUDIT_TEST_PROFILE=full (the README says how long each takes).
+# Profiles: by default the quick one: fuzzing and stress tests at quick sizes, the tests
+# that hold for both access stores on the default store, and no install into a fresh
+# virtual environment. The full one under CI=true or with GQL_AUDIT_TEST_PROFILE=full:
+# all of it, at full sizes (the README says how long each takes).
 # Extra arguments go to pytest, e.g. tests/run.sh -k actor
 #
 # All optional, for a matrix such as .ci/run's:
@@ -15,7 +17,7 @@
 #   VENV=.venv-ci/x         the virtual environment (default .venv)
 #   DJANGO=6.1              the Django series to install (default: the newest pip allows)
 #   STEPS="checks sqlite"   what to run, in order: each is a step_<name> function below
-#   GQL_AUDIT_TEST_WORKERS  pytest-xdist workers (default 2; 0 runs in the pytest process)
+#   GQL_AUDIT_TEST_WORKERS  pytest-xdist workers (default 4, 2 in the full profile; 0 runs in the pytest process)
 set -eu
 cd "$(dirname "$0")/.."
 . scripts/venv.sh
@@ -84,7 +86,13 @@ step_graphql_core_33() {
 }
 
 run_pytest() {
-    workers=${GQL_AUDIT_TEST_WORKERS:-2}
+    # Most of a quick run waits on servers and processes: four workers keep two cores
+    # busy. The full profile's stress tests measure under load: two there.
+    if [ "${CI:-}" = "true" ] || [ "${GQL_AUDIT_TEST_PROFILE:-}" = "full" ]; then
+        workers=${GQL_AUDIT_TEST_WORKERS:-2}
+    else
+        workers=${GQL_AUDIT_TEST_WORKERS:-4}
+    fi
     if [ "$workers" -gt 0 ]; then
         "$PY" -m pytest -n "$workers" --dist worksteal "$@"
     else

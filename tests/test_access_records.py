@@ -12,12 +12,12 @@ from graphql_relay import to_global_id
 from example_service.models import Document
 from gql_audit import access
 from gql_audit.history import request_trail
-from tests.conftest import make_token
+from tests.conftest import ACCESS_STORES, make_token
 
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture(params=["gql_audit", "auditlog"])
+@pytest.fixture(params=ACCESS_STORES)
 def store(request, settings):
     settings.GQL_AUDIT = {**settings.GQL_AUDIT, "ACCESS_STORE": request.param}
     return request.param

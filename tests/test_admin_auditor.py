@@ -14,7 +14,7 @@ from django.urls import reverse
 from graphql_relay import to_global_id
 
 from gql_audit.models import RequestReads, SecurityEvent
-from tests.conftest import make_token, post_graphql
+from tests.conftest import ACCESS_STORES, make_token, post_graphql
 
 pytestmark = pytest.mark.django_db
 
@@ -31,7 +31,7 @@ def root(client, django_user_model):
     return user
 
 
-@pytest.fixture(params=["gql_audit", "auditlog"])
+@pytest.fixture(params=ACCESS_STORES)
 def access_store(request, settings):
     settings.GQL_AUDIT = {**settings.GQL_AUDIT, "ACCESS_STORE": request.param}
     return request.param

@@ -33,7 +33,7 @@ from django.db import connection, connections
 from gql_audit.dbcontext import POSTGRES_VENDORS
 from gql_audit.evidence import sealing, verify_proof
 from gql_audit.models import Checkpoint, LogLeaf, RequestReads, Seal, SecurityEvent
-from tests.conftest import make_token, post_graphql
+from tests.conftest import ACCESS_STORES, make_token, post_graphql
 from tests.test_tamper import KEY, sql, traffic
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -137,7 +137,7 @@ def configure(settings, keys, anchor_dir, *, store="gql_audit", sealed=True, pub
     sealing.forget()
 
 
-@pytest.fixture(params=["gql_audit", "auditlog"])
+@pytest.fixture(params=ACCESS_STORES)
 def logged(request, settings, keys, anchor_dir):
     """Sealed and logged, in each access store."""
     configure(settings, keys, anchor_dir, store=request.param)

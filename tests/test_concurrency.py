@@ -21,7 +21,7 @@ from django.contrib.auth import get_user_model
 
 from example_service.models import Document, Profile
 from gql_audit.models import RequestReads, SecurityEvent
-from tests.conftest import close_async_connections, make_token, sized
+from tests.conftest import ACCESS_STORES, close_async_connections, make_token, sized
 
 pytestmark = [pytest.mark.server, pytest.mark.django_db(transaction=True)]
 
@@ -58,7 +58,7 @@ def plan(team, prefix):
     return work
 
 
-@pytest.fixture(params=["gql_audit", "auditlog"])
+@pytest.fixture(params=ACCESS_STORES)
 def store(request, settings):
     settings.GQL_AUDIT = {**settings.GQL_AUDIT, "ACCESS_STORE": request.param}
     return request.param

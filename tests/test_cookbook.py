@@ -15,14 +15,14 @@ import pytest
 
 from example_service.models import Document
 from gql_audit.models import SecurityEvent
-from tests.conftest import make_token
+from tests.conftest import ACCESS_STORES, make_token
 
 pytestmark = pytest.mark.django_db
 COOKBOOK = Path(__file__).resolve().parent.parent / "docs" / "cookbook.md"
 BLOCK = re.compile(r"<!-- cookbook -->\n```python\n(.*?)```", re.DOTALL)
 
 
-@pytest.fixture(autouse=True, params=["gql_audit", "auditlog"])
+@pytest.fixture(autouse=True, params=ACCESS_STORES)
 def store(request, settings):
     settings.GQL_AUDIT = {
         **settings.GQL_AUDIT,

@@ -14,7 +14,7 @@ from example_service.models import Document
 from gql_audit import tracing
 from gql_audit.history import request_trail
 from gql_audit.testing import capture
-from tests.conftest import make_token, post_graphql
+from tests.conftest import ACCESS_STORES, make_token, post_graphql
 
 pytestmark = pytest.mark.django_db
 
@@ -35,7 +35,7 @@ def tracer():
     return trace.get_tracer("tests")
 
 
-@pytest.fixture(params=["gql_audit", "auditlog"])
+@pytest.fixture(params=ACCESS_STORES)
 def store(request, settings):
     settings.GQL_AUDIT = {**settings.GQL_AUDIT, "ACCESS_STORE": request.param}
     return request.param

@@ -18,7 +18,7 @@ from django.db import connection
 from gql_audit.export import ocsf
 from gql_audit.export.records import load
 from gql_audit.models import OutboxCursor, OutboxEvent, RequestReads, SecurityEvent
-from tests.conftest import make_token, post_graphql, writes_of_a_request
+from tests.conftest import ACCESS_STORES, make_token, post_graphql, writes_of_a_request
 from tests.ocsf import problems
 
 pytestmark = pytest.mark.django_db
@@ -28,7 +28,7 @@ LOGIN = "mutation Login($u: String!, $p: String!) { tokenAuth(username: $u, pass
 HOSTILE = '"}]\n<13>1 - - evil - - - injected\r\n\x00\x1b[31m\u202e\ud800' + "x" * 3000
 
 
-@pytest.fixture(params=["gql_audit", "auditlog"])
+@pytest.fixture(params=ACCESS_STORES)
 def exporting(request, settings, tmp_path):
     """EXPORT to one file sink, in OCSF, with the access store of the parameter."""
     path = tmp_path / "events.jsonl"

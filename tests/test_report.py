@@ -26,13 +26,13 @@ from gql_audit.dbcontext import POSTGRES_VENDORS
 from gql_audit.models import RequestReads
 from gql_audit.redaction import safe_text
 from gql_audit.report import CSV_COLUMNS, ReportEntry, SubjectReport, subject_report, write_csv
-from tests.conftest import make_token
+from tests.conftest import ACCESS_STORES, make_token
 
 pytestmark = pytest.mark.django_db
 SUBJECTS = "example_service.subjects.subject_objects"
 
 
-@pytest.fixture(autouse=True, params=["gql_audit", "auditlog"])
+@pytest.fixture(autouse=True, params=ACCESS_STORES)
 def store(request, settings):
     settings.GQL_AUDIT = {**settings.GQL_AUDIT, "ACCESS_STORE": request.param, "SUBJECT_OBJECTS": SUBJECTS}
     return request.param

@@ -23,7 +23,7 @@ from gql_audit.events import record_event
 from gql_audit.evidence import sealing
 from gql_audit.evidence.verify import verify
 from gql_audit.models import RequestReads, Seal, SealChain, SecurityEvent
-from tests.conftest import make_token, post_graphql, writes_of_a_request
+from tests.conftest import ACCESS_STORES, make_token, post_graphql, writes_of_a_request
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -31,7 +31,7 @@ KEY = "first key: 32 bytes or more of secret material"
 SECOND_KEY = "second key, after a rotation, also long enough"
 
 
-@pytest.fixture(params=["gql_audit", "auditlog"])
+@pytest.fixture(params=ACCESS_STORES)
 def sealed(request, settings):
     settings.GQL_AUDIT = {**settings.GQL_AUDIT, "ACCESS_STORE": request.param, "TAMPER_EVIDENCE": {"key": KEY}}
     sealing.forget()
