@@ -38,7 +38,10 @@ def test_8_threads_of_conflicting_audit_writes_at_serializable(users, settings, 
         **settings.GQL_AUDIT,
         "ACCESS_STORE": store,
         "TAMPER_EVIDENCE": {"key": KEY},
-        "RETRY_BACKOFF": {"base": 0.002, "max_wait": 0.05},
+        # A tenth of the default's pauses: short enough for a test, long enough that eight
+        # writers colliding on a loaded machine spread out within the ten attempts (with
+        # 2-50 ms pauses, a few audit writes ran out of attempts under CI's load).
+        "RETRY_BACKOFF": {"base": 0.01, "max_wait": 0.5},
     }
     answers: list[tuple[str, int, dict]] = []
     lock = threading.Lock()
