@@ -106,11 +106,11 @@ def with_floor_row(app: Callable[..., Any], values: dict[str, Any]) -> Callable[
     from django.utils import timezone
 
     from bench.models import FloorReads
-    from gql_audit.store.backends.reads import insert_row
+    from gql_audit.evidence.sealing import insert
 
     def run(env: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         response = app(env, start_response)
-        insert_row(connection.alias, FloorReads(id=uuid.uuid4(), at=timezone.now(), **values))
+        insert(connection.alias, FloorReads(id=uuid.uuid4(), at=timezone.now(), **values))
         return response
 
     return run

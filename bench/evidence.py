@@ -29,7 +29,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from harness import ROOT, audited_handler, environ, measure_rounds, settings_db  # noqa: I001
+from harness import ROOT, audited_handler, environ, measure_rounds, settings_db, with_settings  # noqa: I001
 
 SEAL_KEY = "benchmark sealing key, long enough for HMAC-SHA256"
 ORIGIN = "bench.example/audit"
@@ -73,9 +73,6 @@ def request(args: argparse.Namespace) -> None:
 
     from bench.models import Record
     from bench.schema import RECORD_FIELDS
-    from gql_audit.conf import conf
-    from gql_audit.evidence import sealing
-    from gql_audit.models import Checkpoint, LogCursor, LogLeaf, ReadObject, RequestReads, Seal, SealChain
 
     connection.creation.create_test_db(verbosity=0, autoclobber=True, serialize=False)
     Record.objects.bulk_create(
@@ -95,20 +92,10 @@ def request(args: argparse.Namespace) -> None:
     audited = audited_handler()
 
     def configured(sealed: bool) -> Any:
-        def app(env: dict[str, Any], start_response: Any) -> Any:
-            conf._cache["ACCESS_STORE"] = "gql_audit"
-            conf._cache["TAMPER_EVIDENCE"] = {"key": SEAL_KEY} if sealed else None
-            conf._cache["CHECKPOINTS"] = checkpoints if sealed else None
-            return audited(env, start_response)
-
-        return app
-
-    def clear() -> None:
-        sealing.forget()
-        with connection.cursor() as cursor:
-            for model in (RequestReads, ReadObject, Seal, SealChain, LogLeaf, LogCursor, Checkpoint):
-                table = connection.ops.quote_name(model._meta.db_table)
-                cursor.execute(f"DELETE FROM {table}" if connection.vendor == "sqlite" else f"TRUNCATE {table}")
+        overrides = {"ACCESS_STORE": "gql_audit"}
+        if sealed:
+            overrides.update(TAMPER_EVIDENCE={"key": SEAL_KEY}, CHECKPOINTS=checkpoints)
+        return with_settings(audited, overrides)
 
     checkpointer = start_checkpointer(connection, checkpoints, args.every)
     query = "{ records { %s } }" % RECORD_FIELDS
@@ -121,7 +108,6 @@ def request(args: argparse.Namespace) -> None:
             args.rounds,
             args.requests,
             warmup=10,
-            between=clear,
             interleave=True,
         )
     finally:

@@ -25,11 +25,11 @@ from django.utils import timezone
 from example_service.models import Document
 from gql_audit import access, context
 from gql_audit import store as audit_store
+from gql_audit.evidence.sealing import insert
 from gql_audit.evidence.verify import verify
 from gql_audit.history import reads_of, reads_of_objects
 from gql_audit.models import ReadIndexQueue, ReadObject, RequestReads
 from gql_audit.store import index
-from gql_audit.store.backends.reads import insert_row
 
 ROOT = Path(__file__).resolve().parent.parent
 SQLITE = os.environ.get("GQL_AUDIT_TEST_DB", "sqlite") == "sqlite"
@@ -172,7 +172,7 @@ def test_the_row_and_its_place_in_the_queue_commit_together(documents):
             # Inside the test's transaction: the table is back when it rolls back.
             cursor.execute(f"DROP TABLE {ReadIndexQueue._meta.db_table}")
         with pytest.raises(OperationalError, match="no such table"):
-            insert_row("default", row)
+            insert("default", row)
         assert not RequestReads.objects.filter(request_id="lost").exists()
         transaction.set_rollback(True)
 
@@ -354,14 +354,14 @@ from django.db import connection
 from django.utils import timezone
 from gql_audit.models import RequestReads
 from gql_audit.store import index
-from gql_audit.store.backends.reads import insert_row
+from gql_audit.evidence.sealing import insert
 
 call_command("migrate", verbosity=0)
 for n in range(40):
     keys = [f"example_service.document:{k}" for k in range(50)]
     shapes = [{"fields": ["title"], "paths": ["documents"]}]
     row = RequestReads(at=timezone.now(), request_id=f"c-{n}", keys=keys, shape_of=[0] * 50, shapes=shapes)
-    insert_row("default", row)
+    insert("default", row)
 real = connection.cursor
 
 

@@ -618,3 +618,30 @@ def test_a_stored_row_read_with_its_json_serialized_digests_as_the_row_itself():
 
     for kind in sealing.record_kinds().values():
         check_kind(kind)
+
+
+def test_a_row_sealed_as_written_has_the_entry_of_the_row_the_database_returns():
+    """A request's row is sealed from the instance gql_audit writes, never read back
+    (``row_of``): its entry must be the one verification makes from the stored row,
+    whatever its JSON values hold (tuples, keys that are not text, floats PostgreSQL
+    respells, text beyond ASCII), else a genuine record reads as edited."""
+    from django.utils import timezone
+
+    kind = sealing.record_kinds()[sealing.READS]
+    row = RequestReads(
+        at=timezone.now(),
+        request_id="r-1",
+        actor_id="7",
+        actor={"id": 7, "username": "zoë", 1: ("a", 2.5)},
+        remote_addr="2001:DB8::1",
+        operation={"type": "query", "name": "Ünïcode ✓", "hash": "ab" * 32, "cost": 1e16, "neg": -0.0},
+        context={"db": {"retries": (0, 1)}, "nested": [{"b": 1, "a": [True, None]}]},
+        keys=("app.model:1", "app.model:2"),
+        shape_of=(0, 0),
+        shapes=[{"fields": ("id", "title"), "paths": ["items"]}],
+    )
+    written = sealing.entry_for(kind, kind.row_of(row))
+    sealing.insert(connection.alias, row)
+    [stored] = kind.rows(connection.alias, [row.pk])
+    assert written == sealing.entry_for(kind, stored)
+    assert written[2] == kind.digest(stored)

@@ -23,7 +23,6 @@ protect against is said in ``docs/evidence.md``.
 
 from __future__ import annotations
 
-import copy
 import datetime
 import decimal
 import hashlib
@@ -284,23 +283,46 @@ class RecordKind:
         return list(self.model._default_manager.using(alias).filter(pk__in=list(ids)).values(*fields))
 
     def row_of(self, instance: Model) -> dict[str, Any]:
-        """What the database will return for ``instance`` just saved by gql_audit itself: its
-        JSON values through one encoding round trip (tuples become lists, keys strings)."""
+        """What the database will return for ``instance`` just saved by gql_audit itself, for
+        :func:`entry_for`: its JSON values through one encoding round trip (tuples become
+        lists, keys strings), each given as the digest serializes it (:class:`CanonicalJSON`)."""
+        row: dict[str, Any] = {}
+        json_values: dict[Any, dict[str, Any]] = {}  # encoder -> {column: value}
+        for field, json_field in _fields(self.model):
+            value = getattr(instance, field.attname)
+            if json_field and value is not None:
+                json_values.setdefault(field.encoder, {})[field.attname] = value
+            row[field.attname] = value
+        for encoder, values in json_values.items():
+            # One encoding and one parse for all of a model's JSON values (they share an encoder).
+            for name, value in load_json(_encoder(encoder).encode(values)).items():
+                row[name] = CanonicalJSON(_dumps(value))
+        return row
+
+
+def _encoder(cls: type[json.JSONEncoder] | None) -> json.JSONEncoder:
+    """An instance of a ``JSONField``'s encoder, as ``json.dumps(value, cls=cls)`` makes one
+    for each call (encoders keep no state between calls)."""
+    found = _encoders.get(cls)
+    if found is None:
+        found = _encoders[cls] = (cls or json.JSONEncoder)()
+    return found
+
+
+_encoders: dict[Any, json.JSONEncoder] = {}
+
+
+#: Model -> its concrete fields, each with whether it is a ``JSONField``.
+_fields_cache: dict[type[Model], list[tuple[Any, bool]]] = {}
+
+
+def _fields(model: type[Model]) -> list[tuple[Any, bool]]:
+    found = _fields_cache.get(model)
+    if found is None:
         from django.db.models import JSONField
 
-        row: dict[str, Any] = {}
-        json_values: dict[str, Any] = {}
-        encoder = None
-        for field in self.model._meta.concrete_fields:
-            value = getattr(instance, field.attname)
-            if isinstance(field, JSONField) and value is not None and field.encoder is encoder:
-                json_values[field.attname] = value  # one round trip for all of them, below
-            elif isinstance(field, JSONField) and value is not None:
-                value = json.loads(json.dumps(value, cls=field.encoder))
-            row[field.attname] = value
-        if json_values:
-            row.update(json.loads(json.dumps(json_values)))
-        return row
+        found = _fields_cache[model] = [(f, isinstance(f, JSONField)) for f in model._meta.concrete_fields]
+    return found
 
 
 #: Model label -> its columns and how each becomes canonical.
@@ -330,28 +352,27 @@ def _digest_columns(kind: RecordKind) -> list[tuple[str, Any, str]]:
     return found
 
 
-#: LogEntry model -> the record kinds (auditlog's model is a setting).
-_kinds_cache: dict[type[Model], dict[str, RecordKind]] = {}
-
-
 def record_kinds() -> dict[str, RecordKind]:
-    from auditlog import get_logentry_model
+    """The kinds of records sealed, by name (worked out once per settings: auditlog's
+    ``LogEntry`` model is a setting)."""
 
-    entry_model = get_logentry_model()
-    kinds = _kinds_cache.get(entry_model)
-    if kinds is None:
-        kinds = _kinds_cache[entry_model] = {
+    def build() -> dict[str, RecordKind]:
+        from auditlog import get_logentry_model
+
+        return {
             EVENT: RecordKind(EVENT, SecurityEvent, "actor_id", "created_at"),
             READS: RecordKind(READS, RequestReads, None, "at"),
-            ENTRY: RecordKind(ENTRY, entry_model, "actor_id", "timestamp"),
+            ENTRY: RecordKind(ENTRY, get_logentry_model(), "actor_id", "timestamp"),
         }
+
+    kinds: dict[str, RecordKind] = conf.derived("record_kinds", build)
     return kinds
 
 
 def entry_for(kind: RecordKind, row: dict[str, Any]) -> list[Any]:
     """``[kind, pk, digest, subkind, actor pk, time]``: what a seal says of one record."""
     pk = str(row[kind.model._meta.pk.attname])
-    return [kind.name, pk, kind.digest(row), kind.subkind(row), actor_text(kind, row), _plain(row[kind.at])]
+    return [kind.name, pk, kind.digest_stored(row), kind.subkind(row), actor_text(kind, row), _plain(row[kind.at])]
 
 
 def actor_text(kind: RecordKind, row: dict[str, Any]) -> str | None:
@@ -645,7 +666,8 @@ def append(alias: str, entries: list[Any], insert: list[Model] | None = None, la
     seq += 1
     seal_mac = mac(key, *seal_text(row.chain, seq, previous, _plain(now), kid, entries))
     seal = Seal(chain=row.chain, seq=seq, at=now, key_id=kid, entries=entries, previous=previous, mac=seal_mac)
-    advanced = copy.copy(row)
+    advanced = SealChain.__new__(SealChain)  # a shallow copy, without copy.copy's pickling protocol
+    advanced.__dict__.update(row.__dict__)
     advanced.head_seq, advanced.head_mac, advanced.key_id = seq, seal_mac, kid
     advanced.mac = mac(key, *chain_text(advanced))
     one_statement = connection.vendor in POSTGRES_VENDORS
@@ -786,19 +808,29 @@ def autocommit(alias: str) -> bool:
 
 
 def insert_clause(connection: Any, instance: Model) -> tuple[str, list[Any]]:
-    """``INSERT INTO table (columns) VALUES (...)`` of one unsaved row, and its parameters."""
-    quote = connection.ops.quote_name
-    fields = list(type(instance)._meta.concrete_fields)
-    sql = (
-        f"INSERT INTO {quote(type(instance)._meta.db_table)} ({', '.join(quote(str(f.column)) for f in fields)}) "
-        f"VALUES ({', '.join(['%s'] * len(fields))})"
-    )
+    """``INSERT INTO table (columns) VALUES (...)`` of one unsaved row, and its parameters
+    (the statement's text made once per model and database vendor)."""
+    model = type(instance)
+    statement = _inserts.get((connection.vendor, model))
+    if statement is None:
+        quote = connection.ops.quote_name
+        fields = list(model._meta.concrete_fields)
+        sql = (
+            f"INSERT INTO {quote(model._meta.db_table)} ({', '.join(quote(str(f.column)) for f in fields)}) "
+            f"VALUES ({', '.join(['%s'] * len(fields))})"
+        )
+        statement = _inserts[connection.vendor, model] = (sql, fields)
+    sql, fields = statement
     return sql, [f.get_db_prep_save(getattr(instance, f.attname), connection) for f in fields]
 
 
+#: ``(vendor, model)`` -> the INSERT of one row and the fields its parameters come from.
+_inserts: dict[tuple[str, type[Model]], tuple[str, list[Any]]] = {}
+
+
 def insert(alias: str, row: Model) -> None:
-    """One row in one statement, with no signal and, in autocommit, no transaction of its own
-    (``QuerySet.bulk_create`` opens one)."""
+    """One row, one raw INSERT: no signal, nothing read back and, in autocommit, no
+    transaction of its own (``QuerySet.bulk_create`` opens one)."""
     connection = connections[alias]
     sql, params = insert_clause(connection, row)
     with connection.cursor() as cursor:
@@ -834,18 +866,25 @@ def _insert_and_advance(
 
 def _advance(connection: Any, chain: SealChain, location: str | None) -> tuple[str, list[Any]]:
     """The UPDATE of a chain's row to its new head, at ``location`` when known."""
-    quote = connection.ops.quote_name
-    updated = ["head_seq", "head_mac", "key_id", "mac"]
-    # The model's own names: these columns are named as their fields.
-    sql = f"UPDATE {quote(SealChain._meta.db_table)} SET " + ", ".join(f"{quote(name)} = %s" for name in updated)
-    params = [getattr(chain, name) for name in updated]
-    if location is not None:
-        sql += " WHERE ctid = %s::tid AND "
+    located = location is not None
+    sql = _advances.get((connection.vendor, located))
+    if sql is None:
+        quote = connection.ops.quote_name
+        # The model's own names: these columns are named as their fields.
+        sql = f"UPDATE {quote(SealChain._meta.db_table)} SET " + ", ".join(f"{quote(name)} = %s" for name in _ADVANCED)
+        sql += " WHERE ctid = %s::tid AND " if located else " WHERE "
+        sql += f"{quote('chain')} = %s"
+        if connection.vendor in LOCATED:
+            sql += " RETURNING ctid::text"
+        _advances[connection.vendor, located] = sql
+    params = [chain.head_seq, chain.head_mac, chain.key_id, chain.mac]
+    if located:
         params.append(location)
-    else:
-        sql += " WHERE "
-    sql += f"{quote('chain')} = %s"
     params.append(chain.chain)
-    if connection.vendor in LOCATED:
-        sql += " RETURNING ctid::text"
     return sql, params
+
+
+#: The columns a seal changes in its chain's row.
+_ADVANCED = ("head_seq", "head_mac", "key_id", "mac")
+#: ``(vendor, located)`` -> the chain's UPDATE.
+_advances: dict[tuple[str, bool], str] = {}

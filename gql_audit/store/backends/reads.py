@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 from django.db import connections
-from django.db.models import Model
 from django.utils import timezone
 
 from gql_audit import context
@@ -36,7 +35,7 @@ class ReadsStore(AccessStore):
         deferred = sealed and connections[alias].vendor in POSTGRES_VENDORS
         row = built(ctx, records, alias, reader)
         if not deferred:
-            insert_row(alias, row)
+            sealing.insert(alias, row)
         return ([row] if sealed or outbox.enabled() else []), ([row] if deferred else [])
 
     def save_alone(
@@ -55,7 +54,7 @@ class ReadsStore(AccessStore):
         elif exported:
             outbox.insert_together(alias, [row, *exported])
         else:
-            insert_row(alias, row)
+            sealing.insert(alias, row)
         return True
 
 
@@ -67,30 +66,6 @@ def built(ctx: context.RequestContext, records: list[Any], alias: str, reader: c
     if index.queued(alias):
         index.wrote(alias, len(row.keys))
     return row
-
-
-def insert_row(alias: str, row: Model) -> None:
-    """One row, one raw INSERT: no transaction of its own in autocommit (``bulk_create``
-    opens one), no signal, nothing read back, the statement's text made once."""
-    connection = connections[alias]
-    statement = _statements.get((connection.vendor, type(row)))
-    if statement is None:
-        statement = _statements[connection.vendor, type(row)] = _insert_statement(connection, type(row))
-    sql, fields = statement
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [field.get_db_prep_save(getattr(row, field.attname), connection) for field in fields])
-
-
-#: ``(vendor, model)`` -> the INSERT of one row and the fields its parameters come from.
-_statements: dict[tuple[str, type[Model]], tuple[str, list[Any]]] = {}
-
-
-def _insert_statement(connection: Any, model: type[Model]) -> tuple[str, list[Any]]:
-    quote = connection.ops.quote_name
-    fields = list(model._meta.concrete_fields)
-    columns = ", ".join(quote(str(field.column)) for field in fields)
-    values = ", ".join(["%s"] * len(fields))
-    return f"INSERT INTO {quote(model._meta.db_table)} ({columns}) VALUES ({values})", fields
 
 
 def request_reads_row(
