@@ -73,15 +73,16 @@ def _store(
     sealing on), ``{kind: rows or primary keys}``, the request's change entries too."""
     on = sealing.enabled()
     sealed = seal and on
-    if sealed:
-        sealing.prepare(alias)
     store = access_store()
     groups = by_reader(ctx, records) if records and ctx is not None else []
     if ctx is not None and len(groups) == 1 and not events and sealed == on:
         [(reader, group)] = groups
+        # One statement in autocommit: its chain is taken (or started) before it, outside it.
         if store.save_alone(ctx, group, alias, reader, sealed=sealed):
             metrics.records_written("reads", len(group))
             return {}
+    if sealed:
+        sealing.prepare(alias)
     written: dict[str, list[Any]] = {sealing.READS: [], sealing.ENTRY: [], sealing.EVENT: []}
     unsaved: list[Any] = []
     with transaction.atomic(using=alias):
