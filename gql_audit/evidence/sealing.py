@@ -678,14 +678,8 @@ def append(alias: str, entries: list[Any], insert: list[Model] | None = None, la
             if one_statement:
                 found, location = _insert_and_advance(alias, seal, advanced, insert or [], location)
             else:
-                for unsaved in insert or ():
-                    unsaved.save(using=alias, force_insert=True)
-                seal.save(using=alias, force_insert=True)
-                found = (
-                    SealChain.objects.using(alias)
-                    .filter(chain=row.chain)
-                    .update(head_seq=seq, head_mac=seal_mac, key_id=kid, mac=advanced.mac)
-                )
+                # Raw statements, as on PostgreSQL: no signal, no ORM query to compile.
+                found = _insert_then_advance(alias, [*(insert or ()), seal], advanced)
     except BaseException:
         # The statements failed, and with them (no savepoint) whatever of this seal was
         # written: the chain is where it was.
@@ -862,6 +856,17 @@ def _insert_and_advance(
         cursor.execute(update, update_params)
         found = int(cursor.rowcount)
         return found, (cursor.fetchone()[0] if found and connection.vendor in LOCATED else None)
+
+
+def _insert_then_advance(alias: str, rows: list[Model], chain: SealChain) -> int:
+    """The ``rows``' INSERTs, then the chain's UPDATE, one statement each (databases with no
+    data-modifying ``WITH``): how many chain rows it updated (0: the chain's row is gone)."""
+    connection = connections[alias]
+    with connection.cursor() as cursor:
+        for instance in rows:
+            cursor.execute(*insert_clause(connection, instance))
+        cursor.execute(*_advance(connection, chain, None))
+        return int(cursor.rowcount)
 
 
 def _advance(connection: Any, chain: SealChain, location: str | None) -> tuple[str, list[Any]]:
