@@ -92,10 +92,16 @@ def _key(name: str, rate: Rate, value: str, now: float) -> tuple[str, int]:
         return hashlib.sha256(b"gql_audit.throttle:" + secret).digest()
 
     secret: bytes = conf.derived("throttle_key", build)
-    digest = hashlib.blake2b(value.encode("utf-8", "surrogatepass"), key=secret, digest_size=16).hexdigest()
     start = int(now) // rate.period * rate.period
     left = start + rate.period - int(now)
-    return f"{KEY_PREFIX}:{name}:{rate.period}:{start}:{digest}", max(left, 1)
+    return f"{KEY_PREFIX}:{name}:{rate.period}:{start}:{_digest(secret, value)}", max(left, 1)
+
+
+@functools.lru_cache(maxsize=4096)
+def _digest(secret: bytes, value: str) -> str:
+    """The keyed hash a counted value is known by (the same clients and actors, request
+    after request: each hashed once while it stays among the most recent)."""
+    return hashlib.blake2b(value.encode("utf-8", "surrogatepass"), key=secret, digest_size=16).hexdigest()
 
 
 def _cache() -> Any:
