@@ -290,7 +290,6 @@ def retry_write(
     the next attempt. Inside an outer transaction nothing can be retried alone:
     ``attempt`` runs once.
     """
-    from gql_audit.errors import describe_database_error
     from gql_audit.events import build_event
 
     retries: list[dict[str, Any]] = []
@@ -308,9 +307,10 @@ def retry_write(
             ctx = context.current()
             if ctx is not None:
                 ctx.db_retries += 1
-            text, _ = describe_database_error(exc)
-            details = {"attempt": number, **parsed, "using": using, "write": "audit"}
-            retries.append(build_event("db_retry", ctx, message=text, sqlstate=sqlstate, details=details))
+            # Said as a retry of the service's own transactions is: class, SQLSTATE, reason.
+            details = {"attempt": number, "error": type(exc).__name__, **parsed, "using": using, "write": "audit"}
+            message = describe_retry(exc, sqlstate, parsed)
+            retries.append(build_event("db_retry", ctx, message=message, sqlstate=sqlstate, details=details))
             announce_retry(retry_write, number, sqlstate, parsed, exc, using)
             if on_retry is not None:
                 on_retry(exc)

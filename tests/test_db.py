@@ -418,3 +418,47 @@ def test_cockroachdb_engine_without_a_server():
     assert wrapper.vendor in db.POSTGRES_VENDORS and wrapper.vendor in ARRAY_VENDORS
     assert wrapper.ops.quote_name("auditlog_logentry") == '"auditlog_logentry"'
     assert wrapper.features.max_query_params is None or wrapper.features.max_query_params > 1000
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_retried_audit_write_says_its_retry_as_the_services_own_retries_do(client, users, settings):
+    """The request's own audit write hits a serialization failure once (a trigger raising
+    CockroachDB's documented 40001 text, which names another row's key): it is written on
+    the second attempt, with a ``db_retry`` event saying the class, SQLSTATE and reason,
+    as a retry of the service's own transaction says them, and never the text."""
+    settings.GQL_AUDIT = {**settings.GQL_AUDIT, "RETRY_BACKOFF": {"base": 0.001, "max_wait": 0.01}}
+
+    def literal(text):
+        return "'" + text.replace("'", "''") + "'"
+
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE SEQUENCE gql_audit_test_fail_once")  # not rolled back with the failed write
+        cursor.execute(
+            "CREATE FUNCTION gql_audit_test_fail_once() RETURNS trigger LANGUAGE plpgsql AS $f$ BEGIN "
+            "IF nextval('gql_audit_test_fail_once') = 1 THEN "
+            f"RAISE EXCEPTION USING ERRCODE = '40001', MESSAGE = {literal(DOCUMENTED)}; "
+            "END IF; RETURN NEW; END $f$"
+        )
+        cursor.execute(
+            "CREATE TRIGGER gql_audit_test_fail_once BEFORE INSERT ON gql_audit_requestreads "
+            "FOR EACH ROW EXECUTE FUNCTION gql_audit_test_fail_once()"
+        )
+    try:
+        response = post_graphql(client, "{ publicDocuments { title } }", headers={"X-Request-ID": "retried-write"})
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("DROP TRIGGER gql_audit_test_fail_once ON gql_audit_requestreads")
+            cursor.execute("DROP FUNCTION gql_audit_test_fail_once()")
+            cursor.execute("DROP SEQUENCE gql_audit_test_fail_once")
+    assert response.status_code == 200 and "errors" not in response.json()
+    from gql_audit.models import RequestReads
+
+    assert RequestReads.objects.filter(request_id="retried-write").count() == 1
+    [retry] = SecurityEvent.objects.filter(kind="db_retry", request_id="retried-write")
+    assert retry.sqlstate == "40001"
+    assert retry.message == "OperationalError (SQLSTATE 40001): RETRY_SERIALIZABLE"
+    assert retry.details["error"] == "OperationalError" and retry.details["write"] == "audit"
+    assert retry.details["attempt"] == 1 and retry.details["reason"] == "RETRY_SERIALIZABLE"
+    stored = json.dumps([retry.message, retry.details])
+    assert ROW_KEY not in stored and "/Table/" not in stored
