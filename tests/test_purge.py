@@ -188,3 +188,52 @@ def test_an_interrupted_purge_has_deleted_the_oldest_first(kind, settings):
     else:
         left = sorted(SecurityEvent.objects.values_list("request_id", flat=True))
         assert left == sorted(f"e{age}" for age in ages if age not in (400, 300))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_record_not_yet_shipped_is_kept_and_the_purge_of_its_kind_stops_there():
+    """With EXPORT, a record still in the outbox has not reached every sink: deleting it
+    would lose it from the SIEM. The purge deletes the older records of its kind, stops
+    at it (it and the newer ones wait for the next purge), and says so; the reads' object
+    index follows its rows. Other kinds are purged as usual."""
+    from gql_audit.evidence.sealing import insert
+    from gql_audit.models import OutboxEvent, ReadObject, RequestReads
+
+    old = timezone.now() - datetime.timedelta(days=100)
+    events = [
+        SecurityEvent.objects.create(created_at=old + datetime.timedelta(seconds=n), kind="token_invalid")
+        for n in range(5)
+    ]
+    reads = []
+    for n in range(3):
+        row = RequestReads(at=old + datetime.timedelta(seconds=n), request_id=f"r{n}", keys=["a.b:1"], shape_of=[0])
+        row.shapes = [{"fields": ["id"], "paths": ["b"]}]
+        insert(connection.alias, row)
+        ReadObject.objects.create(reads_id=row.pk, key="a.b:1", at=row.at)
+        reads.append(row)
+    entry = LogEntry.objects.create(
+        content_type=ContentType.objects.get_for_model(SecurityEvent),
+        object_pk="1",
+        object_repr="#1",
+        action=LogEntry.Action.ACCESS,
+        timestamp=old,
+    )
+    waiting = [("event", events[2].pk), ("event", events[4].pk), ("reads", reads[1].pk)]
+    OutboxEvent.objects.bulk_create([OutboxEvent(at=old, kind=kind, record_id=str(pk)) for kind, pk in waiting])
+
+    dry, _ = purge("--older-than", "30d", "--dry-run")
+    assert "security events: would delete 5 (2 of this kind not yet shipped" in dry
+    assert "requests' reads: would delete 3 (1 of this kind not yet shipped" in dry
+
+    output, _ = purge("--older-than", "30d")
+    assert set(SecurityEvent.objects.values_list("pk", flat=True)) == {e.pk for e in events[2:]}
+    assert set(RequestReads.objects.values_list("pk", flat=True)) == {r.pk for r in reads[1:]}
+    assert set(ReadObject.objects.values_list("reads_id", flat=True)) == {r.pk for r in reads[1:]}
+    assert not LogEntry.objects.filter(pk=entry.pk).exists()  # nothing of its kind waits: purged
+    assert f"security events: stopped at a record of {events[2].created_at.isoformat()} not yet shipped" in output
+    assert "security events: deleted 2 of 5" in output and "requests' reads: deleted 1 of 3" in output
+
+    # Shipped since: the next purge takes them.
+    OutboxEvent.objects.all().delete()
+    purge("--older-than", "30d")
+    assert not SecurityEvent.objects.exists() and not RequestReads.objects.exists() and not ReadObject.objects.exists()

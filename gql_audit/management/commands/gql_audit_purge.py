@@ -1,4 +1,9 @@
-"""Delete old security events and reads, in batches."""
+"""Delete old security events and reads, in batches.
+
+With ``EXPORT``, a record still waiting in the outbox (not yet shipped to every sink)
+is never deleted: the purge of its kind stops at the oldest of them, so that what
+reaches the SIEM is whole and what is purged stays the oldest of each kind.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ from gql_audit.db import run_in_transaction
 from gql_audit.durations import SPELLINGS, parse_duration
 from gql_audit.evidence import log, sealing
 from gql_audit.kinds import SEVERITY
-from gql_audit.models import LogLeaf, ReadObject, RequestReads, SecurityEvent
+from gql_audit.models import LogLeaf, OutboxEvent, ReadObject, RequestReads, SecurityEvent
 from gql_audit.store import audit_alias
 
 ACCESS = "access"
@@ -75,12 +80,18 @@ class Command(BaseCommand):
             run_in_transaction(sealing.append, using, [entry], using=using)
             self.stdout.write(f"Sealed checkpoint: {scope} before {cutoff.isoformat()}.")
             self.wait_logged(entry, options["wait"], using)
-        for label, queryset in targets:
+        stopped: datetime.datetime | None = None  # where the reads' purge stopped, for their index
+        for label, queryset, shipped_as in targets:
+            if queryset.model is ReadObject and stopped is not None:
+                queryset = queryset.filter(at__lt=stopped)
             total = queryset.count()
+            waiting = OutboxEvent.objects.using(using).filter(kind=shipped_as).count() if shipped_as else 0
             if dry_run:
-                self.stdout.write(f"{label}: would delete {total}")
+                self.stdout.write(f"{label}: would delete {total}" + _waiting_note(waiting))
                 continue
-            deleted = self.purge(label, queryset, using, batch_size, total)
+            deleted, held = self.purge(label, queryset, using, batch_size, total, shipped_as if waiting else None)
+            if held is not None and queryset.model is RequestReads:
+                stopped = held
             self.stdout.write(self.style.SUCCESS(f"{label}: deleted {deleted} of {total}"))
 
     def wait_logged(self, entry: list[Any], wait: str | None, using: str) -> None:
@@ -106,30 +117,41 @@ class Command(BaseCommand):
             time.sleep(1)
         self.stdout.write("Logged.")
 
-    def targets(self, kind: str | None, cutoff: datetime.datetime, using: str) -> list[tuple[str, QuerySet[Any]]]:
-        """What goes: ``(label, queryset)``, the log's order kept where there is a log."""
+    def targets(
+        self, kind: str | None, cutoff: datetime.datetime, using: str
+    ) -> list[tuple[str, QuerySet[Any], str | None]]:
+        """What goes: ``(label, queryset, kind in the outbox)``, the log's order kept where
+        there is a log."""
         from auditlog import get_logentry_model
 
-        targets: list[tuple[str, QuerySet[Any]]] = []
+        targets: list[tuple[str, QuerySet[Any], str | None]] = []
         if kind != ACCESS:
             events = SecurityEvent.objects.using(using).filter(created_at__lt=cutoff)
             events = events.filter(kind=kind) if kind else events
             types = [kind] if kind else list(SEVERITY)
-            targets.append(("security events", _in_log_order(events, sealing.EVENT, types, cutoff, using)))
+            targets.append(("security events", _in_log_order(events, sealing.EVENT, types, cutoff, using), "event"))
         if kind in (None, ACCESS):
             LogEntry = get_logentry_model()
             entries = LogEntry.objects.using(using).filter(action=LogEntry.Action.ACCESS, timestamp__lt=cutoff)
-            targets.append(("access entries", _in_log_order(entries, sealing.ENTRY, [ACCESS], cutoff, using)))
+            targets.append(("access entries", _in_log_order(entries, sealing.ENTRY, [ACCESS], cutoff, using), "entry"))
             # The gql_audit access store: one row per request, and its object index where it has one.
             reads = RequestReads.objects.using(using).filter(at__lt=cutoff)
-            targets.append(("requests' reads", _in_log_order(reads, sealing.READS, [sealing.READS], cutoff, using)))
+            targets.append(
+                ("requests' reads", _in_log_order(reads, sealing.READS, [sealing.READS], cutoff, using), "reads")
+            )
             index = ReadObject.objects.using(using).filter(at__lt=cutoff)
             kept = list(_kept(sealing.READS, [sealing.READS], cutoff, using))
-            targets.append(("objects read (index)", index.exclude(reads_id__in=kept) if kept else index))
+            targets.append(("objects read (index)", index.exclude(reads_id__in=kept) if kept else index, None))
         return targets
 
-    def purge(self, label: str, queryset: QuerySet[Any], using: str, batch_size: int, total: int) -> int:
+    def purge(
+        self, label: str, queryset: QuerySet[Any], using: str, batch_size: int, total: int, shipped_as: str | None
+    ) -> tuple[int, datetime.datetime | None]:
+        """Delete ``queryset`` oldest first: how many, and the time of the record not yet
+        shipped where it stopped (None: it did not stop). ``shipped_as``: the records'
+        kind in the outbox, when it holds any of them."""
         model: type[Model] = queryset.model
+        time_field = TIME_FIELDS.get(model._meta.label_lower, "timestamp")
         deleted_so_far = 0
         while True:
             # Primary keys first, then a delete by key: each batch is one short
@@ -137,13 +159,40 @@ class Command(BaseCommand):
             # serialization failure. Oldest first,
             # along the time index: retention only ever takes the oldest records, also
             # when a purge is interrupted.
-            oldest_first = queryset.order_by(TIME_FIELDS.get(model._meta.label_lower, "timestamp"))
-            pks = list(oldest_first.values_list("pk", flat=True)[:batch_size])
-            if not pks:
-                return deleted_so_far
-            deleted = run_in_transaction(_delete, model, pks, using, using=using)
-            deleted_so_far += deleted
-            self.stdout.write(f"{label}: batch of {deleted}, {deleted_so_far} of {total}")
+            oldest_first = queryset.order_by(time_field, "pk")
+            batch = list(oldest_first.values_list("pk", time_field)[:batch_size])
+            if not batch:
+                return deleted_so_far, None
+            held = _first_unshipped(shipped_as, batch, using) if shipped_as else None
+            pks = [pk for pk, _ in batch[:held]]
+            if pks:
+                deleted = run_in_transaction(_delete, model, pks, using, using=using)
+                deleted_so_far += deleted
+                self.stdout.write(f"{label}: batch of {deleted}, {deleted_so_far} of {total}")
+            if held is not None:
+                at = batch[held][1]
+                self.stdout.write(
+                    self.style.WARNING(
+                        f"{label}: stopped at a record of {at.isoformat()} not yet shipped to every EXPORT sink "
+                        "(it and the newer ones are kept: run the purge again once gql_audit_ship has caught up)"
+                    )
+                )
+                return deleted_so_far, at
+
+
+def _first_unshipped(kind: str, batch: list[tuple[Any, Any]], using: str) -> int | None:
+    """The position in ``batch`` (``(pk, time)`` oldest first) of the first record still
+    in the outbox as ``kind``, or None."""
+    ids = [str(pk) for pk, _ in batch]
+    outbox = OutboxEvent.objects.using(using).filter(kind=kind, record_id__in=ids)
+    waiting = set(outbox.values_list("record_id", flat=True))
+    return next((n for n, record_id in enumerate(ids) if record_id in waiting), None)
+
+
+def _waiting_note(waiting: int) -> str:
+    if not waiting:
+        return ""
+    return f" ({waiting} of this kind not yet shipped to every EXPORT sink: the purge stops at the oldest of them)"
 
 
 def _delete(model: type[Model], pks: list[Any], using: str) -> int:
