@@ -222,8 +222,9 @@ def test_a_record_not_yet_shipped_is_kept_and_the_purge_of_its_kind_stops_there(
     OutboxEvent.objects.bulk_create([OutboxEvent(at=old, kind=kind, record_id=str(pk)) for kind, pk in waiting])
 
     dry, _ = purge("--older-than", "30d", "--dry-run")
-    assert "security events: would delete 5 (2 of this kind not yet shipped" in dry
-    assert "requests' reads: would delete 3 (1 of this kind not yet shipped" in dry
+    assert "security events: would delete 5 (2 'event' records wait in the outbox, not yet shipped" in dry
+    assert "requests' reads: would delete 3 (1 'reads' records wait in the outbox" in dry
+    assert "access entries: would delete 1\n" in dry
 
     output, _ = purge("--older-than", "30d")
     assert set(SecurityEvent.objects.values_list("pk", flat=True)) == {e.pk for e in events[2:]}

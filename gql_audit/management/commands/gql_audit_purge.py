@@ -87,7 +87,7 @@ class Command(BaseCommand):
             total = queryset.count()
             waiting = OutboxEvent.objects.using(using).filter(kind=shipped_as).count() if shipped_as else 0
             if dry_run:
-                self.stdout.write(f"{label}: would delete {total}" + _waiting_note(waiting))
+                self.stdout.write(f"{label}: would delete {total}" + _waiting_note(waiting, shipped_as))
                 continue
             deleted, held = self.purge(label, queryset, using, batch_size, total, shipped_as if waiting else None)
             if held is not None and queryset.model is RequestReads:
@@ -189,10 +189,15 @@ def _first_unshipped(kind: str, batch: list[tuple[Any, Any]], using: str) -> int
     return next((n for n, record_id in enumerate(ids) if record_id in waiting), None)
 
 
-def _waiting_note(waiting: int) -> str:
+def _waiting_note(waiting: int, shipped_as: str | None) -> str:
+    """What a dry run says of the records of the outbox kind ``shipped_as`` still waiting
+    (all of that kind: a purge checks its own records one by one)."""
     if not waiting:
         return ""
-    return f" ({waiting} of this kind not yet shipped to every EXPORT sink: the purge stops at the oldest of them)"
+    return (
+        f" ({waiting} {shipped_as!r} records wait in the outbox, not yet shipped to every EXPORT sink: "
+        "the purge stops at the oldest of them)"
+    )
 
 
 def _delete(model: type[Model], pks: list[Any], using: str) -> int:
