@@ -1,6 +1,6 @@
 """Evidence: what seals and signed checkpoints cost, against the goals of docs/performance.md.
 
-    BENCH_DB=postgres PGHOST=... python bench/evidence.py request [--objects 20] [--rounds 9] [--requests 20]
+    BENCH_DB=postgres PGHOST=... python bench/evidence.py request [--objects 20] [--rounds 15] [--requests 40]
     BENCH_DB=postgres PGHOST=... python bench/evidence.py log [--records 1000000] [--batches 5]
 
 ``request``: a page of ``--objects`` records read through the full Django WSGI stack,
@@ -293,8 +293,8 @@ def main() -> None:
     sub = parser.add_subparsers(dest="what", required=True)
     one = sub.add_parser("request")
     one.add_argument("--objects", type=int, default=20)
-    one.add_argument("--rounds", type=int, default=9)
-    one.add_argument("--requests", type=int, default=20)
+    one.add_argument("--rounds", type=int, default=15)
+    one.add_argument("--requests", type=int, default=40)
     one.add_argument("--every", default="10s", help="the checkpointer's interval during the run")
     two = sub.add_parser("log")
     two.add_argument("--records", type=int, default=1_000_000)
