@@ -191,12 +191,18 @@ def test_an_interrupted_purge_has_deleted_the_oldest_first(kind, settings):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_record_not_yet_shipped_is_kept_and_the_purge_of_its_kind_stops_there():
+@pytest.mark.parametrize("outbox_read", ["once", "per batch"])
+def test_a_record_not_yet_shipped_is_kept_and_the_purge_of_its_kind_stops_there(outbox_read, monkeypatch):
     """With EXPORT, a record still in the outbox has not reached every sink: deleting it
     would lose it from the SIEM. The purge deletes the older records of its kind, stops
     at it (it and the newer ones wait for the next purge), and says so; the reads' object
-    index follows its rows. Other kinds are purged as usual."""
+    index follows its rows. Other kinds are purged as usual. A small outbox is read once,
+    a large one asked batch by batch."""
     from gql_audit.evidence.sealing import insert
+    from gql_audit.management.commands import gql_audit_purge
+
+    if outbox_read == "per batch":
+        monkeypatch.setattr(gql_audit_purge, "OUTBOX_IN_MEMORY", 1)
     from gql_audit.models import OutboxEvent, ReadObject, RequestReads
 
     old = timezone.now() - datetime.timedelta(days=100)
@@ -226,7 +232,7 @@ def test_a_record_not_yet_shipped_is_kept_and_the_purge_of_its_kind_stops_there(
     assert "requests' reads: would delete 3 (1 'reads' records wait in the outbox" in dry
     assert "access entries: would delete 1\n" in dry
 
-    output, _ = purge("--older-than", "30d")
+    output, _ = purge("--older-than", "30d", "--batch-size", "2")
     assert set(SecurityEvent.objects.values_list("pk", flat=True)) == {e.pk for e in events[2:]}
     assert set(RequestReads.objects.values_list("pk", flat=True)) == {r.pk for r in reads[1:]}
     assert set(ReadObject.objects.values_list("reads_id", flat=True)) == {r.pk for r in reads[1:]}

@@ -89,7 +89,8 @@ class Command(BaseCommand):
             if dry_run:
                 self.stdout.write(f"{label}: would delete {total}" + _waiting_note(waiting, shipped_as))
                 continue
-            deleted, held = self.purge(label, queryset, using, batch_size, total, shipped_as if waiting else None)
+            unshipped = _Unshipped(shipped_as, waiting, using) if shipped_as and waiting else None
+            deleted, held = self.purge(label, queryset, using, batch_size, total, unshipped)
             if held is not None and queryset.model is RequestReads:
                 stopped = held
             self.stdout.write(self.style.SUCCESS(f"{label}: deleted {deleted} of {total}"))
@@ -145,11 +146,11 @@ class Command(BaseCommand):
         return targets
 
     def purge(
-        self, label: str, queryset: QuerySet[Any], using: str, batch_size: int, total: int, shipped_as: str | None
+        self, label: str, queryset: QuerySet[Any], using: str, batch_size: int, total: int, unshipped: _Unshipped | None
     ) -> tuple[int, datetime.datetime | None]:
         """Delete ``queryset`` oldest first: how many, and the time of the record not yet
-        shipped where it stopped (None: it did not stop). ``shipped_as``: the records'
-        kind in the outbox, when it holds any of them."""
+        shipped where it stopped (None: it did not stop). ``unshipped``: the records of
+        their kind the outbox holds, when it holds any."""
         model: type[Model] = queryset.model
         time_field = TIME_FIELDS.get(model._meta.label_lower, "timestamp")
         deleted_so_far = 0
@@ -163,7 +164,7 @@ class Command(BaseCommand):
             batch = list(oldest_first.values_list("pk", time_field)[:batch_size])
             if not batch:
                 return deleted_so_far, None
-            held = _first_unshipped(shipped_as, batch, using) if shipped_as else None
+            held = unshipped.first(batch) if unshipped is not None else None
             pks = [pk for pk, _ in batch[:held]]
             if pks:
                 deleted = run_in_transaction(_delete, model, pks, using, using=using)
@@ -180,13 +181,26 @@ class Command(BaseCommand):
                 return deleted_so_far, at
 
 
-def _first_unshipped(kind: str, batch: list[tuple[Any, Any]], using: str) -> int | None:
-    """The position in ``batch`` (``(pk, time)`` oldest first) of the first record still
-    in the outbox as ``kind``, or None."""
-    ids = [str(pk) for pk, _ in batch]
-    outbox = OutboxEvent.objects.using(using).filter(kind=kind, record_id__in=ids)
-    waiting = set(outbox.values_list("record_id", flat=True))
-    return next((n for n, record_id in enumerate(ids) if record_id in waiting), None)
+#: Outbox rows of one kind read once into memory, at most; past it, each batch asks the outbox.
+OUTBOX_IN_MEMORY = 200_000
+
+
+class _Unshipped:
+    """The records of one kind still in the outbox (not yet shipped to every sink)."""
+
+    def __init__(self, kind: str, waiting: int, using: str) -> None:
+        self.outbox = OutboxEvent.objects.using(using).filter(kind=kind)
+        # A snapshot errs only one way: a record shipped since is kept until the next purge.
+        self.known = set(self.outbox.values_list("record_id", flat=True)) if waiting <= OUTBOX_IN_MEMORY else None
+
+    def first(self, batch: list[tuple[Any, Any]]) -> int | None:
+        """The position in ``batch`` (``(pk, time)`` oldest first) of the first record still
+        in the outbox, or None."""
+        ids = [str(pk) for pk, _ in batch]
+        known = self.known
+        if known is None:
+            known = set(self.outbox.filter(record_id__in=ids).values_list("record_id", flat=True))
+        return next((n for n, record_id in enumerate(ids) if record_id in known), None)
 
 
 def _waiting_note(waiting: int, shipped_as: str | None) -> str:
