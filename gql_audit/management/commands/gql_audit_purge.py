@@ -160,7 +160,7 @@ class Command(BaseCommand):
             # serialization failure. Oldest first,
             # along the time index: retention only ever takes the oldest records, also
             # when a purge is interrupted.
-            oldest_first = queryset.order_by(time_field, "pk")
+            oldest_first = queryset.order_by(time_field)
             batch = list(oldest_first.values_list("pk", time_field)[:batch_size])
             if not batch:
                 return deleted_so_far, None
