@@ -33,7 +33,7 @@ import logging
 import os
 import threading
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -831,6 +831,19 @@ def insert(alias: str, row: Model) -> None:
         cursor.execute(sql, params)
 
 
+def with_inserts(connection: Any, instances: Sequence[Model]) -> tuple[str, list[Any]]:
+    """``WITH ins_0 AS (INSERT ... RETURNING 1), ...`` of unsaved rows, and its parameters:
+    the head of one data-modifying statement (PostgreSQL and CockroachDB), its last
+    clause the caller's."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    for n, instance in enumerate(instances):
+        sql, values = insert_clause(connection, instance)
+        clauses.append(f"ins_{n} AS ({sql} RETURNING 1)")
+        params.extend(values)
+    return f"WITH {', '.join(clauses)}", params
+
+
 def _insert_and_advance(
     alias: str, seal: Seal, chain: SealChain, rows: list[Model], location: str | None
 ) -> tuple[int, str | None]:
@@ -839,15 +852,10 @@ def _insert_and_advance(
     Returns how many chain rows it updated (0: the chain's row is gone) and where the
     row is now (``location``: where it was; see :data:`LOCATED`)."""
     connection = connections[alias]
-    clauses: list[str] = []
-    params: list[Any] = []
-    for n, instance in enumerate([*rows, seal]):
-        sql, values = insert_clause(connection, instance)
-        clauses.append(f"ins_{n} AS ({sql} RETURNING 1)")
-        params.extend(values)
+    inserts, params = with_inserts(connection, [*rows, seal])
     update, update_params = _advance(connection, chain, location)
     with connection.cursor() as cursor:
-        cursor.execute(f"WITH {', '.join(clauses)} {update}", params + update_params)
+        cursor.execute(f"{inserts} {update}", params + update_params)
         found = int(cursor.rowcount)
         if found or location is None:
             return found, (cursor.fetchone()[0] if found and connection.vendor in LOCATED else None)

@@ -57,7 +57,7 @@ def insert_together(alias: str, instances: Sequence[Model]) -> None:
     from django.db import transaction
 
     from gql_audit.dbcontext import POSTGRES_VENDORS
-    from gql_audit.evidence.sealing import insert_clause
+    from gql_audit.evidence.sealing import insert_clause, with_inserts
 
     if not instances:
         return
@@ -67,12 +67,7 @@ def insert_together(alias: str, instances: Sequence[Model]) -> None:
             for instance in instances:
                 instance.save(using=alias, force_insert=True)
         return
-    clauses: list[str] = []
-    params: list[Any] = []
-    for n, instance in enumerate(instances[:-1]):
-        sql, values = insert_clause(connection, instance)
-        clauses.append(f"ins_{n} AS ({sql} RETURNING 1)")
-        params.extend(values)
+    inserts, params = with_inserts(connection, instances[:-1])
     sql, values = insert_clause(connection, instances[-1])
     with connection.cursor() as cursor:
-        cursor.execute(f"WITH {', '.join(clauses)} {sql}", [*params, *values])
+        cursor.execute(f"{inserts} {sql}", [*params, *values])
