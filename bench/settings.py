@@ -66,9 +66,11 @@ if SERVE:
     else:
         DATABASES["default"]["CONN_MAX_AGE"] = 600
     ALLOWED_HOSTS = ["*"]
-    if SERVE == "bare":
+    if SERVE in ("bare", "floor"):
         MIDDLEWARE = [m for m in MIDDLEWARE if m != "gql_audit.middleware.AuditContextMiddleware"]  # noqa: F405
+        if SERVE == "floor":  # bare, and one durable row a request (bench/floor.py)
+            MIDDLEWARE = ["bench.floor.FloorRowMiddleware", *MIDDLEWARE]
     elif SERVE == "sealed":
         GQL_AUDIT = {**GQL_AUDIT, "TAMPER_EVIDENCE": {"key": "benchmark sealing key, long enough for HMAC-SHA256"}}  # noqa: F405
     elif SERVE != "default":
-        raise RuntimeError(f"BENCH_SERVE must be bare, default or sealed, not {SERVE!r}")
+        raise RuntimeError(f"BENCH_SERVE must be bare, floor, default or sealed, not {SERVE!r}")

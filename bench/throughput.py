@@ -2,11 +2,12 @@
 
     BENCH_DB=postgres PGHOST=... python bench/throughput.py [--objects 20] [--clients 8,16] [--rounds 5] [--seconds 5]
 
-Needs ``wrk`` (Debian's package). Starts three servers of each kind on the same database,
-one per configuration: bare graphene-django, gql_audit as installed, and gql_audit with
-``TAMPER_EVIDENCE``; the database connections kept from one request to the next
-(``CONN_MAX_AGE``; under ASGI, where each request runs in a thread of its own, Django's
-connection pool), as a service under load keeps them. Kinds of server:
+Needs ``wrk`` (Debian's package). Starts four servers of each kind on the same database,
+one per configuration: bare graphene-django; the floor, bare plus one durable row a
+request written after the view as gql_audit writes its reads row (bench/floor.py);
+gql_audit as installed; and gql_audit with ``TAMPER_EVIDENCE``; the database connections
+kept from one request to the next (``CONN_MAX_AGE``; under ASGI, where each request runs
+in a thread of its own, Django's connection pool), as a service under load keeps them. Kinds of server:
 
 - ``sync``: gunicorn, 2 sync workers;
 - ``gthread``: gunicorn, 2 workers of 4 threads;
@@ -15,8 +16,8 @@ connection pool), as a service under load keeps them. Kinds of server:
 For each kind and each number of clients, the configurations take turns, ``--seconds``
 of load each, for ``--rounds`` rounds (which goes first rotates), so that all of them
 meet the same machine. Printed for each: requests per second, p50 and p99 latency
-(medians of the rounds), and its requests per second as a ratio to bare's in the same
-round (median, lowest-highest). The client (wrk, 2 threads) runs on the same machine
+(medians of the rounds), and its requests per second as a ratio to bare's and to the
+floor's in the same round (median, lowest-highest). The client (wrk, 2 threads) runs on the same machine
 and takes its share of the CPU alike in every configuration.
 """
 
@@ -37,7 +38,7 @@ from pathlib import Path
 import harness  # noqa: F401 - configures Django
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIGS = ("bare", "default", "sealed")
+CONFIGS = ("bare", "floor", "default", "sealed")
 SERVERS = {
     "sync": ["gunicorn", "--workers", "2", "example_service.wsgi:application"],
     "gthread": [
@@ -74,13 +75,14 @@ def free_port() -> int:
         return port
 
 
-def start(kind: str, config: str, port: int) -> subprocess.Popen[bytes]:
+def start(kind: str, config: str, port: int, floor_row: str) -> subprocess.Popen[bytes]:
     command = [str(Path(sys.executable).parent / SERVERS[kind][0]), *SERVERS[kind][1:]]
     command += ["--bind", f"127.0.0.1:{port}"] if kind != "uvicorn" else ["--host", "127.0.0.1", "--port", str(port)]
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "bench.settings",
         "BENCH_SERVE": config,
+        "BENCH_FLOOR_ROW": floor_row,
         "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "example_service")]),
         "EXAMPLE_LOG_LEVEL": "WARNING",
         **({"BENCH_POOL": "1"} if kind == "uvicorn" else {}),
@@ -127,6 +129,12 @@ def load(url: str, script: Path, clients: int, seconds: int) -> tuple[float, flo
     return rps, percentile("50"), percentile("99")
 
 
+def spread(rps: list[float], baseline: list[tuple[float, float, float]]) -> str:
+    """Requests per second as ratios to ``baseline``'s in the same rounds: median (lowest-highest)."""
+    ratios = [r / b for r, (b, _, _) in zip(rps, baseline, strict=True)]
+    return f"{statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--objects", type=int, default=20)
@@ -136,8 +144,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=5)
     args = parser.parse_args()
 
-    from access import fill_records
+    from access import fill_records, floor_row
     from django.db import connection
+    from harness import audited_handler, call, environ, with_settings
 
     from bench.schema import RECORD_FIELDS
 
@@ -145,12 +154,16 @@ def main() -> None:
         parser.error("BENCH_DB=postgres: throughput is measured on PostgreSQL")
     connection.creation.create_test_db(verbosity=0, autoclobber=True, serialize=False)
     fill_records(args.objects)
-    connection.close()
     query = "{ records { %s } }" % RECORD_FIELDS
+    # The row the floor writes: the one the default configuration writes for this request.
+    call(with_settings(audited_handler(), {"ACCESS_STORE": "gql_audit"}), environ("/records/audit/", query))
+    floor = json.dumps(floor_row())
+    connection.close()
     body = json.dumps({"query": query})
     script = Path(tempfile.mkdtemp()) / "post.lua"
     script.write_text(SCRIPT.format(body=json.dumps(body)))
-    paths = {"bare": "/records/bare/", "default": "/records/audit/", "sealed": "/records/audit/"}
+    paths = {"bare": "/records/bare/", "floor": "/records/bare/"}
+    paths.update(default="/records/audit/", sealed="/records/audit/")
     print(
         f"gql_audit throughput ({connection.vendor}): {args.objects} objects x 8 fields, "
         f"{args.rounds} rounds x {args.seconds} s per configuration"
@@ -161,7 +174,7 @@ def main() -> None:
             try:
                 for config in CONFIGS:
                     port = free_port()
-                    servers[config] = (start(kind, config, port), port)
+                    servers[config] = (start(kind, config, port, floor), port)
                 for config, (server, port) in servers.items():
                     wait_until_serving(port, paths[config], body.encode(), server)
                 for clients in (int(n) for n in args.clients.split(",")):
@@ -169,19 +182,22 @@ def main() -> None:
                     for name in CONFIGS:  # warm-up
                         load(f"http://127.0.0.1:{servers[name][1]}{paths[name]}", script, clients, 1)
                     for round_ in range(args.rounds):
-                        order = CONFIGS[round_ % 3 :] + CONFIGS[: round_ % 3]
+                        turn = round_ % len(CONFIGS)
+                        order = CONFIGS[turn:] + CONFIGS[:turn]
                         for name in order:
                             url = f"http://127.0.0.1:{servers[name][1]}{paths[name]}"
                             results[name].append(load(url, script, clients, args.seconds))
-                    print(f"\n{kind}, {clients} clients        req/s     p50 ms    p99 ms   req/s to bare (rounds)")
+                    print(
+                        f"\n{kind}, {clients} clients        req/s     p50 ms    p99 ms   "
+                        "req/s to bare (rounds)   to the floor (rounds)"
+                    )
                     for name in CONFIGS:
                         rps = [r for r, _, _ in results[name]]
-                        ratios = [r / b for r, (b, _, _) in zip(rps, results["bare"], strict=True)]
                         print(
                             f"  {name:<22} {statistics.median(rps):9.1f} "
                             f"{statistics.median(p for _, p, _ in results[name]):9.2f} "
                             f"{statistics.median(p for _, _, p in results[name]):9.2f}   "
-                            f"{statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f})"
+                            f"{spread(rps, results['bare'])}   {spread(rps, results['floor'])}"
                         )
             finally:
                 for server, _ in servers.values():
