@@ -14,6 +14,9 @@ INSTALLED_APPS = [*INSTALLED_APPS, "bench"]  # noqa: F405
 if os.environ.get("BENCH_DB") == "postgres":
     # BENCH_PG_NAME: to run two benchmarks side by side on one server.
     DATABASES = {"default": postgres_from_environment(os.environ.get("BENCH_PG_NAME", "gql_audit_bench"))}
+    if os.environ.get("BENCH_PG_PREPARED"):
+        # Server-side binding, each statement prepared on its second run (docs/performance.md).
+        DATABASES["default"]["OPTIONS"] = {"server_side_binding": True, "prepare_threshold": 2}
 elif os.environ.get("BENCH_DB") == "sqlite-wal":
     # A file in WAL mode, as docs/access-log.md recommends: what a durable SQLite costs.
     import tempfile

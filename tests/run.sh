@@ -45,6 +45,15 @@ step_postgres() {
     GQL_AUDIT_TEST_DB=postgres run_pytest "$@"
 }
 
+# The tests of what gql_audit writes itself (its rows, seals, outbox and checkpoints)
+# again, on PostgreSQL with server-side binding and prepared statements, as a service
+# may configure its connections (docs/performance.md).
+step_postgres_prepared() {
+    echo "== gql_audit's own statements on PostgreSQL, server-side binding and prepared statements"
+    GQL_AUDIT_TEST_DB=postgres GQL_AUDIT_TEST_PG_PREPARED=1 run_pytest \
+        -k "seal or tamper or store or reads or evidence or checkpoint or verify or outbox or export" "$@"
+}
+
 # django-cockroachdb's own backend on the same PostgreSQL server, at SERIALIZABLE
 # (CockroachDB's default isolation): CockroachDB's Django backend, not CockroachDB
 # (tests/crdb_on_postgres/, docs/databases.md). Then every statement it sent,
@@ -112,7 +121,7 @@ fi
 if [ -z "${STEPS:-}" ]; then
     STEPS="checks sqlite"
     if [ -n "${PGHOST:-}" ] || [ "${CI:-}" = "true" ]; then
-        STEPS="$STEPS postgres cockroachdb"
+        STEPS="$STEPS postgres postgres_prepared cockroachdb"
     else
         no_postgres=1
     fi

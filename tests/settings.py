@@ -17,6 +17,9 @@ TMP_DIR = Path(__file__).resolve().parent / ".tmp"
 if TEST_DB == "postgres":
     # GQL_AUDIT_TEST_PG_NAME: to run two PostgreSQL passes side by side on one server.
     DATABASES = {"default": postgres_from_environment(os.environ.get("GQL_AUDIT_TEST_PG_NAME", "test_gql_audit"))}
+    if os.environ.get("GQL_AUDIT_TEST_PG_PREPARED"):
+        # Server-side binding and prepared statements, as a service may configure them.
+        DATABASES["default"]["OPTIONS"] = {"server_side_binding": True, "prepare_threshold": 2}
     # A second connection to the same database, for AUDIT_DATABASE.
     DATABASES["audit"] = {**DATABASES["default"], "TEST": {"MIRROR": "default"}}
 # --- CockroachDB-backend pass (GQL_AUDIT_TEST_DB=cockroachdb) -----------------------
