@@ -44,7 +44,6 @@ import argparse
 import json
 import statistics
 import tempfile
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -103,14 +102,12 @@ def floor_row() -> dict[str, Any]:
 def with_floor_row(app: Callable[..., Any], values: dict[str, Any]) -> Callable[..., Any]:
     """Bare graphene-django, then one durable row a request, written as gql_audit writes its own."""
     from django.db import connection
-    from django.utils import timezone
 
-    from bench.models import FloorReads
-    from gql_audit.evidence.sealing import insert
+    from bench.floor import write_row
 
     def run(env: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         response = app(env, start_response)
-        insert(connection.alias, FloorReads(id=uuid.uuid4(), at=timezone.now(), **values))
+        write_row(values, connection.alias)
         return response
 
     return run

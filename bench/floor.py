@@ -21,6 +21,12 @@ from bench.models import FloorReads
 from gql_audit.evidence.sealing import insert
 
 
+def write_row(values: dict[str, Any], alias: str = DEFAULT_DB_ALIAS) -> None:
+    """One durable floor row of ``values``, with an id and time of its own, written as
+    gql_audit writes its reads row (one raw INSERT, nothing read back)."""
+    insert(alias, FloorReads(id=uuid.uuid4(), at=timezone.now(), **values))
+
+
 class FloorRowMiddleware:
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
@@ -28,5 +34,5 @@ class FloorRowMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         response = self.get_response(request)
-        insert(DEFAULT_DB_ALIAS, FloorReads(id=uuid.uuid4(), at=timezone.now(), **self.values))
+        write_row(self.values)
         return response

@@ -5,9 +5,10 @@
 Needs ``wrk`` (Debian's package). Starts four servers of each kind on the same database,
 one per configuration: bare graphene-django; the floor, bare plus one durable row a
 request written after the view as gql_audit writes its reads row (bench/floor.py);
-gql_audit as installed; and gql_audit with ``TAMPER_EVIDENCE``; the database connections
-kept from one request to the next (``CONN_MAX_AGE``; under ASGI, where each request runs
-in a thread of its own, Django's connection pool), as a service under load keeps them. Kinds of server:
+gql_audit as installed; and gql_audit with ``TAMPER_EVIDENCE``; the database
+connections kept from one request to the next (``CONN_MAX_AGE``; under ASGI, where each
+request runs in a thread of its own, Django's connection pool), as a service under load
+keeps them. Kinds of server:
 
 - ``sync``: gunicorn, 2 sync workers;
 - ``gthread``: gunicorn, 2 workers of 4 threads;
@@ -17,8 +18,8 @@ For each kind and each number of clients, the configurations take turns, ``--sec
 of load each, for ``--rounds`` rounds (which goes first rotates), so that all of them
 meet the same machine. Printed for each: requests per second, p50 and p99 latency
 (medians of the rounds), and its requests per second as a ratio to bare's and to the
-floor's in the same round (median, lowest-highest). The client (wrk, 2 threads) runs on the same machine
-and takes its share of the CPU alike in every configuration.
+floor's in the same round (median, lowest-highest). The client (wrk, 2 threads) runs on
+the same machine and takes its share of the CPU alike in every configuration.
 """
 
 from __future__ import annotations
@@ -162,8 +163,12 @@ def main() -> None:
     body = json.dumps({"query": query})
     script = Path(tempfile.mkdtemp()) / "post.lua"
     script.write_text(SCRIPT.format(body=json.dumps(body)))
-    paths = {"bare": "/records/bare/", "floor": "/records/bare/"}
-    paths.update(default="/records/audit/", sealed="/records/audit/")
+    paths = {
+        "bare": "/records/bare/",
+        "floor": "/records/bare/",
+        "default": "/records/audit/",
+        "sealed": "/records/audit/",
+    }
     print(
         f"gql_audit throughput ({connection.vendor}): {args.objects} objects x 8 fields, "
         f"{args.rounds} rounds x {args.seconds} s per configuration"
