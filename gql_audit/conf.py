@@ -142,7 +142,7 @@ class Settings:
 conf = Settings()
 
 #: Django settings outside ``GQL_AUDIT`` whose change invalidates cached values.
-_WATCHED = frozenset({SETTINGS_NAME, "GRAPHQL_JWT", "AUTH_USER_MODEL", "AUDITLOG_LOGENTRY_MODEL"})
+_WATCHED = frozenset({SETTINGS_NAME, "GRAPHQL_JWT", "AUTH_USER_MODEL", "AUDITLOG_LOGENTRY_MODEL", "CACHES"})
 
 
 @receiver(setting_changed)

@@ -199,6 +199,23 @@ def test_a_cache_that_is_down_lets_requests_through_and_says_so(client, users, c
     assert "throttle cache 'down' unavailable" in line and "not throttled" in line
 
 
+def test_the_throttle_follows_a_change_of_caches(client, users):
+    # A local-memory throttle cache is kept as one instance per settings; when CACHES
+    # changes, the cache the alias names now is the one counted in.
+    local = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    down = {**local, "default": {**local["default"]}}
+    down["counts"] = {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": "redis://127.0.0.1:9"}
+    local["counts"] = {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "counts"}
+    with configured(THROTTLE={"login": "1/60s"}, THROTTLE_CACHE="counts"):
+        with override_settings(CACHES=local):
+            assert login(client, "alice").status_code == 200
+            refusal(login(client, "alice"))
+        with override_settings(CACHES=down):
+            response = login(client, "alice", request_id="moved")
+    assert response.status_code == 200  # not the local count: the cache named now, which is down
+    assert SecurityEvent.objects.filter(request_id="moved", kind="throttle_unavailable").exists()
+
+
 def test_throttle_off_costs_no_cache_access(client, users):
     with mock.patch.object(counters, "_cache") as cache:
         for _ in range(3):

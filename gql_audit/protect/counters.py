@@ -105,6 +105,10 @@ def _digest(secret: bytes, value: str) -> str:
 
 
 def _cache() -> Any:
+    """The throttle cache: the one instance of a cache in this process, else this thread's."""
+    local = _local()
+    if local is not None:
+        return local
     from django.core.cache import caches
 
     return caches[conf.THROTTLE_CACHE]
@@ -180,7 +184,7 @@ def _bounded(call: Callable[[], Any]) -> Any:
     failed, it is left alone for :data:`RETRY_AFTER` seconds (requests pass at once,
     unthrottled), then tried again; both changes are logged.
     """
-    if _local():
+    if _local() is not None:
         try:
             return call()
         except ThrottleUnavailable:
@@ -219,15 +223,23 @@ def _time_left() -> float:
     return max(ctx.throttle_deadline - now, 0.0)
 
 
-def _local() -> bool:
-    def build() -> bool:
+def _local() -> Any:
+    """The throttle cache when it lives in this process (local memory, dummy), else None.
+
+    Such a cache keeps its data in module-level storage under its own lock, so one
+    instance serves every thread (Django hands out one per thread, through a lookup each
+    request would pay); a network cache's client is asked for per thread, as Django gives it.
+    """
+
+    def build() -> Any:
+        from django.core.cache import caches
         from django.core.cache.backends.dummy import DummyCache
         from django.core.cache.backends.locmem import LocMemCache
 
-        return isinstance(_cache(), (LocMemCache, DummyCache))
+        cache = caches[conf.THROTTLE_CACHE]
+        return cache if isinstance(cache, (LocMemCache, DummyCache)) else None
 
-    local: bool = conf.derived("throttle_cache_local", build)
-    return local
+    return conf.derived("throttle_cache_local", build)
 
 
 def _went_down(alias: str, reason: str) -> None:
