@@ -645,3 +645,39 @@ def test_a_row_sealed_as_written_has_the_entry_of_the_row_the_database_returns()
     [stored] = kind.rows(connection.alias, [row.pk])
     assert written == sealing.entry_for(kind, stored)
     assert written[2] == kind.digest(stored)
+
+
+@pytest.mark.parametrize("name", ["plain ascii", "Ünïcode ✓"])
+def test_json_sent_as_the_digest_wrote_it_is_stored_as_django_stores_it(sealed_reads, name):
+    """A sealed row's JSON columns go to PostgreSQL as the text the seal's digest made
+    (not serialized a second time): stored, they must be the values Django stores for the
+    same row written its own way, and the seal must verify."""
+    from django.utils import timezone
+
+    def row(request_id):
+        return RequestReads(
+            at=timezone.now(),
+            request_id=request_id,
+            actor={"id": 7, "username": name, 1: ("a", 2.5)},
+            operation={"type": "query", "name": name, "cost": 1e16, "neg": -0.0, "small": 1e-7},
+            context={"z": 1, "a": {"y": [True, None, "\\u00e9"], "b": 'quote " and \\ backslash'}},
+            keys=("app.model:1", "app.model:2"),
+            shape_of=(0, 0),
+            shapes=[{"fields": ("id", "title"), "paths": ["items"]}],
+        )
+
+    sealed_row, django_row = row("as-sealed"), row("as-django")
+    assert sealing.seal(connection.alias, {sealing.READS: [sealed_row]}, insert=[sealed_row]) == 1
+    django_row.save(force_insert=True)
+    columns = ["actor", "operation", "context", "keys", "shape_of", "shapes"]
+    stored = {r["request_id"]: r for r in RequestReads.objects.values("request_id", *columns)}
+    assert {c: stored["as-sealed"][c] for c in columns} == {c: stored["as-django"][c] for c in columns}
+    assert stored["as-sealed"]["operation"]["name"] == name
+    assert (
+        seal_listing(sealing.READS, sealed_row.pk).entries[0][2]
+        == sealing.entry_for(
+            sealing.record_kinds()[sealing.READS], RequestReads.objects.values().get(pk=sealed_row.pk)
+        )[2]
+    )
+    django_row.delete()  # written unsealed, as a comparison
+    assert problems() == []

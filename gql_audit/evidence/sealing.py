@@ -636,12 +636,15 @@ def seal(alias: str, records: Mapping[str, Iterable[Any]], insert: list[Model] |
     """
     kinds = record_kinds()
     entries: list[Any] = []
+    texts: dict[int, dict[str, str]] = {}
     for name, items in records.items():
         kind = kinds[name]
         ids = []
         for item in items:
             if isinstance(item, Model):
-                entries.append(entry_for(kind, kind.row_of(item)))
+                row = kind.row_of(item)
+                entries.append(entry_for(kind, row))
+                texts[id(item)] = {column: value for column, value in row.items() if type(value) is CanonicalJSON}
             else:
                 ids.append(item)
         if ids:
@@ -651,21 +654,31 @@ def seal(alias: str, records: Mapping[str, Iterable[Any]], insert: list[Model] |
     if not entries:
         release(alias)
         return 0
-    append(alias, sorted(entries, key=lambda entry: (entry[0], entry[1])), insert or [], late)
+    append(alias, sorted(entries, key=lambda entry: (entry[0], entry[1])), insert or [], late, texts)
     return len(entries)
 
 
-def append(alias: str, entries: list[Any], insert: list[Model] | None = None, late: Any = None) -> None:
+def append(
+    alias: str,
+    entries: list[Any],
+    insert: list[Model] | None = None,
+    late: Any = None,
+    texts: Mapping[int, Mapping[str, str]] | None = None,
+) -> None:
     """Add one seal listing ``entries`` to a chain of this process (and INSERT the rows
-    ``insert``, in the same statement where the database allows)."""
+    ``insert``, in the same statement where the database allows). ``texts``: the JSON
+    columns of rows of ``insert`` already serialized, by ``id()`` of the row (see
+    :func:`insert_clause`)."""
     kid, key = current_key()
     now = timezone.now()
     connection = connections[alias]
     chain, seq, previous, location, own = _chain_for(alias, now, kid, key)
     row = chain.row
     seq += 1
-    seal_mac = mac(key, *seal_text(row.chain, seq, previous, _plain(now), kid, entries))
+    sealed = seal_text(row.chain, seq, previous, _plain(now), kid, entries)
+    seal_mac = mac(key, *sealed)
     seal = Seal(chain=row.chain, seq=seq, at=now, key_id=kid, entries=entries, previous=previous, mac=seal_mac)
+    texts = {**(texts or {}), id(seal): {"entries": sealed[-1]}}
     advanced = SealChain.__new__(SealChain)  # a shallow copy, without copy.copy's pickling protocol
     advanced.__dict__.update(row.__dict__)
     advanced.head_seq, advanced.head_mac, advanced.key_id = seq, seal_mac, kid
@@ -676,7 +689,7 @@ def append(alias: str, entries: list[Any], insert: list[Model] | None = None, la
         # statement. One statement outside any transaction is its own: no BEGIN, no COMMIT.
         with nullcontext() if one_statement else transaction.atomic(using=alias, savepoint=False):
             if one_statement:
-                found, location = _insert_and_advance(alias, seal, advanced, insert or [], location)
+                found, location = _insert_and_advance(alias, seal, advanced, insert or [], location, texts)
             else:
                 # Raw statements, as on PostgreSQL: no signal, no ORM query to compile.
                 found = _insert_then_advance(alias, [*(insert or ()), seal], advanced)
@@ -801,9 +814,14 @@ def autocommit(alias: str) -> bool:
     return not connection.in_atomic_block and connection.get_autocommit()
 
 
-def insert_clause(connection: Any, instance: Model) -> tuple[str, list[Any]]:
+def insert_clause(connection: Any, instance: Model, texts: Mapping[str, str] | None = None) -> tuple[str, list[Any]]:
     """``INSERT INTO table (columns) VALUES (...)`` of one unsaved row, and its parameters
-    (the statement's text made once per model and database vendor)."""
+    (the statement's text made once per model and database vendor).
+
+    ``texts``: JSON columns of the row already serialized (as the seal's digest wrote
+    them), sent as they are where the database parses them into the same value whatever
+    their spelling (``jsonb``: PostgreSQL, CockroachDB), instead of serialized again.
+    """
     model = type(instance)
     statement = _inserts.get((connection.vendor, model))
     if statement is None:
@@ -815,11 +833,48 @@ def insert_clause(connection: Any, instance: Model) -> tuple[str, list[Any]]:
         )
         statement = _inserts[connection.vendor, model] = (sql, fields)
     sql, fields = statement
-    return sql, [f.get_db_prep_save(getattr(instance, f.attname), connection) for f in fields]
+    as_sent = _json_as_text(connection) if texts else None
+    if as_sent is None:
+        return sql, [f.get_db_prep_save(getattr(instance, f.attname), connection) for f in fields]
+    params = []
+    for f in fields:
+        text = texts.get(f.attname) if texts else None
+        # ASCII only: a lone surrogate in a value is refused as the value's own
+        # serialization has it refused (escaped), not by the driver's encoding.
+        if text is not None and text.isascii():
+            params.append(as_sent(text, dumps=str))
+        else:
+            params.append(f.get_db_prep_save(getattr(instance, f.attname), connection))
+    return sql, params
 
 
 #: ``(vendor, model)`` -> the INSERT of one row and the fields its parameters come from.
 _inserts: dict[tuple[str, type[Model]], tuple[str, list[Any]]] = {}
+
+
+def _json_as_text(connection: Any) -> Any:
+    """The driver's ``jsonb`` parameter type, to send JSON text as it is (psycopg 3's
+    ``Jsonb`` given the text and ``dumps=str``), or None where the text is not sent so:
+    SQLite keeps a JSON column's text as sent, and psycopg2's wrapper is not this one."""
+    vendor = connection.vendor
+    if vendor not in _json_types:
+        _json_types[vendor] = _jsonb() if vendor in POSTGRES_VENDORS else None
+        jsonb = _json_types[vendor]
+        if jsonb is not None and not isinstance(connection.ops.adapt_json_value([], None), jsonb):
+            _json_types[vendor] = None
+    return _json_types[vendor]
+
+
+def _jsonb() -> Any:
+    try:
+        from psycopg.types.json import Jsonb
+    except ImportError:  # psycopg2
+        return None
+    return Jsonb
+
+
+#: Database vendor -> :func:`_json_as_text`'s answer.
+_json_types: dict[str, Any] = {}
 
 
 def insert(alias: str, row: Model) -> None:
@@ -831,28 +886,35 @@ def insert(alias: str, row: Model) -> None:
         cursor.execute(sql, params)
 
 
-def with_inserts(connection: Any, instances: Sequence[Model]) -> tuple[str, list[Any]]:
+def with_inserts(
+    connection: Any, instances: Sequence[Model], texts: Mapping[int, Mapping[str, str]] | None = None
+) -> tuple[str, list[Any]]:
     """``WITH ins_0 AS (INSERT ... RETURNING 1), ...`` of unsaved rows, and its parameters:
     the head of one data-modifying statement (PostgreSQL and CockroachDB), its last
-    clause the caller's."""
+    clause the caller's. ``texts``: JSON columns already serialized, by ``id()`` of the row."""
     clauses: list[str] = []
     params: list[Any] = []
     for n, instance in enumerate(instances):
-        sql, values = insert_clause(connection, instance)
+        sql, values = insert_clause(connection, instance, texts.get(id(instance)) if texts else None)
         clauses.append(f"ins_{n} AS ({sql} RETURNING 1)")
         params.extend(values)
     return f"WITH {', '.join(clauses)}", params
 
 
 def _insert_and_advance(
-    alias: str, seal: Seal, chain: SealChain, rows: list[Model], location: str | None
+    alias: str,
+    seal: Seal,
+    chain: SealChain,
+    rows: list[Model],
+    location: str | None,
+    texts: Mapping[int, Mapping[str, str]] | None = None,
 ) -> tuple[int, str | None]:
     """The seal's INSERT (and the ``rows``' INSERT) and the chain's UPDATE in one statement
     (PostgreSQL and CockroachDB run data-modifying ``WITH`` clauses): one round trip.
     Returns how many chain rows it updated (0: the chain's row is gone) and where the
     row is now (``location``: where it was; see :data:`LOCATED`)."""
     connection = connections[alias]
-    inserts, params = with_inserts(connection, [*rows, seal])
+    inserts, params = with_inserts(connection, [*rows, seal], texts)
     update, update_params = _advance(connection, chain, location)
     with connection.cursor() as cursor:
         cursor.execute(f"{inserts} {update}", params + update_params)
