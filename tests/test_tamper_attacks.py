@@ -681,3 +681,24 @@ def test_json_sent_as_the_digest_wrote_it_is_stored_as_django_stores_it(sealed_r
     )
     django_row.delete()  # written unsealed, as a comparison
     assert problems() == []
+
+
+@pytest.mark.postgres
+def test_the_seal_is_inserted_as_its_model_would_insert_it():
+    """The seal's INSERT is written out for speed on PostgreSQL: the same statement as the
+    model's own columns make, the same values as its fields adapt them."""
+    from django.utils import timezone
+
+    entries = [["reads", "1", "ab" * 32, "reads", None, "2026-01-01T00:00:00+00:00"]]
+    seal = Seal(chain="c" * 32, seq=2**40, at=timezone.now(), key_id="k", entries=entries, previous="p", mac="m")
+    text = json.dumps(entries, separators=(",", ":"))
+    fast, fast_params = sealing._seal_clause(connection, seal, text)
+    generic, generic_params = sealing.insert_clause(connection, seal)
+    assert fast == generic
+    columns = [f.attname for f in Seal._meta.concrete_fields]
+    entries_at = columns.index("entries")
+    assert [p for n, p in enumerate(fast_params) if n != entries_at] == [
+        p for n, p in enumerate(generic_params) if n != entries_at
+    ]
+    assert [type(p) for p in fast_params] == [type(p) for p in generic_params]
+    assert json.loads(fast_params[entries_at].dumps(fast_params[entries_at].obj)) == entries

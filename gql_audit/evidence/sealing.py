@@ -914,7 +914,14 @@ def _insert_and_advance(
     Returns how many chain rows it updated (0: the chain's row is gone) and where the
     row is now (``location``: where it was; see :data:`LOCATED`)."""
     connection = connections[alias]
-    inserts, params = with_inserts(connection, [*rows, seal], texts)
+    if rows:
+        inserts, params = with_inserts(connection, rows, texts)
+        inserts += ", "
+    else:
+        inserts, params = "WITH ", []
+    sql, values = _seal_clause(connection, seal, (texts or {}).get(id(seal), {}).get("entries"))
+    inserts += f"ins_{len(rows)} AS ({sql} RETURNING 1)"
+    params.extend(values)
     update, update_params = _advance(connection, chain, location)
     with connection.cursor() as cursor:
         cursor.execute(f"{inserts} {update}", params + update_params)
@@ -926,6 +933,38 @@ def _insert_and_advance(
         cursor.execute(update, update_params)
         found = int(cursor.rowcount)
         return found, (cursor.fetchone()[0] if found and connection.vendor in LOCATED else None)
+
+
+#: A seal's columns, as :func:`_seal_clause` gives their values.
+_SEAL_COLUMNS = ("chain", "seq", "at", "key_id", "entries", "previous", "mac")
+
+
+def _seal_clause(connection: Any, seal: Seal, entries_text: str | None) -> tuple[str, list[Any]]:
+    """The seal's INSERT and its parameters (PostgreSQL, CockroachDB): each value adapted
+    as its field adapts it, without the checks a value from outside needs (gql_audit made
+    every one: text, a whole number, an aware time), its entries as the text the HMAC
+    covered. :func:`insert_clause` if the model has columns this does not know."""
+    sql = _seal_inserts.get(connection.vendor)
+    if sql is None:
+        by_name = {f.attname: f for f in Seal._meta.concrete_fields}
+        if set(by_name) != set(_SEAL_COLUMNS):
+            return insert_clause(connection, seal, {"entries": entries_text} if entries_text else None)
+        fields = [by_name[name] for name in _SEAL_COLUMNS]
+        quote = connection.ops.quote_name
+        sql = _seal_inserts[connection.vendor] = (
+            f"INSERT INTO {quote(Seal._meta.db_table)} ({', '.join(quote(str(f.column)) for f in fields)}) "
+            f"VALUES ({', '.join(['%s'] * len(fields))})"
+        )
+    ops = connection.ops
+    as_sent = _json_as_text(connection) if entries_text is not None and entries_text.isascii() else None
+    entries = as_sent(entries_text, dumps=str) if as_sent is not None else ops.adapt_json_value(seal.entries, None)
+    seq = ops.adapt_integerfield_value(seal.seq, "BigIntegerField")
+    at = ops.adapt_datetimefield_value(seal.at)
+    return sql, [seal.chain, seq, at, seal.key_id, entries, seal.previous, seal.mac]
+
+
+#: Database vendor -> the seal's INSERT.
+_seal_inserts: dict[str, str] = {}
 
 
 def _insert_then_advance(alias: str, rows: list[Model], chain: SealChain) -> int:
