@@ -678,7 +678,6 @@ def append(
     sealed = seal_text(row.chain, seq, previous, _plain(now), kid, entries)
     seal_mac = mac(key, *sealed)
     seal = Seal(chain=row.chain, seq=seq, at=now, key_id=kid, entries=entries, previous=previous, mac=seal_mac)
-    texts = {**(texts or {}), id(seal): {"entries": sealed[-1]}}
     advanced = SealChain.__new__(SealChain)  # a shallow copy, without copy.copy's pickling protocol
     advanced.__dict__.update(row.__dict__)
     advanced.head_seq, advanced.head_mac, advanced.key_id = seq, seal_mac, kid
@@ -689,7 +688,7 @@ def append(
         # statement. One statement outside any transaction is its own: no BEGIN, no COMMIT.
         with nullcontext() if one_statement else transaction.atomic(using=alias, savepoint=False):
             if one_statement:
-                found, location = _insert_and_advance(alias, seal, advanced, insert or [], location, texts)
+                found, location = _insert_and_advance(alias, seal, sealed[-1], advanced, insert or [], location, texts)
             else:
                 # Raw statements, as on PostgreSQL: no signal, no ORM query to compile.
                 found = _insert_then_advance(alias, [*(insert or ()), seal], advanced)
@@ -833,18 +832,12 @@ def insert_clause(connection: Any, instance: Model, texts: Mapping[str, str] | N
         )
         statement = _inserts[connection.vendor, model] = (sql, fields)
     sql, fields = statement
-    as_sent = _json_as_text(connection) if texts else None
-    if as_sent is None:
+    if not texts or _json_as_text(connection) is None:
         return sql, [f.get_db_prep_save(getattr(instance, f.attname), connection) for f in fields]
     params = []
     for f in fields:
-        text = texts.get(f.attname) if texts else None
-        # ASCII only: a lone surrogate in a value is refused as the value's own
-        # serialization has it refused (escaped), not by the driver's encoding.
-        if text is not None and text.isascii():
-            params.append(as_sent(text, dumps=str))
-        else:
-            params.append(f.get_db_prep_save(getattr(instance, f.attname), connection))
+        sent = _sent_as_text(connection, texts.get(f.attname))
+        params.append(f.get_db_prep_save(getattr(instance, f.attname), connection) if sent is None else sent)
     return sql, params
 
 
@@ -858,11 +851,21 @@ def _json_as_text(connection: Any) -> Any:
     SQLite keeps a JSON column's text as sent, and psycopg2's wrapper is not this one."""
     vendor = connection.vendor
     if vendor not in _json_types:
-        _json_types[vendor] = _jsonb() if vendor in POSTGRES_VENDORS else None
-        jsonb = _json_types[vendor]
-        if jsonb is not None and not isinstance(connection.ops.adapt_json_value([], None), jsonb):
-            _json_types[vendor] = None
+        jsonb = _jsonb() if vendor in POSTGRES_VENDORS else None
+        adapted = jsonb is not None and isinstance(connection.ops.adapt_json_value([], None), jsonb)
+        _json_types[vendor] = jsonb if adapted else None
     return _json_types[vendor]
+
+
+def _sent_as_text(connection: Any, text: str | None) -> Any:
+    """The parameter sending the JSON ``text`` as it is (:func:`_json_as_text`), or None
+    when it goes as Django sends its value. ASCII only: a lone surrogate in a value is
+    refused as the value's own serialization has it refused (escaped), not by the
+    driver's encoding."""
+    if text is None or not text.isascii():
+        return None
+    as_sent = _json_as_text(connection)
+    return None if as_sent is None else as_sent(text, dumps=str)
 
 
 def _jsonb() -> Any:
@@ -904,6 +907,7 @@ def with_inserts(
 def _insert_and_advance(
     alias: str,
     seal: Seal,
+    entries_text: str,
     chain: SealChain,
     rows: list[Model],
     location: str | None,
@@ -912,14 +916,15 @@ def _insert_and_advance(
     """The seal's INSERT (and the ``rows``' INSERT) and the chain's UPDATE in one statement
     (PostgreSQL and CockroachDB run data-modifying ``WITH`` clauses): one round trip.
     Returns how many chain rows it updated (0: the chain's row is gone) and where the
-    row is now (``location``: where it was; see :data:`LOCATED`)."""
+    row is now (``location``: where it was; see :data:`LOCATED`). ``entries_text``: the
+    seal's entries as its HMAC covered them; ``texts``: see :func:`with_inserts`."""
     connection = connections[alias]
     if rows:
         inserts, params = with_inserts(connection, rows, texts)
         inserts += ", "
     else:
         inserts, params = "WITH ", []
-    sql, values = _seal_clause(connection, seal, (texts or {}).get(id(seal), {}).get("entries"))
+    sql, values = _seal_clause(connection, seal, entries_text)
     inserts += f"ins_{len(rows)} AS ({sql} RETURNING 1)"
     params.extend(values)
     update, update_params = _advance(connection, chain, location)
@@ -939,7 +944,7 @@ def _insert_and_advance(
 _SEAL_COLUMNS = ("chain", "seq", "at", "key_id", "entries", "previous", "mac")
 
 
-def _seal_clause(connection: Any, seal: Seal, entries_text: str | None) -> tuple[str, list[Any]]:
+def _seal_clause(connection: Any, seal: Seal, entries_text: str) -> tuple[str, list[Any]]:
     """The seal's INSERT and its parameters (PostgreSQL, CockroachDB): each value adapted
     as its field adapts it, without the checks a value from outside needs (gql_audit made
     every one: text, a whole number, an aware time), its entries as the text the HMAC
@@ -948,7 +953,7 @@ def _seal_clause(connection: Any, seal: Seal, entries_text: str | None) -> tuple
     if sql is None:
         by_name = {f.attname: f for f in Seal._meta.concrete_fields}
         if set(by_name) != set(_SEAL_COLUMNS):
-            return insert_clause(connection, seal, {"entries": entries_text} if entries_text else None)
+            return insert_clause(connection, seal, {"entries": entries_text})
         fields = [by_name[name] for name in _SEAL_COLUMNS]
         quote = connection.ops.quote_name
         sql = _seal_inserts[connection.vendor] = (
@@ -956,8 +961,9 @@ def _seal_clause(connection: Any, seal: Seal, entries_text: str | None) -> tuple
             f"VALUES ({', '.join(['%s'] * len(fields))})"
         )
     ops = connection.ops
-    as_sent = _json_as_text(connection) if entries_text is not None and entries_text.isascii() else None
-    entries = as_sent(entries_text, dumps=str) if as_sent is not None else ops.adapt_json_value(seal.entries, None)
+    entries = _sent_as_text(connection, entries_text)
+    if entries is None:
+        entries = ops.adapt_json_value(seal.entries, None)
     seq = ops.adapt_integerfield_value(seal.seq, "BigIntegerField")
     at = ops.adapt_datetimefield_value(seal.at)
     return sql, [seal.chain, seq, at, seal.key_id, entries, seal.previous, seal.mac]
