@@ -245,6 +245,22 @@ def received_body_size(request: HttpRequest) -> int | None:
     return int(size) - int(here)
 
 
+def load_cache_client(cache: Any) -> None:
+    """Have ``cache`` load its client library now, connecting to nothing.
+
+    Django's Redis and memcached backends create their client on first use, in the
+    cached property ``_cache``, and import the client library (redis-py, pymemcache,
+    pylibmc) there: in a new process that first use can take longer than a request
+    should wait on its cache (importing redis-py alone takes a sizeable fraction of a
+    second). Created now, the import is the process's, paid once; connections are still
+    opened on first use. A backend without such a property is left as it is.
+    """
+    try:
+        getattr(cache, "_cache", None)
+    except Exception:  # noqa: BLE001 - a client that cannot be made now fails on first use, where it is reported
+        return
+
+
 def field_index_name(schema_editor: Any, model: Any, field: Any) -> str:
     """The name Django gives the index of a ``db_index=True`` field of ``model``.
 

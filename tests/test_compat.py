@@ -229,3 +229,19 @@ def test_graphene_django_view_errors_are_observed_and_answered_unchanged():
     assert GraphQLView.format_error(GraphQLError("typed"))["message"] == "typed"
     compat.observe_view_errors(lambda error: None)  # once: installing again changes nothing
     assert GraphQLView.__dict__["format_error"] is installed
+
+
+def test_a_cache_client_is_made_with_its_library_and_no_connection():
+    import redis
+    from django.core.cache.backends.locmem import LocMemCache
+    from django.core.cache.backends.redis import RedisCache, RedisCacheClient
+
+    cache = RedisCache("redis://127.0.0.1:9/0", {})  # nothing listens there
+    compat.load_cache_client(cache)
+    client = cache.__dict__.get("_cache")
+    assert isinstance(client, RedisCacheClient) and client._lib is redis  # made, kept for the first use
+    with pytest.raises(redis.ConnectionError):  # which is when it connects (here: refused)
+        cache.get("key")
+    local = LocMemCache("compat-test", {})
+    compat.load_cache_client(local)  # nothing to load: left as it is
+    assert local.get("key", "default") == "default"

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gql_audit import context
+from gql_audit.compat import load_cache_client
 from gql_audit.conf import conf
 from gql_audit.net import parse_ip
 
@@ -197,6 +198,7 @@ def _bounded(call: Callable[[], Any]) -> Any:
         with _state:
             outage.skipped += 1
         raise ThrottleUnavailable(f"{outage.reason}; not asked again for {RETRY_AFTER:g}s")
+    conf.derived("throttle_cache_loaded", _load_client)
 
     def answered() -> Any:
         result = call()
@@ -240,6 +242,21 @@ def _local() -> Any:
         return cache if isinstance(cache, (LocMemCache, DummyCache)) else None
 
     return conf.derived("throttle_cache_local", build)
+
+
+def _load_client() -> bool:
+    """Load the network cache's client library in the request's own thread, once per process
+    (and settings): its import is not the cache failing to answer, and must not spend a
+    first request's ``THROTTLE_TIMEOUT`` (a new process's first call would otherwise time
+    out, be logged as an outage and count nothing)."""
+    from django.core.cache import caches
+
+    try:
+        cache = caches[conf.THROTTLE_CACHE]
+    except Exception:  # noqa: BLE001 - an alias Django refuses: the bounded call reports it
+        return False
+    load_cache_client(cache)
+    return True
 
 
 def _went_down(alias: str, reason: str) -> None:
