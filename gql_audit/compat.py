@@ -261,6 +261,29 @@ def load_cache_client(cache: Any) -> None:
         return
 
 
+def redis_add(cache: Any, key: str, amount: int, timeout: int) -> int | None:
+    """Add ``amount`` to the count at ``key`` of Django's own Redis cache and have it expire
+    ``timeout`` seconds from now, in one round trip: the count after it. None for any
+    other cache (the caller counts through the cache API).
+
+    ``RedisCache.incr`` asks ``EXISTS`` then ``INCRBY`` (two round trips) and a missing
+    count takes an ``add`` more. Here ``INCRBY`` and ``EXPIRE`` go in one ``MULTI``/``EXEC``
+    on the client Django made (``RedisCache._cache``, its ``get_client``), under the key
+    Django makes; Django's serializer stores an ``int`` as Redis's own integer, so
+    ``cache.get`` reads the count as the cache API would have written it.
+    """
+    from django.core.cache.backends.redis import RedisCache
+
+    if type(cache) is not RedisCache:  # a subclass may store values its own way
+        return None
+    made = cache.make_and_validate_key(key)
+    with cache._cache.get_client(made, write=True).pipeline(transaction=True) as pipeline:
+        pipeline.incrby(made, amount)
+        pipeline.expire(made, timeout)
+        counted, _ = pipeline.execute()
+    return int(counted)
+
+
 def field_index_name(schema_editor: Any, model: Any, field: Any) -> str:
     """The name Django gives the index of a ``db_index=True`` field of ``model``.
 

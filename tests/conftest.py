@@ -3,6 +3,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import jwt
@@ -281,3 +282,26 @@ def writes_of_a_request(client, token: str, request_id: str) -> list[tuple[str, 
     with connection.execute_wrapper(spy):
         post_graphql(client, "{ documents { title } }", token=token, headers={"X-Request-ID": request_id})
     return [entry for entry in seen if not entry[0].lstrip().upper().startswith("SELECT")]
+
+
+#: The Redis of the tests that need one (``.ci/run`` starts it).
+REDIS_URL = os.environ.get("GQL_AUDIT_TEST_REDIS", "redis://127.0.0.1:6379")
+
+
+@pytest.fixture
+def redis_prefix():
+    """A key prefix of this run's own in a Redis that answers; its keys deleted afterwards."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true and no Redis at {REDIS_URL} ({exc}): .ci/run starts one")
+        pytest.skip(f"no Redis at {REDIS_URL} ({exc}); set GQL_AUDIT_TEST_REDIS or run .ci/run")
+    prefix = f"gqa-test-{uuid.uuid4().hex}"
+    yield prefix
+    for key in client.scan_iter(match=f"{prefix}:*"):
+        client.delete(key)
+    client.close()

@@ -18,11 +18,10 @@ from graphene_django.views import GraphQLView
 
 from example_service.models import Document
 from gql_audit.history import request_trail
-from tests.conftest import make_token, post_graphql
+from tests.conftest import REDIS_URL, make_token, post_graphql
 
 celery = pytest.importorskip("celery")
 
-REDIS_URL = os.environ.get("GQL_AUDIT_TEST_REDIS", "redis://127.0.0.1:6379")
 # Database 5 unless the URL names one (redis://host:6379/4): the queue's name is this run's own anyway.
 BROKER = REDIS_URL if urlparse(REDIS_URL).path.strip("/") else f"{REDIS_URL}/5"
 app = celery.Celery("gql_audit_tests", broker=BROKER)

@@ -245,3 +245,36 @@ def test_a_cache_client_is_made_with_its_library_and_no_connection():
     local = LocMemCache("compat-test", {})
     compat.load_cache_client(local)  # nothing to load: left as it is
     assert local.get("key", "default") == "default"
+
+
+def test_redis_add_counts_as_the_cache_api_reads_in_one_transaction(redis_prefix):
+    import threading
+
+    import redis
+    from django.core.cache.backends.locmem import LocMemCache
+    from django.core.cache.backends.redis import RedisCache
+
+    from tests.conftest import REDIS_URL
+
+    cache = RedisCache(REDIS_URL, {"KEY_PREFIX": redis_prefix})
+    assert compat.redis_add(cache, "count", 2, 30) == 2  # a new count
+    assert compat.redis_add(cache, "count", 3, 30) == 5
+    assert cache.get("count") == 5  # what Django's own API reads
+    client = redis.Redis.from_url(REDIS_URL)
+    made = cache.make_key("count")
+    assert 0 < client.ttl(made) <= 30  # it expires
+    compat.redis_add(cache, "count", 1, 7)
+    assert 0 < client.ttl(made) <= 7  # each addition says when
+
+    def add() -> None:
+        for _ in range(50):
+            compat.redis_add(cache, "count", 1, 30)
+
+    threads = [threading.Thread(target=add) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert cache.get("count") == 6 + 8 * 50  # concurrent additions: none lost
+    client.close()
+    assert compat.redis_add(LocMemCache("compat-test", {}), "count", 1, 30) is None  # not Redis: the API's way

@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-import uuid
 
 import httpx
 import pytest
 
 from gql_audit.models import SecurityEvent
-from tests.conftest import clear_of_window_edge
+from tests.conftest import REDIS_URL, clear_of_window_edge
 from tests.test_worker_timeout import SETTINGS, Gunicorn
 
 pytestmark = [pytest.mark.server, pytest.mark.django_db(transaction=True)]
 
-REDIS_URL = os.environ.get("GQL_AUDIT_TEST_REDIS", "redis://127.0.0.1:6379")
 LIMIT = 4
 LOGIN = "mutation Login($u: String!, $p: String!) { tokenAuth(username: $u, password: $p) { token } }"
 
@@ -37,25 +35,6 @@ CACHES = {{
 }}
 GQL_AUDIT = {{**GQL_AUDIT, "THROTTLE": {{"login": "{limit}/300s"}}, "THROTTLE_CACHE": "throttle"}}  # noqa: F405
 """
-
-
-@pytest.fixture
-def redis_prefix():
-    """A key prefix of this run's own in a Redis that answers; its keys deleted afterwards."""
-    import redis
-
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true and no Redis at {REDIS_URL} ({exc}): .ci/run starts one")
-        pytest.skip(f"no Redis at {REDIS_URL} ({exc}); set GQL_AUDIT_TEST_REDIS or run .ci/run")
-    prefix = f"gqa-test-{uuid.uuid4().hex}"
-    yield prefix
-    for key in client.scan_iter(match=f"{prefix}:*"):
-        client.delete(key)
-    client.close()
 
 
 @contextlib.contextmanager

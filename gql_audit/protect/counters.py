@@ -6,7 +6,9 @@ under a key naming the rate, the window's start and a keyed hash (BLAKE2b,
 keyed from ``SECRET_KEY``) of what is counted: no username or address is ever
 written to the cache, and the keys are safe for any value (NUL, surrogates).
 ``cache.incr`` (and ``cache.add`` when a window starts) are atomic in Django's
-Redis and local-memory caches, so concurrent requests never lose a count.
+Redis and local-memory caches, so concurrent requests never lose a count. On
+Django's own Redis cache a count is added in one round trip instead
+(``INCRBY`` and ``EXPIRE`` in one ``MULTI``/``EXEC``: :func:`gql_audit.compat.redis_add`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gql_audit import context
-from gql_audit.compat import load_cache_client
+from gql_audit.compat import load_cache_client, redis_add
 from gql_audit.conf import conf
 from gql_audit.net import parse_ip
 
@@ -121,6 +123,9 @@ def hit(name: str, rate: Rate, value: str, amount: int = 1) -> tuple[int, int]:
 
     def add_and_count() -> int:
         cache = _cache()
+        counted = redis_add(cache, key, amount, left + 1)  # Django's Redis cache: one round trip
+        if counted is not None:
+            return counted
         for _ in range(3):
             try:  # the common case, one call: the window's count exists
                 return int(cache.incr(key, amount))
