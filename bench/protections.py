@@ -147,11 +147,15 @@ def main() -> None:
     redis_url = os.environ.get("BENCH_REDIS")
     if redis_url:
         from django.conf import settings
+        from django.test import override_settings
 
-        settings.CACHES = {
-            **settings.CACHES,
-            "throttle": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": redis_url},
-        }
+        # As a service configures it: Django's cache handler reads CACHES again.
+        override_settings(
+            CACHES={
+                **settings.CACHES,
+                "throttle": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": redis_url},
+            }
+        ).enable()
         configurations["all on, enforce (Redis throttle)"] = {**all_on, "THROTTLE_CACHE": "throttle"}
     # Each configuration with a settings cache of its own: what the protections work out
     # from their settings is worked out once, as in a service.

@@ -216,6 +216,17 @@ def test_the_throttle_follows_a_change_of_caches(client, users):
     assert SecurityEvent.objects.filter(request_id="moved", kind="throttle_unavailable").exists()
 
 
+def test_a_throttle_cache_missing_from_caches_lets_requests_through(client, users, caplog):
+    # The system check (E023) says so at start-up; a request meanwhile is not a 500.
+    caplog.set_level("WARNING", logger="gql_audit.throttle")
+    with configured(THROTTLE={"login": "1/60s", "auth_failures": "1/60s"}, THROTTLE_CACHE="nowhere"):
+        responses = [login(client, "alice", "alice-password", request_id=f"nowhere-{n}") for n in range(2)]
+    assert all(r.status_code == 200 and r.json()["data"]["tokenAuth"]["token"] for r in responses)
+    event = SecurityEvent.objects.get(request_id="nowhere-1", kind="throttle_unavailable")
+    assert event.details["cache"] == "nowhere"
+    assert any("throttle cache 'nowhere' unavailable" in r.getMessage() for r in caplog.records)
+
+
 def test_throttle_off_costs_no_cache_access(client, users):
     with mock.patch.object(counters, "_cache") as cache:
         for _ in range(3):

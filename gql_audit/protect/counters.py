@@ -243,7 +243,10 @@ def _local() -> Any:
         from django.core.cache.backends.dummy import DummyCache
         from django.core.cache.backends.locmem import LocMemCache
 
-        cache = caches[conf.THROTTLE_CACHE]
+        try:
+            cache = caches[conf.THROTTLE_CACHE]
+        except Exception:  # noqa: BLE001 - an alias Django refuses: asked as a network cache, which reports it
+            return None
         return cache if isinstance(cache, (LocMemCache, DummyCache)) else None
 
     return conf.derived("throttle_cache_local", build)
