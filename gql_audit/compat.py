@@ -7,6 +7,7 @@ upgrade that breaks one fails there, by name, before it misbehaves elsewhere.
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -246,41 +247,58 @@ def received_body_size(request: HttpRequest) -> int | None:
 
 
 def load_cache_client(cache: Any) -> None:
-    """Have ``cache`` load its client library now, connecting to nothing.
+    """Import the client library ``cache`` would import on its first use, connecting to nothing.
 
-    Django's Redis and memcached backends create their client on first use, in the
-    cached property ``_cache``, and import the client library (redis-py, pymemcache,
-    pylibmc) there: in a new process that first use can take longer than a request
-    should wait on its cache (importing redis-py alone takes a sizeable fraction of a
-    second). Created now, the import is the process's, paid once; connections are still
-    opened on first use. A backend without such a property is left as it is.
+    Django's ``RedisCache`` imports redis-py when it makes its client, on its first
+    command (``RedisCacheClient.__init__``), and importing redis-py takes a sizeable
+    fraction of a second: longer than a request should wait on its cache. Imported now,
+    it is the process's, paid once. (The memcached backends import theirs when the cache
+    object is made; any other backend is left as it is.)
     """
-    try:
-        getattr(cache, "_cache", None)
-    except Exception:  # noqa: BLE001 - a client that cannot be made now fails on first use, where it is reported
-        return
+    from django.core.cache.backends.redis import RedisCache
+
+    if isinstance(cache, RedisCache):
+        try:
+            importlib.import_module("redis")
+        except ImportError:  # the cache's first command says so, where it is reported
+            return
+
+
+class RedisCommandRefused(Exception):
+    """Redis refused a command :func:`redis_add` sends (an ACL, a proxy without ``MULTI``)."""
 
 
 def redis_add(cache: Any, key: str, amount: int, timeout: int) -> int | None:
     """Add ``amount`` to the count at ``key`` of Django's own Redis cache and have it expire
     ``timeout`` seconds from now, in one round trip: the count after it. None for any
-    other cache (the caller counts through the cache API).
+    other cache, or serializer (the caller counts through the cache API);
+    :class:`RedisCommandRefused` when Redis refuses ``MULTI``, ``INCRBY`` or ``EXPIRE``.
 
     ``RedisCache.incr`` asks ``EXISTS`` then ``INCRBY`` (two round trips) and a missing
     count takes an ``add`` more. Here ``INCRBY`` and ``EXPIRE`` go in one ``MULTI``/``EXEC``
     on the client Django made (``RedisCache._cache``, its ``get_client``), under the key
-    Django makes; Django's serializer stores an ``int`` as Redis's own integer, so
-    ``cache.get`` reads the count as the cache API would have written it.
+    Django makes; Django's serializer (``RedisSerializer``) stores an ``int`` as Redis's
+    own integer, so ``cache.get`` reads the count as the cache API would have written it.
     """
-    from django.core.cache.backends.redis import RedisCache
+    from django.core.cache.backends.redis import RedisCache, RedisCacheClient, RedisSerializer
 
     if type(cache) is not RedisCache:  # a subclass may store values its own way
         return None
+    client = cache._cache
+    if type(client) is not RedisCacheClient or type(getattr(client, "_serializer", None)) is not RedisSerializer:
+        return None
+    from redis.exceptions import ResponseError  # imported already: the client did
+
     made = cache.make_and_validate_key(key)
-    with cache._cache.get_client(made, write=True).pipeline(transaction=True) as pipeline:
-        pipeline.incrby(made, amount)
-        pipeline.expire(made, timeout)
-        counted, _ = pipeline.execute()
+    try:
+        with client.get_client(made, write=True).pipeline(transaction=True) as pipeline:
+            pipeline.incrby(made, amount)
+            pipeline.expire(made, timeout)
+            counted, _ = pipeline.execute()
+    except ResponseError as exc:  # an error reply; a connection that fails is not one
+        if "not an integer" in str(exc):
+            raise  # a count that is not one: the cache API's INCRBY would be refused alike
+        raise RedisCommandRefused(str(exc)[:200]) from exc
     return int(counted)
 
 

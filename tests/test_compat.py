@@ -6,13 +6,16 @@ django-graphql-jwt or django-auditlog changes what gql_audit relies on.
 
 from __future__ import annotations
 
+import pickle
+from unittest import mock
+
 import pytest
 from django.contrib.auth.models import AnonymousUser
 from django.test import RequestFactory
 from django.utils.functional import SimpleLazyObject
 
 from gql_audit import compat
-from tests.conftest import make_token
+from tests.conftest import REDIS_URL, make_token
 
 SDL = """
 type Query { me: User, users(first: Int = 10): [User] }
@@ -231,20 +234,27 @@ def test_graphene_django_view_errors_are_observed_and_answered_unchanged():
     assert GraphQLView.__dict__["format_error"] is installed
 
 
-def test_a_cache_client_is_made_with_its_library_and_no_connection():
-    import redis
-    from django.core.cache.backends.locmem import LocMemCache
-    from django.core.cache.backends.redis import RedisCache, RedisCacheClient
+def test_redis_py_is_imported_by_load_cache_client_not_by_making_the_cache():
+    # In a new process: Django's RedisCache imports redis-py on its first command only,
+    # and load_cache_client imports it without making a client or connecting.
+    import subprocess
+    import sys
 
-    cache = RedisCache("redis://127.0.0.1:9/0", {})  # nothing listens there
-    compat.load_cache_client(cache)
-    client = cache.__dict__.get("_cache")
-    assert isinstance(client, RedisCacheClient) and client._lib is redis  # made, kept for the first use
-    with pytest.raises(redis.ConnectionError):  # which is when it connects (here: refused)
-        cache.get("key")
-    local = LocMemCache("compat-test", {})
-    compat.load_cache_client(local)  # nothing to load: left as it is
-    assert local.get("key", "default") == "default"
+    program = """
+import sys
+from django.conf import settings
+settings.configure()
+from django.core.cache.backends.redis import RedisCache
+from gql_audit import compat
+cache = RedisCache("redis://127.0.0.1:9/0", {})
+assert "redis" not in sys.modules, "Django imported redis-py before the cache's first command"
+compat.load_cache_client(cache)
+assert "redis" in sys.modules
+assert "_cache" not in cache.__dict__, "a client was made"
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "ok", done.stderr
 
 
 def test_redis_add_counts_as_the_cache_api_reads_in_one_transaction(redis_prefix):
@@ -253,8 +263,6 @@ def test_redis_add_counts_as_the_cache_api_reads_in_one_transaction(redis_prefix
     import redis
     from django.core.cache.backends.locmem import LocMemCache
     from django.core.cache.backends.redis import RedisCache
-
-    from tests.conftest import REDIS_URL
 
     cache = RedisCache(REDIS_URL, {"KEY_PREFIX": redis_prefix})
     assert compat.redis_add(cache, "count", 2, 30) == 2  # a new count
@@ -276,5 +284,42 @@ def test_redis_add_counts_as_the_cache_api_reads_in_one_transaction(redis_prefix
     for thread in threads:
         thread.join()
     assert cache.get("count") == 6 + 8 * 50  # concurrent additions: none lost
+    # One round trip: the pipeline, nothing sent on its own.
+    with (
+        mock.patch.object(
+            redis.client.Pipeline, "execute", autospec=True, side_effect=redis.client.Pipeline.execute
+        ) as sent,
+        mock.patch.object(
+            redis.Redis, "execute_command", autospec=True, side_effect=redis.Redis.execute_command
+        ) as alone,
+    ):
+        assert compat.redis_add(cache, "count", 1, 30) == 6 + 8 * 50 + 1
+    assert sent.call_count == 1 and alone.call_count == 0
     client.close()
     assert compat.redis_add(LocMemCache("compat-test", {}), "count", 1, 30) is None  # not Redis: the API's way
+
+    class Serializer:  # a serializer of the service's own: its values are not Redis integers
+        def dumps(self, value):
+            return pickle.dumps(value)
+
+        def loads(self, data):
+            return pickle.loads(data)
+
+    own = RedisCache(REDIS_URL, {"KEY_PREFIX": redis_prefix, "OPTIONS": {"serializer": Serializer}})
+    assert compat.redis_add(own, "count", 1, 30) is None
+
+
+def test_redis_add_says_when_redis_refuses_its_commands(redis_prefix):
+    import redis
+    from django.core.cache.backends.redis import RedisCache
+
+    admin = redis.Redis.from_url(REDIS_URL)
+    user = redis_prefix  # an ACL user of this test's own: every command but MULTI
+    admin.acl_setuser(user, enabled=True, passwords=["+acl-test-password"], keys=["*"], commands=["+@all", "-multi"])
+    try:
+        url = REDIS_URL.replace("redis://", f"redis://{user}:acl-test-password@", 1)
+        with pytest.raises(compat.RedisCommandRefused, match="(?i)multi"):
+            compat.redis_add(RedisCache(url, {"KEY_PREFIX": redis_prefix}), "count", 1, 30)
+    finally:
+        admin.acl_deluser(user)
+        admin.close()

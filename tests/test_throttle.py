@@ -227,6 +227,42 @@ def test_a_throttle_cache_missing_from_caches_lets_requests_through(client, user
     assert any("throttle cache 'nowhere' unavailable" in r.getMessage() for r in caplog.records)
 
 
+def test_a_new_process_imports_its_redis_client_before_the_timed_call():
+    # Importing redis-py outlasts THROTTLE_TIMEOUT: in a new process the throttle imports
+    # it in the request's own thread, before handing the call to a worker with a deadline.
+    import subprocess
+    import sys
+
+    program = """
+import sys
+import django
+from django.conf import settings
+settings.configure(
+    SECRET_KEY="x",
+    INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth"],
+    CACHES={"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+            "throttle": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": "redis://127.0.0.1:9"}},
+    GQL_AUDIT={"THROTTLE": {"operations": "5/60s"}, "THROTTLE_CACHE": "throttle"},
+)
+django.setup()
+from gql_audit.protect import counters
+assert "redis" not in sys.modules
+imported = []
+run = counters._pool.run
+def timed(call, timeout):
+    imported.append("redis" in sys.modules)
+    return run(call, timeout)
+counters._pool.run = timed
+try:
+    counters.hit("operations", counters.rate("operations"), "actor:1")
+except counters.ThrottleUnavailable:
+    pass  # nothing listens on port 9
+print(imported)
+"""
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "[True]", done.stderr
+
+
 def test_throttle_off_costs_no_cache_access(client, users):
     with mock.patch.object(counters, "_cache") as cache:
         for _ in range(3):

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gql_audit import context
-from gql_audit.compat import load_cache_client, redis_add
+from gql_audit.compat import RedisCommandRefused, load_cache_client, redis_add
 from gql_audit.conf import conf
 from gql_audit.net import parse_ip
 
@@ -123,9 +123,15 @@ def hit(name: str, rate: Rate, value: str, amount: int = 1) -> tuple[int, int]:
 
     def add_and_count() -> int:
         cache = _cache()
-        counted = redis_add(cache, key, amount, left + 1)  # Django's Redis cache: one round trip
-        if counted is not None:
-            return counted
+        alias = conf.THROTTLE_CACHE
+        if alias not in _through_api:
+            try:
+                counted = redis_add(cache, key, amount, left + 1)  # Django's Redis cache: one round trip
+            except RedisCommandRefused as exc:
+                _count_through_api(alias, str(exc))
+            else:
+                if counted is not None:
+                    return counted
         for _ in range(3):
             try:  # the common case, one call: the window's count exists
                 return int(cache.incr(key, amount))
@@ -137,6 +143,24 @@ def hit(name: str, rate: Rate, value: str, amount: int = 1) -> tuple[int, int]:
         raise ThrottleUnavailable("the count kept expiring")
 
     return _bounded(add_and_count), left
+
+
+#: Throttle cache aliases whose Redis refused :func:`redis_add`'s commands: counted through the cache API.
+_through_api: set[str] = set()
+
+
+def _count_through_api(alias: str, reason: str) -> None:
+    """From now on, count on ``alias`` through the cache API (said once per process)."""
+    with _state:
+        if alias in _through_api:
+            return
+        _through_api.add(alias)
+    logger.warning(
+        "throttle cache %r refused MULTI/INCRBY/EXPIRE (%s): counting through the cache API instead, "
+        "a round trip more per count (allow those commands to save it)",
+        alias,
+        reason,
+    )
 
 
 def count(name: str, rate: Rate, value: str) -> tuple[int, int]:
