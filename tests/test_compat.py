@@ -309,6 +309,18 @@ def test_redis_add_counts_as_the_cache_api_reads_in_one_transaction(redis_prefix
     assert compat.redis_add(own, "count", 1, 30) is None
 
 
+def test_redis_add_and_the_cache_api_share_a_count(redis_prefix):
+    # A rolling deploy: workers counting through cache.add/incr beside workers using redis_add.
+    from django.core.cache.backends.redis import RedisCache
+
+    cache = RedisCache(REDIS_URL, {"KEY_PREFIX": redis_prefix})
+    assert cache.add("shared", 3, timeout=30)  # an older worker starts the window
+    assert compat.redis_add(cache, "shared", 2, 30) == 5
+    assert cache.incr("shared", 1) == 6  # and goes on counting
+    assert compat.redis_add(cache, "shared", 1, 30) == 7
+    assert cache.get("shared") == 7
+
+
 def test_redis_add_says_when_redis_refuses_its_commands(redis_prefix):
     import redis
     from django.core.cache.backends.redis import RedisCache
