@@ -227,7 +227,6 @@ def _bounded(call: Callable[[], Any]) -> Any:
         with _state:
             outage.skipped += 1
         raise ThrottleUnavailable(f"{outage.reason}; not asked again for {RETRY_AFTER:g}s")
-    conf.derived("throttle_cache_loaded", _load_client)
 
     def answered() -> Any:
         result = call()
@@ -260,6 +259,10 @@ def _local() -> Any:
     Such a cache keeps its data in module-level storage under its own lock, so one
     instance serves every thread (Django hands out one per thread, through a lookup each
     request would pay); a network cache's client is asked for per thread, as Django gives it.
+    Worked out once per settings, in the request's own thread, which also loads a network
+    cache's client library then: its import is not the cache failing to answer, and must
+    not spend a first request's ``THROTTLE_TIMEOUT`` (a new process's first call would
+    otherwise time out, be logged as an outage and count nothing).
     """
 
     def build() -> Any:
@@ -271,24 +274,12 @@ def _local() -> Any:
             cache = caches[conf.THROTTLE_CACHE]
         except Exception:  # noqa: BLE001 - an alias Django refuses: asked as a network cache, which reports it
             return None
-        return cache if isinstance(cache, (LocMemCache, DummyCache)) else None
+        if isinstance(cache, (LocMemCache, DummyCache)):
+            return cache
+        load_cache_client(cache)
+        return None
 
     return conf.derived("throttle_cache_local", build)
-
-
-def _load_client() -> bool:
-    """Load the network cache's client library in the request's own thread, once per process
-    (and settings): its import is not the cache failing to answer, and must not spend a
-    first request's ``THROTTLE_TIMEOUT`` (a new process's first call would otherwise time
-    out, be logged as an outage and count nothing)."""
-    from django.core.cache import caches
-
-    try:
-        cache = caches[conf.THROTTLE_CACHE]
-    except Exception:  # noqa: BLE001 - an alias Django refuses: the bounded call reports it
-        return False
-    load_cache_client(cache)
-    return True
 
 
 def _went_down(alias: str, reason: str) -> None:
