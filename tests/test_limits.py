@@ -324,3 +324,95 @@ def test_max_request_bytes_refuses_before_the_body_is_parsed(client, users, sett
     assert response.json()["errors"][0]["extensions"] == {"code": "QUERY_TOO_COMPLEX", "rule": "QUERY_LIMITS"}
     (event,) = limit_events("big")
     assert (event.details["limit"], event.details["value"]) == ("max_request_bytes", len(body))
+
+
+# --- a document admitted before: its verdict kept, never what must be recorded or re-decided ----
+
+
+def test_a_document_over_a_limit_in_measure_mode_is_recorded_at_every_request(client, users):
+    token = make_token("alice")
+    with configured(QUERY_LIMITS={"max_depth": 4, "mode": "measure"}):
+        for n in range(3):
+            response = post_graphql(client, DEEP, token=token, headers={"X-Request-ID": f"measured-{n}"})
+            assert response.status_code == 200 and response.json()["data"]["documents"]
+    for n in range(3):
+        assert [e.details["limit"] for e in limit_events(f"measured-{n}")] == ["max_depth"]
+
+
+def test_a_cost_sized_by_a_variable_is_estimated_again_for_each_value(client, users):
+    token = make_token("alice")
+    sized = "query S($n: Int) { documentsConnection(first: $n) { edges { node { title } } } }"
+    with configured(QUERY_LIMITS={"max_cost": 100}):
+        small = [
+            post_graphql(client, sized, variables={"n": 2}, token=token, headers={"X-Request-ID": f"small-{n}"})
+            for n in range(2)
+        ]
+        large = post_graphql(client, sized, variables={"n": 500}, token=token, headers={"X-Request-ID": "large"})
+    assert [r.status_code for r in small] == [200, 200]
+    assert RequestReads.objects.get(request_id="small-1").context["cost"] == 5
+    assert large.status_code == 400
+    assert large.json()["errors"][0]["extensions"]["code"] == "QUERY_TOO_COMPLEX"
+    (event,) = limit_events("large")
+    assert (event.details["limit"], event.details["value"]) == ("max_cost", 1001)
+
+
+def test_each_operation_of_a_document_admitted_before_is_named_and_costed_as_its_own(client, users):
+    token = make_token("alice")
+    text = (
+        "query Cheap { documentsConnection(first: 2) { edges { node { title } } } }\n"
+        "query Dear { documentsConnection(first: 9) { edges { node { title } } } }"
+    )
+
+    def send(name, request_id):
+        body = json.dumps({"query": text, "operationName": name})
+        response = client.post(
+            "/graphql/",
+            body,
+            content_type="application/json",
+            headers={"X-Request-ID": request_id},
+            HTTP_AUTHORIZATION=f"JWT {token}",
+        )
+        assert response.status_code == 200, response.content
+        row = RequestReads.objects.get(request_id=request_id)
+        return row.operation["name"], row.context["cost"]
+
+    with configured(QUERY_LIMITS={"max_cost": 1000}):
+        seen = [send(name, f"op-{n}") for n, name in enumerate(["Cheap", "Dear", "Cheap", "Dear"])]
+    assert seen == [("Cheap", 5), ("Dear", 19), ("Cheap", 5), ("Dear", 19)]
+
+
+def test_a_document_dropped_from_the_manifest_is_refused_after_the_settings_change(client, users, tmp_path):
+    query = "{ serviceStatus { ok } }"
+    listed, empty = tmp_path / "listed.json", tmp_path / "empty.json"
+    listed.write_text(json.dumps({document.document_hash(query): query}))
+    empty.write_text("{}")
+    with configured(PERSISTED_OPERATIONS={"manifest": str(listed), "mode": "enforce"}):
+        assert [post_graphql(client, query).status_code for _ in range(2)] == [200, 200]
+    with configured(PERSISTED_OPERATIONS={"manifest": str(empty), "mode": "enforce"}):
+        refused = post_graphql(client, query)
+    assert refused.status_code == 400
+    assert refused.json()["errors"][0]["extensions"]["code"] == "OPERATION_NOT_ALLOWED"
+
+
+def test_an_unlisted_document_in_observe_mode_is_recorded_at_every_request(client, users, tmp_path):
+    query = "{ serviceStatus { ok } }"
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text("{}")
+    with configured(PERSISTED_OPERATIONS={"manifest": str(manifest), "mode": "observe"}):
+        for n in range(3):
+            assert post_graphql(client, query, headers={"X-Request-ID": f"unlisted-{n}"}).status_code == 200
+    for n in range(3):
+        assert SecurityEvent.objects.filter(request_id=f"unlisted-{n}", kind="operation_unknown").count() == 1
+
+
+def test_kept_verdicts_are_bounded(client, users):
+    from gql_audit.protect import admission
+
+    with configured(QUERY_LIMITS={"max_depth": 10}):
+        for n in range(admission.MAX_VERDICTS + 5):
+            admission._keep(admission._verdicts(), (f"{{ a{n} }}", 0), admission._Verdict(analyse("{ a }"), {}))
+        assert len(admission._verdicts()) <= admission.MAX_VERDICTS
+        assert post_graphql(client, "{ serviceStatus { ok } }").status_code == 200
+        long_text = "{ serviceStatus { ok } }" + " " * admission.VERDICT_MAX_CHARS
+        assert post_graphql(client, long_text).status_code == 200
+        assert all(len(key[0]) <= admission.VERDICT_MAX_CHARS for key in admission._verdicts())

@@ -132,23 +132,46 @@ def _admit(
         if refusal is not None:
             return refusal, size
     csrf.check_session(request, ctx)
-    analyses: list[tuple[Entry, Analysis, str]] = []
-    substitutes: list[str | None] = []
-    for entry in found.entries:
-        refusal, substitute, measured = _entry(request, entry, protections)
-        if refusal is not None:
-            return refusal, size
-        substitutes.append(substitute)
-        if measured is not None:
-            analyses.append((entry, *measured))
-    if analyses:
-        first_entry, first, _ = analyses[0]
-        _name_operation(ctx, first, first.operation(first_entry.operation_name))
-    if configured:
-        costs = _costs(ctx, schema, analyses) if "max_cost" in configured and schema is not None else []
-        refusal = limits.check_documents([a for _, a, _ in analyses], costs, configured, enforced)
-        if refusal is not None:
-            return refusal, size
+    key = _verdict_key(found, schema)
+    verdicts = _verdicts()
+    known = verdicts.get(key) if key is not None else None
+    if known is not None:
+        entry = found.entries[0]
+        analyses = [(entry, known.analysis, entry.query)]
+        substitutes: list[str | None] = [None]
+        ctx.costs.update(known.costs)
+        _name_operation(ctx, known.analysis, known.analysis.operation(entry.operation_name))
+        if ctx.operation is not None and known.costs:
+            ctx.cost = ctx.costs.get((ctx.operation["hash"], ctx.operation["name"]))
+    else:
+        analyses = []
+        substitutes = []
+        for entry in found.entries:
+            refusal, substitute, measured = _entry(request, entry, protections)
+            if refusal is not None:
+                return refusal, size
+            substitutes.append(substitute)
+            if measured is not None:
+                analyses.append((entry, *measured))
+        if analyses:
+            first_entry, first, _ = analyses[0]
+            _name_operation(ctx, first, first.operation(first_entry.operation_name))
+        # The same text is admitted the same way again (whichever of its operations is
+        # named): kept when nothing was recorded for it and nothing but its text decided
+        # (no variable sized its cost).
+        keep = key is not None and len(analyses) == 1 and substitutes == [None]
+        keep = keep and (not protections.persisted or analyses[0][1].sha256 in manifest())
+        if configured:
+            costs, sized = (
+                _costs(ctx, schema, analyses) if "max_cost" in configured and schema is not None else ([], False)
+            )
+            refusal, over = limits.measure_documents([a for _, a, _ in analyses], costs, configured, enforced)
+            if refusal is not None:
+                return refusal, size
+            keep = keep and not over and not sized
+        if keep:
+            analysis = analyses[0][1]
+            _keep(verdicts, key, _Verdict(analysis, {k: v for k, v in ctx.costs.items() if k[0] == analysis.sha256}))
     if protections.throttle:
         attempted = [(op, entry.variables) for entry, a, _ in analyses for op in a.operations if op.type == "mutation"]
         refusal = logins.check_logins(ctx, schema, attempted) if attempted else None
@@ -175,7 +198,7 @@ def admit_execution(ctx: context.RequestContext, document: str, variables: Any, 
         analysis, text = measured
         configured = protections.limits or {}
         if configured:
-            costs = _costs(ctx, schema, [(entry, analysis, text)]) if "max_cost" in configured else []
+            costs = _costs(ctx, schema, [(entry, analysis, text)])[0] if "max_cost" in configured else []
             refusal = limits.check_documents([analysis], costs, configured, protections.limits_enforced)
         if refusal is None and protections.throttle:
             attempted = [(op, variables) for op in analysis.operations if op.type == "mutation"]
@@ -226,9 +249,13 @@ def _query_string(request: HttpRequest) -> Any:
         return {}
 
 
-def _costs(ctx: context.RequestContext, schema: Any, analyses: list[tuple[Entry, Analysis, str]]) -> list[int]:
-    """The highest estimated cost of each document; each operation's is kept for its records."""
+def _costs(
+    ctx: context.RequestContext, schema: Any, analyses: list[tuple[Entry, Analysis, str]]
+) -> tuple[list[int], bool]:
+    """The highest estimated cost of each document (each operation's is kept for its
+    records), and whether a variable's value sized any of them."""
     worst = []
+    sized = False
     for entry, analysis, text in analyses:
         if not analysis.operations:
             continue
@@ -236,9 +263,51 @@ def _costs(ctx: context.RequestContext, schema: Any, analyses: list[tuple[Entry,
         for name, value in found.operations.items():
             ctx.costs[(analysis.sha256, name)] = value
         worst.append(found.worst)
+        sized = sized or bool(found.sized_by)
     if ctx.operation is not None:
         ctx.cost = ctx.costs.get((ctx.operation["hash"], ctx.operation["name"]))
-    return worst
+    return worst, sized
+
+
+# --- documents admitted before ------------------------------------------------------------
+
+#: Verdicts kept per settings, at most (all are dropped when full: a service's documents
+#: are a few hundred; a client varying its text only makes each request pay in full).
+MAX_VERDICTS = 1024
+#: Longer texts are not kept.
+VERDICT_MAX_CHARS = 8192
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    """A document admitted with nothing recorded: its analysis and every operation's cost
+    (the request names which one runs)."""
+
+    analysis: Analysis
+    costs: dict[tuple[str, str | None], int]
+
+
+def _verdicts() -> dict[tuple[str, int], _Verdict]:
+    """``(text, id(schema))`` -> verdict, for the settings in force."""
+    found: dict[tuple[str, int], _Verdict] = conf.derived("admission_verdicts", dict)
+    return found
+
+
+def _verdict_key(found: GraphQLRequest, schema: Any) -> tuple[str, int] | None:
+    """What a request's verdict is kept under: one GraphQL request whose document is sent
+    as text (not a persisted hash); None otherwise."""
+    if found.batch or len(found.entries) != 1:
+        return None
+    query = found.entries[0].query
+    if type(query) is not str or len(query) > VERDICT_MAX_CHARS:
+        return None
+    return query, id(schema)
+
+
+def _keep(verdicts: dict[tuple[str, int], _Verdict], key: Any, verdict: _Verdict) -> None:
+    if len(verdicts) >= MAX_VERDICTS:
+        verdicts.clear()
+    verdicts[key] = verdict
 
 
 def _unknown(sha256: str, enforced: bool, message: str = "operation not in the persisted-operation manifest") -> None:

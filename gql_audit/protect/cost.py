@@ -206,6 +206,8 @@ class Estimate:
 
     operations: dict[str | None, int]
     worst: int
+    #: The variables whose values size a list in it (what the estimate depends on besides the text).
+    sized_by: frozenset[str] = frozenset()
 
 
 _plans: OrderedDict[tuple[Any, ...], frozenset[str]] = OrderedDict()
@@ -231,7 +233,8 @@ def estimate(text: str, sha256: str, schema: Any, variables: Any) -> Estimate:
         found = _estimates.get(key)
         if found is not None:
             return found
-    result, used = _estimate(text, schema, given)
+    estimated, used = _estimate(text, schema, given)
+    result = Estimate(estimated.operations, estimated.worst, used)
     _remember(_plans, plan_key, used)
     _remember(_estimates, (*plan_key, tuple(sorted((name, _hashable(given.get(name))) for name in used))), result)
     return result

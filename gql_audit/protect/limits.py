@@ -63,6 +63,13 @@ def check_documents(
 ) -> Refusal | None:
     """Depth (the deepest), aliases, fields, directives and cost (added up over every
     operation of every document of the request), and tokens (per document)."""
+    return measure_documents(analyses, costs, limits, enforced)[0]
+
+
+def measure_documents(
+    analyses: list[Analysis], costs: list[int], limits: dict[str, Any], enforced: bool
+) -> tuple[Refusal | None, bool]:
+    """:func:`check_documents`, and whether the documents go over any limit (recorded, refused or not)."""
     found: dict[str, int] = {}
     problem = None
     for analysis in analyses:
@@ -74,4 +81,5 @@ def check_documents(
         problem = problem or analysis.problem
     if costs:
         found["max_cost"] = sum(costs)
-    return refusal(exceeded(found, limits, enforced, problem), enforced)
+    over = exceeded(found, limits, enforced, problem)
+    return refusal(over, enforced), over
