@@ -17,7 +17,7 @@ from django.test import override_settings
 
 from gql_audit.models import SecurityEvent
 from gql_audit.protect import counters
-from tests.conftest import make_token, post_graphql
+from tests.conftest import clear_of_window_edge, make_token, post_graphql
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("empty_cache")]
 
@@ -338,3 +338,94 @@ def test_a_refused_login_stores_no_password(client, users, caplog):
     assert "throttled" in stored
     for value in (secret, "Variable-Secret-Pw-654"):
         assert value not in stored and value not in caplog.text
+
+
+# --- operations: counts taken ahead for a busy actor ------------------------------------------
+
+
+def counting_additions():
+    """A patch of the cache additions (each one a call to the throttle cache), and their amounts."""
+    amounts = []
+    real = counters._add
+
+    def add(key, amount, left):
+        amounts.append(amount)
+        return real(key, amount, left)
+
+    return mock.patch.object(counters, "_add", side_effect=add), amounts
+
+
+def test_a_busy_actor_is_counted_ahead_never_past_the_rate():
+    rate = counters.parse_rate("1000/3600s")  # each process takes at most 1000 // 200 = 5 ahead
+    clear_of_window_edge(3600, 5)
+    patched, amounts = counting_additions()
+    with configured(THROTTLE={"operations": "1000/3600s"}), patched:
+        positions = [counters.take("operations", rate, "actor:busy")[0] for _ in range(1000)]
+        calls = len(amounts)
+        positions += [counters.take("operations", rate, "actor:busy")[0] for _ in range(100)]
+        stored = counters.count("operations", rate, "actor:busy")[0]
+    # Exactly the rate: nothing let past it, nothing refused early, each request its own count.
+    assert positions[:1000] == list(range(1, 1001)) and all(p > rate.limit for p in positions[1000:])
+    # 1, then 1 + 1, 1 + 2, 1 + 4, then 1 + 5 each time: one cache call in six requests.
+    assert amounts[:5] == [1, 2, 3, 5, 6] and set(amounts[5:]) == {6}
+    assert calls <= 5 + 1000 / 6
+    assert stored >= 1100
+
+
+def test_counts_taken_ahead_are_shared_by_every_process_and_by_threads():
+    import threading
+
+    rate = counters.parse_rate("2000/3600s")
+    clear_of_window_edge(3600, 5)
+    allowed = []
+    lock = threading.Lock()
+
+    def requests(n):
+        mine = sum(counters.take("operations", rate, "actor:shared")[0] <= rate.limit for _ in range(n))
+        with lock:
+            allowed.append(mine)
+
+    with configured(THROTTLE={"operations": "2000/3600s"}):
+        threads = [threading.Thread(target=requests, args=(300,)) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        first_process = sum(allowed)
+        held = sum(h.unused for h in counters.conf.derived("throttle_ahead", dict).values())
+    assert first_process == 2000  # 2,400 asked for, 8 threads at once: the rate, not one more
+    # Another process (settings of its own: counts taken ahead of its own) shares the cache's count.
+    with configured(THROTTLE={"operations": "2000/3600s", "THROTTLE_TIMEOUT": 1}):
+        second_process = sum(counters.take("operations", rate, "actor:shared")[0] <= rate.limit for _ in range(50))
+    assert held == 0 and second_process == 0
+
+
+def test_a_process_holding_unused_counts_refuses_the_others_early_by_its_share_at_most():
+    rate = counters.parse_rate("2000/3600s")  # a share of 10
+    clear_of_window_edge(3600, 5)
+    with configured(THROTTLE={"operations": "2000/3600s"}):
+        for _ in range(21):
+            counters.take("operations", rate, "actor:split")
+        held = sum(h.unused for h in counters.conf.derived("throttle_ahead", dict).values())
+    assert 0 < held <= 10
+    with configured(THROTTLE={"operations": "2000/3600s", "THROTTLE_TIMEOUT": 1}):
+        other = sum(counters.take("operations", rate, "actor:split")[0] <= rate.limit for _ in range(2100))
+    assert other == 2000 - 21 - held
+
+
+def test_a_rate_under_its_share_is_counted_exactly_at_every_request():
+    rate = counters.parse_rate("199/3600s")
+    clear_of_window_edge(3600, 5)
+    patched, amounts = counting_additions()
+    with configured(THROTTLE={"operations": "199/3600s"}), patched:
+        positions = [counters.take("operations", rate, "actor:exact")[0] for _ in range(201)]
+    assert amounts == [1] * 201 and positions == list(range(1, 202))
+
+
+def test_an_actor_seen_once_takes_nothing_ahead():
+    rate = counters.parse_rate("100000/60s")
+    patched, amounts = counting_additions()
+    with configured(THROTTLE={"operations": "100000/60s"}), patched:
+        for n in range(50):
+            assert counters.take("operations", rate, f"address:10.0.0.{n}")[0] == 1
+    assert amounts == [1] * 50

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from gql_audit.protect.counters import ThrottleUnavailable, address_key, hit, rate
+from gql_audit.protect.counters import ThrottleUnavailable, address_key, rate, take
 from gql_audit.protect.refusal import Refusal, cache_unavailable, throttled
 
 if TYPE_CHECKING:
@@ -23,7 +23,7 @@ def check_operations(ctx: context.RequestContext, operations: int) -> Refusal | 
     else:
         counted, scope = f"address:{address_key(ctx.remote_addr)}", "address"
     try:
-        seen, left = hit("operations", limit, counted, operations)
+        seen, left = take("operations", limit, counted, operations)
     except ThrottleUnavailable as exc:
         cache_unavailable(exc)
         return None
