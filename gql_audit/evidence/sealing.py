@@ -526,7 +526,7 @@ def prepare(alias: str) -> None:
     now = timezone.now()
     if connections[alias].in_atomic_block:
         return
-    day = now.strftime("%Y%m%d")
+    day = _day(now)
     held = _reserved.chain
     if held is not None:
         if held.alias == alias and held.day == day:
@@ -548,10 +548,15 @@ def release(alias: str) -> None:
         _pool.give(held)
 
 
+def _day(now: datetime.datetime) -> str:
+    """``YYYYMMDD`` of ``now``: the day a chain belongs to (as ``strftime("%Y%m%d")``, without its cost)."""
+    return f"{now.year:04d}{now.month:02d}{now.day:02d}"
+
+
 def _start(alias: str, now: datetime.datetime, kid: str, key: bytes) -> _Chain:
     """A new chain, numbered by the counter: its row written in the open transaction."""
     counter = _count_chain(alias, kid, key)
-    day = now.strftime("%Y%m%d")
+    day = _day(now)
     # Random part first: concurrent writers' seals, keyed (chain, seq), spread over the key space.
     row = SealChain(chain=f"{uuid.uuid4().hex[:20]}-{day}", number=counter, started_at=now, key_id=kid)
     row.base_seq = row.head_seq = 0
@@ -606,7 +611,7 @@ def _chain_for(alias: str, now: datetime.datetime, kid: str, key: bytes) -> tupl
         # committed with a callback registered before ours raising, which stops Django
         # running the rest. Which one cannot be known: the chain is not used again.
         _open.__init__()  # type: ignore[misc]
-    day = now.strftime("%Y%m%d")
+    day = _day(now)
     held = _reserved.chain
     if held is not None and held.alias == alias:
         _reserved.chain = None
@@ -677,7 +682,8 @@ def append(
     seq += 1
     sealed = seal_text(row.chain, seq, previous, _plain(now), kid, entries)
     seal_mac = mac(key, *sealed)
-    seal = Seal(chain=row.chain, seq=seq, at=now, key_id=kid, entries=entries, previous=previous, mac=seal_mac)
+    # The seal's values, in _SEAL_COLUMNS' order (a model instance only where the ORM's INSERT needs one).
+    values = (row.chain, seq, now, kid, entries, previous, seal_mac)
     advanced = SealChain.__new__(SealChain)  # a shallow copy, without copy.copy's pickling protocol
     advanced.__dict__.update(row.__dict__)
     advanced.head_seq, advanced.head_mac, advanced.key_id = seq, seal_mac, kid
@@ -688,10 +694,12 @@ def append(
         # statement. One statement outside any transaction is its own: no BEGIN, no COMMIT.
         with nullcontext() if one_statement else transaction.atomic(using=alias, savepoint=False):
             if one_statement:
-                found, location = _insert_and_advance(alias, seal, sealed[-1], advanced, insert or [], location, texts)
+                found, location = _insert_and_advance(
+                    alias, values, sealed[-1], advanced, insert or [], location, texts
+                )
             else:
                 # Raw statements, as on PostgreSQL: no signal, no ORM query to compile.
-                found = _insert_then_advance(alias, [*(insert or ()), seal], advanced)
+                found = _insert_then_advance(alias, [*(insert or ()), _seal_row(values)], advanced)
     except BaseException:
         # The statements failed, and with them (no savepoint) whatever of this seal was
         # written: the chain is where it was.
@@ -906,7 +914,7 @@ def with_inserts(
 
 def _insert_and_advance(
     alias: str,
-    seal: Seal,
+    seal: tuple[Any, ...],
     entries_text: str,
     chain: SealChain,
     rows: list[Model],
@@ -916,7 +924,8 @@ def _insert_and_advance(
     """The seal's INSERT (and the ``rows``' INSERT) and the chain's UPDATE in one statement
     (PostgreSQL and CockroachDB run data-modifying ``WITH`` clauses): one round trip.
     Returns how many chain rows it updated (0: the chain's row is gone) and where the
-    row is now (``location``: where it was; see :data:`LOCATED`). ``entries_text``: the
+    row is now (``location``: where it was; see :data:`LOCATED`). ``seal``: its values in
+    :data:`_SEAL_COLUMNS`' order; ``entries_text``: the
     seal's entries as its HMAC covered them; ``texts``: see :func:`with_inserts`."""
     connection = connections[alias]
     if rows:
@@ -944,7 +953,12 @@ def _insert_and_advance(
 _SEAL_COLUMNS = ("chain", "seq", "at", "key_id", "entries", "previous", "mac")
 
 
-def _seal_clause(connection: Any, seal: Seal, entries_text: str) -> tuple[str, list[Any]]:
+def _seal_row(values: tuple[Any, ...]) -> Seal:
+    """The seal of ``values`` (in :data:`_SEAL_COLUMNS`' order) as a model instance."""
+    return Seal(**dict(zip(_SEAL_COLUMNS, values, strict=True)))
+
+
+def _seal_clause(connection: Any, seal: tuple[Any, ...], entries_text: str) -> tuple[str, list[Any]]:
     """The seal's INSERT and its parameters (PostgreSQL, CockroachDB): each value adapted
     as its field adapts it, without the checks a value from outside needs (gql_audit made
     every one: text, a whole number, an aware time), its entries as the text the HMAC
@@ -953,20 +967,21 @@ def _seal_clause(connection: Any, seal: Seal, entries_text: str) -> tuple[str, l
     if sql is None:
         by_name = {f.attname: f for f in Seal._meta.concrete_fields}
         if set(by_name) != set(_SEAL_COLUMNS):
-            return insert_clause(connection, seal, {"entries": entries_text})
+            return insert_clause(connection, _seal_row(seal), {"entries": entries_text})
         fields = [by_name[name] for name in _SEAL_COLUMNS]
         quote = connection.ops.quote_name
         sql = _seal_inserts[connection.vendor] = (
             f"INSERT INTO {quote(Seal._meta.db_table)} ({', '.join(quote(str(f.column)) for f in fields)}) "
             f"VALUES ({', '.join(['%s'] * len(fields))})"
         )
+    chain, seq, at, key_id, entries, previous, seal_mac = seal
     ops = connection.ops
-    entries = _sent_as_text(connection, entries_text)
-    if entries is None:
-        entries = ops.adapt_json_value(seal.entries, None)
-    seq = ops.adapt_integerfield_value(seal.seq, "BigIntegerField")
-    at = ops.adapt_datetimefield_value(seal.at)
-    return sql, [seal.chain, seq, at, seal.key_id, entries, seal.previous, seal.mac]
+    sent = _sent_as_text(connection, entries_text)
+    if sent is None:
+        sent = ops.adapt_json_value(entries, None)
+    seq = ops.adapt_integerfield_value(seq, "BigIntegerField")
+    at = ops.adapt_datetimefield_value(at)
+    return sql, [chain, seq, at, key_id, sent, previous, seal_mac]
 
 
 #: Database vendor -> the seal's INSERT.
