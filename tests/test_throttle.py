@@ -429,3 +429,81 @@ def test_an_actor_seen_once_takes_nothing_ahead():
         for n in range(50):
             assert counters.take("operations", rate, f"address:10.0.0.{n}")[0] == 1
     assert amounts == [1] * 50
+
+
+def held_ahead():
+    return counters.conf.derived("throttle_ahead", dict)
+
+
+def test_requests_adding_at_once_near_the_rate_are_all_let_through_up_to_it():
+    import threading
+
+    rate = counters.parse_rate("200/3600s")  # a share of 1
+    clear_of_window_edge(3600, 5)
+    barrier = threading.Barrier(2)
+    real = counters._add
+
+    def together(key, amount, left):
+        barrier.wait(timeout=5)  # both requests' additions reach the cache after both read what they hold
+        return real(key, amount, left)
+
+    positions = []
+    with configured(THROTTLE={"operations": "200/3600s"}):
+        allowed = sum(counters.take("operations", rate, "actor:near")[0] <= 200 for _ in range(197))
+        for held in held_ahead().values():
+            while held.unused:
+                allowed += counters.take("operations", rate, "actor:near")[0] <= 200
+        with mock.patch.object(counters, "_add", side_effect=together):
+            threads = [
+                threading.Thread(target=lambda: positions.append(counters.take("operations", rate, "actor:near")[0]))
+                for _ in range(2)
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        allowed += sum(p <= 200 for p in positions)
+        allowed += sum(counters.take("operations", rate, "actor:near")[0] <= 200 for _ in range(5))
+    assert allowed == 200  # one process alone is never refused early
+
+
+def test_a_batch_holds_no_more_than_the_share_ahead():
+    rate = counters.parse_rate("2000/3600s")  # a share of 10
+    clear_of_window_edge(3600, 5)
+    with configured(THROTTLE={"operations": "2000/3600s"}):
+        most = 0
+        positions = []
+        for _ in range(60):
+            positions.append(counters.take("operations", rate, "actor:batch", 7)[0])
+            most = max(most, *(held.unused for held in held_ahead().values()))
+    assert most <= 10
+    assert (
+        positions == sorted(positions)
+        and positions[-1] <= 60 * 7 <= counters.count("operations", rate, "actor:batch")[0] + 10
+    )
+
+
+def test_values_seen_once_do_not_push_out_what_a_busy_actor_holds(monkeypatch):
+    monkeypatch.setattr(counters, "MAX_AHEAD", 50)
+    rate = counters.parse_rate("20000/3600s")  # a share of 100
+    clear_of_window_edge(3600, 5)
+    with configured(THROTTLE={"operations": "20000/3600s"}):
+        for _ in range(40):
+            counters.take("operations", rate, "actor:busy")
+        (busy,) = [held for held in held_ahead().values() if held.unused]
+        holding = busy.unused
+        for n in range(500):  # an attacker's one-off addresses
+            counters.take("operations", rate, f"address:10.1.{n // 256}.{n % 256}")
+        assert len(held_ahead()) <= 50
+        assert busy in held_ahead().values() and busy.unused == holding
+
+
+def test_a_count_lost_by_the_cache_lets_through_at_most_the_share_more():
+    rate = counters.parse_rate("2000/3600s")  # a share of 10
+    clear_of_window_edge(3600, 5)
+    with configured(THROTTLE={"operations": "2000/3600s"}):
+        for _ in range(100):
+            counters.take("operations", rate, "actor:lost")
+        caches["default"].clear()  # a flush, an eviction, a failover to an empty replica
+        after = sum(counters.take("operations", rate, "actor:lost")[0] <= rate.limit for _ in range(2100))
+    assert rate.limit <= after <= rate.limit + 10

@@ -182,10 +182,12 @@ def take(name: str, rate: Rate, value: str, amount: int = 1) -> tuple[int, int]:
     A value this process sees again in a window has its counts added to the cache a few
     at a time, ahead of its requests: 1, 2, 4... more than asked, up to
     ``rate.limit // AHEAD_SHARE``; its next requests use them without asking the cache.
-    What is taken ahead is counted at once, so no request is ever let past the rate, and
-    a value is refused early by at most what the other processes hold unused (each
-    ``rate.limit // AHEAD_SHARE`` at most). A value seen once a window costs what
-    :func:`hit` costs and takes nothing ahead.
+    What is taken ahead is counted at once and only below the rate, so no request is ever
+    let past it, and a value is refused early by at most what the other processes hold
+    unused (each ``rate.limit // AHEAD_SHARE`` at most). A value seen once a window costs
+    what :func:`hit` costs and takes nothing ahead. If the cache loses the count (cleared,
+    evicted, failed over), what the process held unused is still let through: at most
+    its share more than the count restarted.
     """
     share = rate.limit // AHEAD_SHARE
     if share < 1:
@@ -195,25 +197,49 @@ def take(name: str, rate: Rate, value: str, amount: int = 1) -> tuple[int, int]:
     with _ahead_lock:
         held = ahead.get(key)
         if held is not None and held.unused >= amount:
+            # Counted in the cache already, below the rate: let through whatever others did since.
             held.unused -= amount
-            held.position += amount
+            held.position = min(held.position + amount, rate.limit)
             return held.position, left
-        step = held.step if held is not None else 0
-    position = _add(key, amount + step, left) - step
+        step, own = (held.step, held.unused) if held is not None else (0, 0)
+        if held is not None:
+            held.unused = 0  # used by this request, with what it adds
+    try:
+        position = _add(key, amount - own + step, left) - step
+    except BaseException:
+        _give_back(ahead, key, own)
+        raise
     unused = min(step, rate.limit - position)
     if unused < 0:
+        _give_back(ahead, key, own)  # refused: what it held stays for a request that fits
         return position, left
     with _ahead_lock:
         held = ahead.get(key)
         if held is None:
             if len(ahead) >= MAX_AHEAD:
-                ahead.clear()
+                _make_room(ahead)
             ahead[key] = _Ahead(unused, position, 1)
         else:
             held.unused += unused
             held.position = max(held.position, position)
             held.step = min(max(held.step * 2, 1), share)
     return position, left
+
+
+def _give_back(ahead: dict[str, _Ahead], key: str, unused: int) -> None:
+    if unused:
+        with _ahead_lock:
+            held = ahead.get(key)
+            if held is not None:
+                held.unused += unused
+
+
+def _make_room(ahead: dict[str, _Ahead]) -> None:
+    """Drop the values holding nothing (seen once: most of them), else all (under the lock)."""
+    for key in [key for key, held in ahead.items() if not held.unused]:
+        del ahead[key]
+    if len(ahead) >= MAX_AHEAD:
+        ahead.clear()
 
 
 #: Throttle cache aliases whose Redis refused :func:`redis_add`'s commands: counted through the cache API.
