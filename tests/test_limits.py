@@ -410,7 +410,7 @@ def test_kept_verdicts_are_bounded(client, users):
 
     with configured(QUERY_LIMITS={"max_depth": 10}):
         for n in range(admission.MAX_VERDICTS + 5):
-            admission._keep(admission._verdicts(), (f"{{ a{n} }}", 0), admission._Verdict(analyse("{ a }"), {}))
+            admission._keep(admission._verdicts(), (f"{{ a{n} }}", 0), admission._Verdict(analyse("{ a }"), {}, None))
         assert len(admission._verdicts()) <= admission.MAX_VERDICTS
         assert post_graphql(client, "{ serviceStatus { ok } }").status_code == 200
         long_text = "{ serviceStatus { ok } }" + " " * admission.VERDICT_MAX_CHARS

@@ -507,3 +507,37 @@ def test_a_count_lost_by_the_cache_lets_through_at_most_the_share_more():
         caches["default"].clear()  # a flush, an eviction, a failover to an empty replica
         after = sum(counters.take("operations", rate, "actor:lost")[0] <= rate.limit for _ in range(2100))
     assert rate.limit <= after <= rate.limit + 10
+
+
+def test_requests_adding_at_once_hold_no_more_than_the_share_and_lose_nothing():
+    import threading
+
+    rate = counters.parse_rate("2000/3600s")  # a share of 10
+    clear_of_window_edge(3600, 5)
+    barrier = threading.Barrier(8)
+    real = counters._add
+
+    def together(key, amount, left):
+        barrier.wait(timeout=5)
+        return real(key, amount, left)
+
+    with configured(THROTTLE={"operations": "2000/3600s"}):
+        allowed = sum(counters.take("operations", rate, "actor:eight")[0] <= rate.limit for _ in range(100))
+        for held in list(held_ahead().values()):
+            while held.unused:
+                allowed += counters.take("operations", rate, "actor:eight")[0] <= rate.limit
+        positions = []
+        with mock.patch.object(counters, "_add", side_effect=together):
+            threads = [
+                threading.Thread(target=lambda: positions.append(counters.take("operations", rate, "actor:eight")[0]))
+                for _ in range(8)
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        allowed += sum(p <= rate.limit for p in positions)
+        assert sum(held.unused for held in held_ahead().values()) <= 10
+        assert sorted(positions) == sorted(set(positions))  # each request its own count
+        allowed += sum(counters.take("operations", rate, "actor:eight")[0] <= rate.limit for _ in range(2000))
+    assert allowed == rate.limit

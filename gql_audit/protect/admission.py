@@ -135,7 +135,7 @@ def _admit(
     key = _verdict_key(found, schema)
     verdicts = _verdicts()
     known = verdicts.get(key) if key is not None else None
-    if known is not None:
+    if known is not None and known.schema is schema:
         entry = found.entries[0]
         analyses = [(entry, known.analysis, entry.query)]
         substitutes: list[str | None] = [None]
@@ -171,7 +171,8 @@ def _admit(
             keep = keep and not over and not sized
         if keep:
             analysis = analyses[0][1]
-            _keep(verdicts, key, _Verdict(analysis, {k: v for k, v in ctx.costs.items() if k[0] == analysis.sha256}))
+            kept = {k: v for k, v in ctx.costs.items() if k[0] == analysis.sha256}
+            _keep(verdicts, key, _Verdict(analysis, kept, schema))
     if protections.throttle:
         attempted = [(op, entry.variables) for entry, a, _ in analyses for op in a.operations if op.type == "mutation"]
         refusal = logins.check_logins(ctx, schema, attempted) if attempted else None
@@ -285,6 +286,8 @@ class _Verdict:
 
     analysis: Analysis
     costs: dict[tuple[str, str | None], int]
+    #: The schema it was costed on (held: its ``id()`` in the key stays its own).
+    schema: Any
 
 
 def _verdicts() -> dict[tuple[str, int], _Verdict]:

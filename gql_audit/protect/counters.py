@@ -170,6 +170,10 @@ class _Ahead:
     position: int
     #: How many the next addition takes ahead (doubling up to the rate's share).
     step: int
+    #: When its window ends (``time.time()``): past it, what it holds is worth nothing.
+    until: float
+    #: A request of this process is adding to the cache for it: others count exactly meanwhile.
+    adding: bool = False
 
 
 _ahead_lock = threading.Lock()
@@ -201,42 +205,52 @@ def take(name: str, rate: Rate, value: str, amount: int = 1) -> tuple[int, int]:
             held.unused -= amount
             held.position = min(held.position + amount, rate.limit)
             return held.position, left
-        step, own = (held.step, held.unused) if held is not None else (0, 0)
-        if held is not None:
+        if held is None or held.adding:
+            step, own = 0, 0  # seen first, or another request is taking ahead for it: exactly
+        else:
+            step, own = held.step, held.unused
             held.unused = 0  # used by this request, with what it adds
+            held.adding = True
     try:
         position = _add(key, amount - own + step, left) - step
     except BaseException:
-        _give_back(ahead, key, own)
+        _settle(ahead, key, own, step)
         raise
     unused = min(step, rate.limit - position)
     if unused < 0:
-        _give_back(ahead, key, own)  # refused: what it held stays for a request that fits
+        _settle(ahead, key, own, step)  # refused: what it held stays for a request that fits
         return position, left
     with _ahead_lock:
         held = ahead.get(key)
         if held is None:
             if len(ahead) >= MAX_AHEAD:
                 _make_room(ahead)
-            ahead[key] = _Ahead(unused, position, 1)
+            ahead[key] = _Ahead(unused, position, 1, time.time() + left)
         else:
             held.unused += unused
             held.position = max(held.position, position)
-            held.step = min(max(held.step * 2, 1), share)
+            if step:
+                held.step = min(held.step * 2, share)
+                held.adding = False
     return position, left
 
 
-def _give_back(ahead: dict[str, _Ahead], key: str, unused: int) -> None:
-    if unused:
-        with _ahead_lock:
-            held = ahead.get(key)
-            if held is not None:
-                held.unused += unused
+def _settle(ahead: dict[str, _Ahead], key: str, own: int, step: int) -> None:
+    """An addition that let nothing through: what the request held is held again."""
+    if not step:
+        return
+    with _ahead_lock:
+        held = ahead.get(key)
+        if held is not None:
+            held.unused += own
+            held.adding = False
 
 
 def _make_room(ahead: dict[str, _Ahead]) -> None:
-    """Drop the values holding nothing (seen once: most of them), else all (under the lock)."""
-    for key in [key for key, held in ahead.items() if not held.unused]:
+    """Drop the values holding nothing (seen once: most of them) or whose window is over,
+    else all (under the lock)."""
+    now = time.time()
+    for key in [key for key, held in ahead.items() if not held.unused or held.until <= now]:
         del ahead[key]
     if len(ahead) >= MAX_AHEAD:
         ahead.clear()
