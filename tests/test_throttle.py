@@ -435,34 +435,46 @@ def held_ahead():
     return counters.conf.derived("throttle_ahead", dict)
 
 
-def test_requests_adding_at_once_near_the_rate_are_all_let_through_up_to_it():
+def used_up(rate, value, requests):
+    """Requests let through of ``requests`` for ``value``, then of those needed to use up what is held."""
+    allowed = sum(counters.take("operations", rate, value)[0] <= rate.limit for _ in range(requests))
+    for held in list(held_ahead().values()):
+        while held.unused:
+            allowed += counters.take("operations", rate, value)[0] <= rate.limit
+    return allowed
+
+
+def at_once(rate, value, requests):
+    """The counts ``requests`` requests reach, their additions reaching the cache together
+    (each after every one has read what its process holds)."""
     import threading
 
-    rate = counters.parse_rate("200/3600s")  # a share of 1
-    clear_of_window_edge(3600, 5)
-    barrier = threading.Barrier(2)
+    barrier = threading.Barrier(requests)
     real = counters._add
 
     def together(key, amount, left):
-        barrier.wait(timeout=5)  # both requests' additions reach the cache after both read what they hold
+        barrier.wait(timeout=5)
         return real(key, amount, left)
 
     positions = []
+    with mock.patch.object(counters, "_add", side_effect=together):
+        threads = [
+            threading.Thread(target=lambda: positions.append(counters.take("operations", rate, value)[0]))
+            for _ in range(requests)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    return positions
+
+
+def test_requests_adding_at_once_near_the_rate_are_all_let_through_up_to_it():
+    rate = counters.parse_rate("200/3600s")  # a share of 1
+    clear_of_window_edge(3600, 5)
     with configured(THROTTLE={"operations": "200/3600s"}):
-        allowed = sum(counters.take("operations", rate, "actor:near")[0] <= 200 for _ in range(197))
-        for held in held_ahead().values():
-            while held.unused:
-                allowed += counters.take("operations", rate, "actor:near")[0] <= 200
-        with mock.patch.object(counters, "_add", side_effect=together):
-            threads = [
-                threading.Thread(target=lambda: positions.append(counters.take("operations", rate, "actor:near")[0]))
-                for _ in range(2)
-            ]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-        allowed += sum(p <= 200 for p in positions)
+        allowed = used_up(rate, "actor:near", 197)
+        allowed += sum(p <= 200 for p in at_once(rate, "actor:near", 2))
         allowed += sum(counters.take("operations", rate, "actor:near")[0] <= 200 for _ in range(5))
     assert allowed == 200  # one process alone is never refused early
 
@@ -510,32 +522,11 @@ def test_a_count_lost_by_the_cache_lets_through_at_most_the_share_more():
 
 
 def test_requests_adding_at_once_hold_no_more_than_the_share_and_lose_nothing():
-    import threading
-
     rate = counters.parse_rate("2000/3600s")  # a share of 10
     clear_of_window_edge(3600, 5)
-    barrier = threading.Barrier(8)
-    real = counters._add
-
-    def together(key, amount, left):
-        barrier.wait(timeout=5)
-        return real(key, amount, left)
-
     with configured(THROTTLE={"operations": "2000/3600s"}):
-        allowed = sum(counters.take("operations", rate, "actor:eight")[0] <= rate.limit for _ in range(100))
-        for held in list(held_ahead().values()):
-            while held.unused:
-                allowed += counters.take("operations", rate, "actor:eight")[0] <= rate.limit
-        positions = []
-        with mock.patch.object(counters, "_add", side_effect=together):
-            threads = [
-                threading.Thread(target=lambda: positions.append(counters.take("operations", rate, "actor:eight")[0]))
-                for _ in range(8)
-            ]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
+        allowed = used_up(rate, "actor:eight", 100)
+        positions = at_once(rate, "actor:eight", 8)
         allowed += sum(p <= rate.limit for p in positions)
         assert sum(held.unused for held in held_ahead().values()) <= 10
         assert sorted(positions) == sorted(set(positions))  # each request its own count
