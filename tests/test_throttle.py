@@ -355,89 +355,18 @@ def counting_additions():
     return mock.patch.object(counters, "_add", side_effect=add), amounts
 
 
-def test_a_busy_actor_is_counted_ahead_never_past_the_rate():
-    rate = counters.parse_rate("1000/3600s")  # each process takes at most 1000 // 200 = 5 ahead
-    clear_of_window_edge(3600, 5)
-    patched, amounts = counting_additions()
-    with configured(THROTTLE={"operations": "1000/3600s"}), patched:
-        positions = [counters.take("operations", rate, "actor:busy")[0] for _ in range(1000)]
-        calls = len(amounts)
-        positions += [counters.take("operations", rate, "actor:busy")[0] for _ in range(100)]
-        stored = counters.count("operations", rate, "actor:busy")[0]
-    # Exactly the rate: nothing let past it, nothing refused early, each request its own count.
-    assert positions[:1000] == list(range(1, 1001)) and all(p > rate.limit for p in positions[1000:])
-    # 1, then 1 + 1, 1 + 2, 1 + 4, then 1 + 5 each time: one cache call in six requests.
-    assert amounts[:5] == [1, 2, 3, 5, 6] and set(amounts[5:]) == {6}
-    assert calls <= 5 + 1000 / 6
-    assert stored >= 1100
-
-
-def test_counts_taken_ahead_are_shared_by_every_process_and_by_threads():
-    import threading
-
-    rate = counters.parse_rate("2000/3600s")
-    clear_of_window_edge(3600, 5)
-    allowed = []
-    lock = threading.Lock()
-
-    def requests(n):
-        mine = sum(counters.take("operations", rate, "actor:shared")[0] <= rate.limit for _ in range(n))
-        with lock:
-            allowed.append(mine)
-
-    with configured(THROTTLE={"operations": "2000/3600s"}):
-        threads = [threading.Thread(target=requests, args=(300,)) for _ in range(8)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        first_process = sum(allowed)
-        held = sum(h.unused for h in counters.conf.derived("throttle_ahead", dict).values())
-    assert first_process == 2000  # 2,400 asked for, 8 threads at once: the rate, not one more
-    # Another process (settings of its own: counts taken ahead of its own) shares the cache's count.
-    with configured(THROTTLE={"operations": "2000/3600s", "THROTTLE_TIMEOUT": 1}):
-        second_process = sum(counters.take("operations", rate, "actor:shared")[0] <= rate.limit for _ in range(50))
-    assert held == 0 and second_process == 0
-
-
-def test_a_process_holding_unused_counts_refuses_the_others_early_by_its_share_at_most():
-    rate = counters.parse_rate("2000/3600s")  # a share of 10
-    clear_of_window_edge(3600, 5)
-    with configured(THROTTLE={"operations": "2000/3600s"}):
-        for _ in range(21):
-            counters.take("operations", rate, "actor:split")
-        held = sum(h.unused for h in counters.conf.derived("throttle_ahead", dict).values())
-    assert 0 < held <= 10
-    with configured(THROTTLE={"operations": "2000/3600s", "THROTTLE_TIMEOUT": 1}):
-        other = sum(counters.take("operations", rate, "actor:split")[0] <= rate.limit for _ in range(2100))
-    assert other == 2000 - 21 - held
-
-
-def test_a_rate_under_its_share_is_counted_exactly_at_every_request():
-    rate = counters.parse_rate("199/3600s")
-    clear_of_window_edge(3600, 5)
-    patched, amounts = counting_additions()
-    with configured(THROTTLE={"operations": "199/3600s"}), patched:
-        positions = [counters.take("operations", rate, "actor:exact")[0] for _ in range(201)]
-    assert amounts == [1] * 201 and positions == list(range(1, 202))
-
-
-def test_an_actor_seen_once_takes_nothing_ahead():
-    rate = counters.parse_rate("100000/60s")
-    patched, amounts = counting_additions()
-    with configured(THROTTLE={"operations": "100000/60s"}), patched:
-        for n in range(50):
-            assert counters.take("operations", rate, f"address:10.0.0.{n}")[0] == 1
-    assert amounts == [1] * 50
-
-
 def held_ahead():
     return counters.conf.derived("throttle_ahead", dict)
 
 
+def let_through(rate, value, requests):
+    """How many of ``requests`` requests for ``value`` the ``operations`` rate lets through."""
+    return sum(counters.take("operations", rate, value)[0] <= rate.limit for _ in range(requests))
+
+
 def used_up(rate, value, requests):
     """Requests let through of ``requests`` for ``value``, then of those needed to use up what is held."""
-    allowed = sum(counters.take("operations", rate, value)[0] <= rate.limit for _ in range(requests))
+    allowed = let_through(rate, value, requests)
     for held in list(held_ahead().values()):
         while held.unused:
             allowed += counters.take("operations", rate, value)[0] <= rate.limit
@@ -469,13 +398,89 @@ def at_once(rate, value, requests):
     return positions
 
 
+def test_a_busy_actor_is_counted_ahead_never_past_the_rate():
+    rate = counters.parse_rate("1000/3600s")  # each process takes at most 1000 // 200 = 5 ahead
+    clear_of_window_edge(3600, 5)
+    patched, amounts = counting_additions()
+    with configured(THROTTLE={"operations": "1000/3600s"}), patched:
+        positions = [counters.take("operations", rate, "actor:busy")[0] for _ in range(1000)]
+        calls = len(amounts)
+        positions += [counters.take("operations", rate, "actor:busy")[0] for _ in range(100)]
+        stored = counters.count("operations", rate, "actor:busy")[0]
+    # Exactly the rate: nothing let past it, nothing refused early, each request its own count.
+    assert positions[:1000] == list(range(1, 1001)) and all(p > rate.limit for p in positions[1000:])
+    # 1, then 1 + 1, 1 + 2, 1 + 4, then 1 + 5 each time: one cache call in six requests.
+    assert amounts[:5] == [1, 2, 3, 5, 6] and set(amounts[5:]) == {6}
+    assert calls <= 5 + 1000 / 6
+    assert stored >= 1100
+
+
+def test_counts_taken_ahead_are_shared_by_every_process_and_by_threads():
+    import threading
+
+    rate = counters.parse_rate("2000/3600s")
+    clear_of_window_edge(3600, 5)
+    allowed = []
+    lock = threading.Lock()
+
+    def requests(n):
+        mine = let_through(rate, "actor:shared", n)
+        with lock:
+            allowed.append(mine)
+
+    with configured(THROTTLE={"operations": "2000/3600s"}):
+        threads = [threading.Thread(target=requests, args=(300,)) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        first_process = sum(allowed)
+        held = sum(h.unused for h in held_ahead().values())
+    assert first_process == 2000  # 2,400 asked for, 8 threads at once: the rate, not one more
+    # Another process (settings of its own: counts taken ahead of its own) shares the cache's count.
+    with configured(THROTTLE={"operations": "2000/3600s", "THROTTLE_TIMEOUT": 1}):
+        second_process = let_through(rate, "actor:shared", 50)
+    assert held == 0 and second_process == 0
+
+
+def test_a_process_holding_unused_counts_refuses_the_others_early_by_its_share_at_most():
+    rate = counters.parse_rate("2000/3600s")  # a share of 10
+    clear_of_window_edge(3600, 5)
+    with configured(THROTTLE={"operations": "2000/3600s"}):
+        for _ in range(21):
+            counters.take("operations", rate, "actor:split")
+        held = sum(h.unused for h in held_ahead().values())
+    assert 0 < held <= 10
+    with configured(THROTTLE={"operations": "2000/3600s", "THROTTLE_TIMEOUT": 1}):
+        other = let_through(rate, "actor:split", 2100)
+    assert other == 2000 - 21 - held
+
+
+def test_a_rate_under_its_share_is_counted_exactly_at_every_request():
+    rate = counters.parse_rate("199/3600s")
+    clear_of_window_edge(3600, 5)
+    patched, amounts = counting_additions()
+    with configured(THROTTLE={"operations": "199/3600s"}), patched:
+        positions = [counters.take("operations", rate, "actor:exact")[0] for _ in range(201)]
+    assert amounts == [1] * 201 and positions == list(range(1, 202))
+
+
+def test_an_actor_seen_once_takes_nothing_ahead():
+    rate = counters.parse_rate("100000/60s")
+    patched, amounts = counting_additions()
+    with configured(THROTTLE={"operations": "100000/60s"}), patched:
+        for n in range(50):
+            assert counters.take("operations", rate, f"address:10.0.0.{n}")[0] == 1
+    assert amounts == [1] * 50
+
+
 def test_requests_adding_at_once_near_the_rate_are_all_let_through_up_to_it():
     rate = counters.parse_rate("200/3600s")  # a share of 1
     clear_of_window_edge(3600, 5)
     with configured(THROTTLE={"operations": "200/3600s"}):
         allowed = used_up(rate, "actor:near", 197)
         allowed += sum(p <= 200 for p in at_once(rate, "actor:near", 2))
-        allowed += sum(counters.take("operations", rate, "actor:near")[0] <= 200 for _ in range(5))
+        allowed += let_through(rate, "actor:near", 5)
     assert allowed == 200  # one process alone is never refused early
 
 
@@ -517,7 +522,7 @@ def test_a_count_lost_by_the_cache_lets_through_at_most_the_share_more():
         for _ in range(100):
             counters.take("operations", rate, "actor:lost")
         caches["default"].clear()  # a flush, an eviction, a failover to an empty replica
-        after = sum(counters.take("operations", rate, "actor:lost")[0] <= rate.limit for _ in range(2100))
+        after = let_through(rate, "actor:lost", 2100)
     assert rate.limit <= after <= rate.limit + 10
 
 
@@ -530,5 +535,5 @@ def test_requests_adding_at_once_hold_no_more_than_the_share_and_lose_nothing():
         allowed += sum(p <= rate.limit for p in positions)
         assert sum(held.unused for held in held_ahead().values()) <= 10
         assert sorted(positions) == sorted(set(positions))  # each request its own count
-        allowed += sum(counters.take("operations", rate, "actor:eight")[0] <= rate.limit for _ in range(2000))
+        allowed += let_through(rate, "actor:eight", 2000)
     assert allowed == rate.limit
