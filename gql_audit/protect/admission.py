@@ -139,10 +139,10 @@ def _admit(
         entry = found.entries[0]
         analyses = [(entry, known.analysis, entry.query)]
         substitutes: list[str | None] = [None]
-        ctx.costs.update(known.costs)
         _name_operation(ctx, known.analysis, known.analysis.operation(entry.operation_name))
-        if ctx.operation is not None and known.costs:
-            ctx.cost = ctx.costs.get((ctx.operation["hash"], ctx.operation["name"]))
+        if known.costs:
+            ctx.costs.update(known.costs)
+            _cost_of_operation(ctx)
     else:
         analyses = []
         substitutes = []
@@ -265,9 +265,14 @@ def _costs(
             ctx.costs[(analysis.sha256, name)] = value
         worst.append(found.worst)
         sized = sized or bool(found.sized_by)
+    _cost_of_operation(ctx)
+    return worst, sized
+
+
+def _cost_of_operation(ctx: context.RequestContext) -> None:
+    """The estimated cost of the operation the request runs, on its records."""
     if ctx.operation is not None:
         ctx.cost = ctx.costs.get((ctx.operation["hash"], ctx.operation["name"]))
-    return worst, sized
 
 
 # --- documents admitted before ------------------------------------------------------------

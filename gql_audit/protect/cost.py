@@ -233,8 +233,8 @@ def estimate(text: str, sha256: str, schema: Any, variables: Any) -> Estimate:
         found = _estimates.get(key)
         if found is not None:
             return found
-    estimated, used = _estimate(text, schema, given)
-    result = Estimate(estimated.operations, estimated.worst, used)
+    result = _estimate(text, schema, given)
+    used = result.sized_by
     _remember(_plans, plan_key, used)
     _remember(_estimates, (*plan_key, tuple(sorted((name, _hashable(given.get(name))) for name in used))), result)
     return result
@@ -245,13 +245,13 @@ def _hashable(value: Any) -> Any:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _estimate(text: str, schema: Any, variables: dict[str, Any]) -> tuple[Estimate, frozenset[str]]:
+def _estimate(text: str, schema: Any, variables: dict[str, Any]) -> Estimate:
     from graphql import value_from_ast_untyped
 
     try:
         document = parse(text, no_location=True)
     except Exception:  # noqa: BLE001 - the limits of the document itself answer it
-        return Estimate({}, 0), frozenset()
+        return Estimate({}, 0)
     fragments = {d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)}
     costs: dict[str | None, int] = {}
     used: set[str] = set()
@@ -282,5 +282,5 @@ def _estimate(text: str, schema: Any, variables: dict[str, Any]) -> tuple[Estima
             worst = _cap(worst + walk.fragment(name, None, False))
             used |= walk.used
     except RecursionError:
-        return Estimate(costs, CAP), frozenset(used)
-    return Estimate(costs, worst), frozenset(used)
+        return Estimate(costs, CAP, frozenset(used))
+    return Estimate(costs, worst, frozenset(used))

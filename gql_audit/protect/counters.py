@@ -156,7 +156,8 @@ def _add(key: str, amount: int, left: int) -> int:
 #: A rate counted with :func:`take` lets a process take up to ``limit // AHEAD_SHARE`` counts
 #: ahead of a value's requests (none when that is 0: rates under this many are counted exactly).
 AHEAD_SHARE = 200
-#: Values with counts taken ahead, per process and settings, at most (past it, all are dropped).
+#: Values with counts taken ahead, per process and settings, at most (past it, room is made:
+#: :func:`_make_room`).
 MAX_AHEAD = 10_000
 
 
