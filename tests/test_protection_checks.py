@@ -64,6 +64,8 @@ def manifests(tmp_path):
         ({"THROTTLE_TIMEOUT": "1s"}, ["gql_audit.E024"]),
         ({"THROTTLE": {"login_username": "20/h", "operations": "600/60s"}, "THROTTLE_TIMEOUT": 0.1}, []),
         ({"THROTTLE": {"login": "5/300s", "login_address": "50/5m", "auth_failures": "30/60s"}}, []),
+        # None is a rate's documented default: that rate is not counted.
+        ({"THROTTLE": {"login": "5/300s", "login_username": None, "operations": None}}, []),
         ({"THROTTLE": {"login": "5 per minute"}}, ["gql_audit.E022"]),
         ({"THROTTLE": {"login": "0/60s"}}, ["gql_audit.E022"]),
         ({"THROTTLE": {"logins": "5/60s"}}, ["gql_audit.E022"]),

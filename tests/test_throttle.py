@@ -78,6 +78,19 @@ def test_logins_per_username_stop_before_the_password_is_checked(client, users, 
     assert event.operation["name"] == "Login"
 
 
+def test_a_rate_set_to_none_is_not_counted(client, users, password_checks):
+    # None is login_username's documented default; written out, it means the same.
+    with configured(THROTTLE={"login": "2/300s", "login_username": None, "operations": None}):
+        assert counters.rate("login_username") is None and counters.rate("operations") is None
+        for address in ("10.0.0.1", "10.0.0.2", "10.0.0.3"):
+            for _ in range(2):
+                assert login(client, "alice", address=address).json()["errors"][0]["message"] == (
+                    "Please enter valid credentials"
+                )
+            refusal(login(client, "alice", address=address))
+    assert len(password_checks) == 6
+
+
 def test_aliased_logins_in_one_request_all_count(client, users, password_checks):
     aliases = " ".join(f'a{i}: tokenAuth(username: "alice", password: "guess{i}") {{ token }}' for i in range(10))
     with configured(THROTTLE={"login": "5/300s"}):

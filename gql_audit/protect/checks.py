@@ -109,7 +109,8 @@ def _check_throttle(value: dict[str, Any]) -> list[Any]:
         try:
             if key not in THROTTLE_RATES:
                 raise ValueError(f"has an unknown key {key!r} (known: {', '.join(THROTTLE_RATES)})")
-            parse_rate(rate)
+            if rate is not None:  # None: that rate is not counted (its documented default)
+                parse_rate(rate)
         except ValueError as exc:
             errors.append(_protection_error("THROTTLE", f"{key}: {exc}.", "gql_audit.E022"))
     return errors
