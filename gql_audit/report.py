@@ -3,7 +3,7 @@
 The question of GDPR article 15 ("which of my data did you process, who saw it,
 when?") asked of the audit trail. A person is a *subject*: a user, or any model
 instance that stands for a person. ``GQL_AUDIT["SUBJECT_OBJECTS"]`` says which
-objects hold their data; the report lists every read of those objects (from
+objects hold a user's data (any other instance stands for itself); the report lists every read of those objects (from
 either access store) and every change entry django-auditlog holds for them,
 newest first, with who, when, which fields, from where and in which operation.
 
@@ -183,13 +183,15 @@ def _find_object(app_label: str, model_name: str, pk: str) -> Model:
 
 
 def subject_objects(subject: Model) -> list[Model]:
-    """The instances holding ``subject``'s data, as ``SUBJECT_OBJECTS`` says (the subject itself when unset).
+    """The instances holding ``subject``'s data: for a user, what ``SUBJECT_OBJECTS`` says (the
+    user itself when unset); any other instance stands for itself alone (the callable takes
+    a user, and may not be able to tell another model's data).
 
     Raises [`SubjectError`][gql_audit.report.SubjectError] when the setting cannot be imported, the
     callable raises, or it returns anything but model instances.
     """
     setting = conf.SUBJECT_OBJECTS
-    if setting is None:
+    if setting is None or not isinstance(subject, get_user_model()):
         return [subject]
     name = f"{SETTINGS_NAME}['SUBJECT_OBJECTS']"
     try:

@@ -125,11 +125,13 @@ def test_a_subject_named_by_model_and_pk_and_without_subject_objects(gql, demo, 
     by_name = json.loads(report("--subject", "alice"))
     by_pk = json.loads(report("--subject", f"auth.User:{alice.pk}"))
     assert by_pk["entries"] == by_name["entries"]
-    # A profile as the subject: SUBJECT_OBJECTS is given the profile; the example's callable wants a user.
-    settings.GQL_AUDIT = {**settings.GQL_AUDIT, "SUBJECT_OBJECTS": None}
-    only_profile = json.loads(report("--subject", f"example_service.Profile:{alice.profile.pk}"))
-    assert only_profile["objects"] == [f"example_service.Profile:{alice.profile.pk}"]
-    assert {e["request_id"] for e in only_profile["entries"]} == {"alice-me", "alice-phone", ""}
+    # A profile as the subject: it stands for itself. SUBJECT_OBJECTS takes a user (the
+    # example's callable queries by user, and raised when it was given the profile).
+    for setting in (SUBJECTS, None):
+        settings.GQL_AUDIT = {**settings.GQL_AUDIT, "SUBJECT_OBJECTS": setting}
+        only_profile = json.loads(report("--subject", f"example_service.Profile:{alice.profile.pk}"))
+        assert only_profile["objects"] == [f"example_service.Profile:{alice.profile.pk}"]
+        assert {e["request_id"] for e in only_profile["entries"]} == {"alice-me", "alice-phone", ""}
 
 
 def test_since_keeps_the_recent_entries(gql, demo):
