@@ -181,7 +181,7 @@ def _note_retry(exc: Exception, attempt: int, sqlstate: str, parsed: dict[str, s
 
 
 def retry_transaction(
-    fn: Callable[..., T] | None = None,
+    fn: Callable[..., T] | int | None = None,
     *,
     using: str = "default",
     max_attempts: int = 5,
@@ -189,8 +189,12 @@ def retry_transaction(
 ) -> Any:
     """Decorator form of [`run_in_transaction`][gql_audit.db.run_in_transaction].
 
-    ``@retry_transaction`` or ``@retry_transaction(max_attempts=8)``.
+    ``@retry_transaction``, ``@retry_transaction(max_attempts=8)`` or ``@retry_transaction(8)``.
     """
+    if isinstance(fn, int) and not isinstance(fn, bool):  # the attempts, given positionally
+        max_attempts, fn = fn, None
+    if fn is not None and not callable(fn):
+        raise TypeError(f"retry_transaction takes a function or max_attempts, not {type(fn).__name__}")
 
     def decorate(function: Callable[..., T]) -> Callable[..., T]:
         @functools.wraps(function)

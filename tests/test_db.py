@@ -153,10 +153,20 @@ def test_decorator_forms(monkeypatch):
     def once():
         raise FakeError("40001")
 
+    @db.retry_transaction(2)  # the attempts given positionally
+    def twice():
+        seen.append("twice")
+        raise FakeError("40001")
+
     assert plain(21) == 42 and seen == [21, 21]
     with pytest.raises(FakeError):
         once()
-    assert SecurityEvent.objects.filter(kind="db_error", details__exhausted=True).count() == 1
+    with pytest.raises(FakeError):
+        twice()
+    assert seen == [21, 21, "twice", "twice"]
+    assert SecurityEvent.objects.filter(kind="db_error", details__exhausted=True).count() == 2
+    with pytest.raises(TypeError, match="a function or max_attempts"):
+        db.retry_transaction("3")
 
 
 @pytest.mark.django_db(transaction=True)
