@@ -94,6 +94,27 @@ def _is_field_name(name: object) -> bool:
     return isinstance(name, str) and name.count(".") == 1 and all(name.split("."))
 
 
+def _root_field_hint(graphql_schema: Any, name: str) -> str:
+    """What a ``PUBLIC_FIELDS`` entry naming no root field could have meant: its camelCase
+    form, or the root fields its type has."""
+    type_name, field = name.split(".")
+    roots = {
+        root.name: root
+        for root in (graphql_schema.query_type, graphql_schema.mutation_type, graphql_schema.subscription_type)
+        if root is not None
+    }
+    root = roots.get(type_name)
+    if root is None:
+        return f"Root types are named as the schema names them: {', '.join(sorted(roots))}."
+    first, *rest = field.split("_")
+    camel = first + "".join(part[:1].upper() + part[1:] for part in rest)
+    if rest and camel in root.fields:
+        return f"Use GraphQL names (camelCase): {type_name}.{camel}."
+    known = sorted(root.fields)
+    listed = ", ".join(known[:12]) + (f" and {len(known) - 12} more" if len(known) > 12 else "")
+    return f"{type_name}'s fields are: {listed}."
+
+
 def _invalid(key: str, problem: str) -> Error:
     return Error(f"{SETTINGS_NAME}[{key!r}] {problem}", hint="See docs/settings.md.", id="gql_audit.E002")
 
@@ -482,7 +503,7 @@ def check_schema(app_configs: Any = None, **kwargs: Any) -> list[Any]:
         Warning(
             f"{SETTINGS_NAME}['PUBLIC_FIELDS'] names {name!r}, which is not a root field of "
             f"{schema_path!r}; it stays private.",
-            hint="Use GraphQL names (camelCase), e.g. 'Query.serviceStatus'.",
+            hint=_root_field_hint(graphql_schema, name),
             id="gql_audit.W002",
         )
         for name in rules.unknown_public

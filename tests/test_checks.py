@@ -69,6 +69,23 @@ def test_settings_checks(settings, gql_audit, expected):
     assert ids() == expected
 
 
+@pytest.mark.parametrize(
+    ("entry", "hint"),
+    [
+        ("Query.service_status", "Use GraphQL names (camelCase): Query.serviceStatus."),
+        ("Mutation.token_auth", "Use GraphQL names (camelCase): Mutation.tokenAuth."),
+        ("Query.health", "Query's fields are: "),
+        ("Queries.serviceStatus", "Root types are named as the schema names them: Mutation, Query."),
+    ],
+)
+def test_a_public_field_naming_no_root_field_is_given_what_it_could_mean(settings, entry, hint):
+    settings.GQL_AUDIT = {"PUBLIC_FIELDS": [entry]}
+    (warning,) = [m for m in checks.run_checks() if m.id == "gql_audit.W002"]
+    assert repr(entry) in warning.msg and warning.hint.startswith(hint)
+    if entry == "Query.health":
+        assert "serviceStatus" in warning.hint and entry.split(".")[1] not in warning.hint
+
+
 def test_unknown_key_message_names_the_key(settings):
     settings.GQL_AUDIT = {"PUBLIC_FIELD": []}
     (error,) = [m for m in checks.run_checks() if m.id == "gql_audit.E001"]
