@@ -487,11 +487,21 @@ def _mutations_atomic(settings: Any) -> bool:
 def check_schema(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     """Check the configured schema against the visibility rules."""
     schema_path = (getattr(_settings(), "GRAPHENE", None) or {}).get("SCHEMA")
+    if schema_path is None:
+        return []  # the schema is given to the view itself
     try:
         schema: Any = import_string(schema_path) if isinstance(schema_path, str) else schema_path
         graphql_schema = schema.graphql_schema
-    except Exception:  # noqa: BLE001 - graphene-django reports a bad SCHEMA itself
-        return []
+    except Exception as exc:  # noqa: BLE001 - the service's own module: any error it raises
+        # graphene-django itself only fails at the first request, with a 500.
+        problem = f"{type(exc).__name__}: {exc}"[:300]
+        return [
+            Error(
+                f"GRAPHENE['SCHEMA'] = {schema_path!r} cannot be loaded ({problem}).",
+                hint="Name a graphene Schema by its import path, e.g. 'myservice.schema.schema'.",
+                id="gql_audit.E011",
+            )
+        ]
     from gql_audit.visibility import build_rules
 
     raw = conf.user_settings().get("PUBLIC_FIELDS", ())

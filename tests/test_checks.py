@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 from django.core import checks
 
@@ -144,6 +148,23 @@ def test_auditlog_not_installed(settings):
     assert "gql_audit.E008" in ids()
 
 
+def test_a_project_started_without_auditlog_is_told_so(tmp_path):
+    # Django imports the admin modules while it starts, before any check runs.
+    (tmp_path / "no_auditlog_settings.py").write_text(
+        "SECRET_KEY = 'x' * 50\n"
+        "INSTALLED_APPS = ['django.contrib.admin', 'django.contrib.auth', 'django.contrib.contenttypes',\n"
+        "                  'django.contrib.sessions', 'django.contrib.messages', 'graphene_django', 'gql_audit']\n"
+        "DATABASES = {'default': {'ENGINE': 'django.db.backends.sqlite3', 'NAME': ':memory:'}}\n"
+    )
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "no_auditlog_settings", "PYTHONPATH": str(tmp_path)}
+    started = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup()"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert started.returncode == 1
+    last = started.stderr.strip().splitlines()[-1]
+    assert last.startswith("django.core.exceptions.ImproperlyConfigured: gql_audit.E008: 'auditlog' is not in")
+
+
 def test_no_model_registered_with_auditlog_is_a_warning(monkeypatch):
     from auditlog.registry import auditlog
 
@@ -152,6 +173,14 @@ def test_no_model_registered_with_auditlog_is_a_warning(monkeypatch):
     assert ids() == ["gql_audit.W005"]
     (warning,) = [m for m in checks.run_checks() if m.id == "gql_audit.W005"]
     assert "auditlog.register" in warning.hint
+
+
+@pytest.mark.parametrize("schema", ["example_service.schemaa.schema", "example_service.schema.nothing", "builtins.len"])
+def test_a_schema_that_cannot_be_loaded_is_an_error(settings, schema):
+    settings.GRAPHENE = {**settings.GRAPHENE, "SCHEMA": schema}
+    assert ids() == ["gql_audit.E011"]
+    (error,) = [m for m in checks.run_checks() if m.id == "gql_audit.E011"]
+    assert repr(schema) in error.msg
 
 
 def test_graphene_django_not_installed(settings):

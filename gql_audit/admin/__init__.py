@@ -23,7 +23,18 @@ One module a job:
 
 from __future__ import annotations
 
-from gql_audit.admin.base import CappedPaginator
+from django.apps import apps
+from django.core.exceptions import ImproperlyConfigured
+
+if not apps.is_installed("auditlog"):
+    # Imported by the admin's autodiscovery while Django starts, before any system
+    # check runs: said here in E008's words rather than as auditlog's own error.
+    raise ImproperlyConfigured(
+        "gql_audit.E008: 'auditlog' is not in INSTALLED_APPS; gql_audit writes and shows "
+        "django-auditlog entries. Add 'auditlog' to INSTALLED_APPS (see docs/installation.md)."
+    )
+
+from gql_audit.admin.base import CappedPaginator  # noqa: E402 - after the check above
 from gql_audit.admin.display import trail_url
 from gql_audit.admin.entries import LogEntryAdmin, replace_auditlogs_admin
 from gql_audit.admin.events import SecurityEventAdmin
