@@ -284,6 +284,19 @@ def test_the_cost_of_an_operation_follows_the_cost_specification():
     assert estimated("{ documents { owner { username } } }", costs=costs) == 5 * (3 + 7)
 
 
+@pytest.mark.parametrize("limits", [{"max_depth": 10}, {"max_depth": 10, "mode": "observe"}])
+def test_the_cost_is_on_the_records_without_max_cost(client, users, limits):
+    token = make_token("alice")
+    cheap = "query Cheap { documentsConnection(first: 2) { edges { node { title } } } }"
+    sized = "query Sized($n: Int) { documentsConnection(first: $n) { edges { node { title } } } }"
+    with configured(QUERY_LIMITS=limits):
+        for n in range(2):  # the second time from the kept verdict
+            assert post_graphql(client, cheap, token=token, headers={"X-Request-ID": f"cost-{n}"}).status_code == 200
+        post_graphql(client, sized, variables={"n": 1}, token=token, headers={"X-Request-ID": "cost-sized"})
+    assert [RequestReads.objects.get(request_id=f"cost-{n}").context["cost"] for n in range(2)] == [5, 5]
+    assert RequestReads.objects.get(request_id="cost-sized").context["cost"] == 3
+
+
 def test_max_cost_refuses_and_the_cost_is_on_the_records(client, users):
     token = make_token("alice")
     cheap = "query Cheap { documentsConnection(first: 2) { edges { node { title } } } }"

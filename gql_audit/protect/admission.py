@@ -162,9 +162,8 @@ def _admit(
         keep = key is not None and len(analyses) == 1 and substitutes == [None]
         keep = keep and (not protections.persisted or analyses[0][1].sha256 in manifest())
         if configured:
-            costs, sized = (
-                _costs(ctx, schema, analyses) if "max_cost" in configured and schema is not None else ([], False)
-            )
+            # Every operation's cost is on its records whenever QUERY_LIMITS is set, max_cost or not.
+            costs, sized = _costs(ctx, schema, analyses) if schema is not None else ([], False)
             refusal, over = limits.measure_documents([a for _, a, _ in analyses], costs, configured, enforced)
             if refusal is not None:
                 return refusal, size
@@ -199,7 +198,7 @@ def admit_execution(ctx: context.RequestContext, document: str, variables: Any, 
         analysis, text = measured
         configured = protections.limits or {}
         if configured:
-            costs = _costs(ctx, schema, [(entry, analysis, text)])[0] if "max_cost" in configured else []
+            costs = _costs(ctx, schema, [(entry, analysis, text)])[0]
             refusal = limits.check_documents([analysis], costs, configured, protections.limits_enforced)
         if refusal is None and protections.throttle:
             attempted = [(op, variables) for op in analysis.operations if op.type == "mutation"]
