@@ -134,6 +134,20 @@ def test_a_subject_named_by_model_and_pk_and_without_subject_objects(gql, demo, 
         assert {e["request_id"] for e in only_profile["entries"]} == {"alice-me", "alice-phone", ""}
 
 
+def test_an_empty_report_of_a_user_without_subject_objects_says_why(demo, settings):
+    settings.GQL_AUDIT = {**settings.GQL_AUDIT, "SUBJECT_OBJECTS": None}
+    LogEntry.objects.all().delete()  # the user's creation: a service not registering its user model has none
+    out, err = io.StringIO(), io.StringIO()
+    call_command("gql_audit_report", "--subject", "alice", "--format", "csv", stdout=out, stderr=err)
+    assert out.getvalue().count("\n") == 1  # the header alone
+    assert "SUBJECT_OBJECTS" in err.getvalue() and "auth.User:" in err.getvalue()
+    # With the setting, or entries to show, nothing is said.
+    settings.GQL_AUDIT = {**settings.GQL_AUDIT, "SUBJECT_OBJECTS": SUBJECTS}
+    err = io.StringIO()
+    call_command("gql_audit_report", "--subject", "alice", stdout=io.StringIO(), stderr=err)
+    assert err.getvalue() == ""
+
+
 def test_since_keeps_the_recent_entries(gql, demo):
     from gql_audit.models import ReadObject, RequestReads
 

@@ -6,9 +6,11 @@ import io
 import json
 from typing import Any
 
+from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError, connections
 
+from gql_audit.conf import SETTINGS_NAME, conf
 from gql_audit.management.commands.gql_audit_purge import parse_age
 from gql_audit.report import SubjectError, subject_report, write_csv
 
@@ -43,3 +45,10 @@ class Command(BaseCommand):
             self.stdout.write(output.getvalue(), ending="")
         else:
             self.stdout.write(json.dumps(report.as_dict(), indent=2, ensure_ascii=False))
+        user_subject = report.subject.startswith(f"{get_user_model()._meta.label}:")
+        if not report.entries and conf.SUBJECT_OBJECTS is None and user_subject:
+            # Not an error (nothing may have been read), but the usual reason for an empty report.
+            self.stderr.write(
+                f"No reads or changes of {report.subject} were found. {SETTINGS_NAME}['SUBJECT_OBJECTS'] "
+                "is not set, so only the subject's own row was looked for: see docs/subject-report.md."
+            )
