@@ -8,6 +8,7 @@ Each test holds for both access stores.
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
@@ -130,6 +131,52 @@ def test_every_record_is_in_the_outbox_and_ships_as_valid_ocsf(client, users, dj
     assert admin["actor"]["user"]["name"] == "root"
     [bad_request] = by_request["mix-400"]
     assert bad_request["class_uid"] == 6008
+
+
+@pytest.mark.parametrize("export_format", ["ocsf", "json"])
+def test_signed_checkpoints_are_exported_with_the_records(client, users, settings, tmp_path, export_format):
+    from gql_audit.evidence import note
+    from gql_audit.models import Checkpoint
+    from tests.test_checkpoints import ORIGIN, configure, write_key
+
+    keys = write_key(tmp_path, "log")
+    anchor_dir = tmp_path / "anchor"
+    anchor_dir.mkdir()
+    configure(settings, keys, anchor_dir)
+    path = tmp_path / "events.jsonl"
+    settings.GQL_AUDIT = {**settings.GQL_AUDIT, "EXPORT": {"format": export_format, "sinks": [f"file://{path}"]}}
+    post_graphql(client, "{ me { username } }", token=make_token("alice"), headers={"X-Request-ID": "cp-read"})
+    call_command("gql_audit_checkpoint", stdout=io.StringIO())
+    call_command("gql_audit_checkpoint", stdout=io.StringIO())  # a heartbeat: a checkpoint of its own
+    checkpoints = list(Checkpoint.objects.order_by("id"))
+    assert len(checkpoints) == 2
+    # Staged in the checkpoint's own transaction, beside the records.
+    assert {("checkpoint", str(c.pk)) for c in checkpoints} <= {
+        (row.kind, row.record_id) for row in OutboxEvent.objects.all()
+    }
+
+    call_command("gql_audit_ship")
+    shipped = [event for event in lines(path) if '"checkpoint:' in json.dumps(event)]
+    assert len(shipped) == 2
+    public = note.public_key(ORIGIN, keys[2])
+    for event, stored in zip(shipped, checkpoints, strict=True):
+        if export_format == "ocsf":
+            assert problems(event) == [], problems(event)
+            assert event["metadata"]["uid"] == f"checkpoint:{stored.pk}"
+            assert (event["class_uid"], event["activity_id"], event["status_id"]) == (6003, 1, 1)
+            assert event["actor"]["user"]["name"] == "system"
+            [resource] = event["resources"]
+            assert resource["type"] == "checkpoint" and resource["uid"] == str(stored.tree_size)
+            exported = resource["data"]
+        else:
+            assert event["uid"] == f"checkpoint:{stored.pk}" and event["record"] == "checkpoint"
+            exported = event
+        assert (exported["tree_size"], exported["root_hash"]) == (stored.tree_size, stored.root_hash)
+        # What a SIEM receives is the signed note itself: it checks with the public key alone.
+        assert exported["note"] == stored.note
+        text, _ = note.open_note(exported["note"], [public])
+        assert f"\n{stored.tree_size}\n" in text
+    assert not OutboxEvent.objects.exists()
 
 
 def test_hostile_values_travel_as_data(client, users, django_user_model, exporting):

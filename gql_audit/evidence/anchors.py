@@ -8,9 +8,10 @@ on its own; the newest checkpoint kept elsewhere is what shows it is behind
   time, created and never overwritten (mount ``dir`` on write-once storage, e.g. an S3
   bucket with Object Lock in compliance mode, for anchors no one can delete).
 
-Other schemes plug in with :func:`register` (the export sinks register theirs): a
-factory taking the URL and returning an object with ``write(note, size, when)`` and,
-where the place can be read back, ``notes()``.
+Other schemes plug in with :func:`register`: a factory taking the URL and returning
+an object with ``write(note, size, when)`` and, where the place can be read back,
+``notes()``. (The export sinks receive every checkpoint through the outbox instead,
+``EXPORT``, as they receive the records.)
 """
 
 from __future__ import annotations

@@ -9,9 +9,10 @@
 | a refusal (``unauthenticated``, ``forbidden``, ...) | API Activity (6003) | Read or Other, status Failure |
 | ``trail_accessed`` | API Activity (6003) | Read (2), status Success |
 | an error (``graphql_error``, ``db_error``, ``db_retry``, ...) | Application Error (6008) | General Error (1) |
+| a signed checkpoint (``CHECKPOINTS``) | API Activity (6003) | Create (1), the checkpoint as its resource |
 
 ``metadata.uid`` is the record's stable id (``reads:<id>``, ``entry:<id>``,
-``event:<id>``): a consumer drops duplicates on it. ``metadata.correlation_uid`` is
+``event:<id>``, ``checkpoint:<id>``): a consumer drops duplicates on it. ``metadata.correlation_uid`` is
 the request id. What OCSF has no attribute for (the database context, the client
 certificate, the operation's hash, an event's details) is under ``unmapped``.
 A record with no actor names ``anonymous`` (a request without a user) or ``system``
@@ -24,7 +25,7 @@ import datetime
 from typing import Any
 
 from gql_audit.conf import conf
-from gql_audit.export.records import ENTRY, READS
+from gql_audit.export.records import CHECKPOINT, ENTRY, READS
 
 VERSION = "1.7.0"
 
@@ -83,7 +84,18 @@ def event(record: dict[str, Any]) -> dict[str, Any]:
         return _api_activity(record, API_ACTIVITIES["access"], SUCCESS, resources=_objects_read(record))
     if record["record"] == ENTRY:
         return _entry(record)
+    if record["record"] == CHECKPOINT:
+        return _checkpoint(record)
     return _security_event(record)
+
+
+def _checkpoint(record: dict[str, Any]) -> dict[str, Any]:
+    """The checkpointer's signed checkpoint: its note whole, to be checked with the public key."""
+    data = {key: record[key] for key in ("tree_size", "root_hash", "key_id", "note")}
+    resource = {"uid": str(record["tree_size"]), "type": "checkpoint", "name": "gql_audit log", "data": data}
+    found = _api_activity(record, API_ACTIVITIES["create"], SUCCESS, resources=[resource])
+    found["message"] = f"signed checkpoint of {record['tree_size']} records, root {record['root_hash']}"
+    return found
 
 
 def _base(

@@ -20,14 +20,15 @@ from django.db.models import Model, QuerySet
 
 from gql_audit.dbcontext import POSTGRES_VENDORS
 from gql_audit.history import reads_in_row
-from gql_audit.models import RequestReads, SecurityEvent
+from gql_audit.models import Checkpoint, RequestReads, SecurityEvent
 
-#: Record kinds, as ``gql_audit_verify`` names them. Signed checkpoints are not records: they
-#: go to their own anchors (``gql_audit.evidence.anchors``).
+#: Record kinds, as ``gql_audit_verify`` names them, and the signed checkpoints
+#: (``CHECKPOINTS``), exported beside the records they vouch for.
 READS = "reads"
 ENTRY = "entry"
 EVENT = "event"
-KINDS = (READS, ENTRY, EVENT)
+CHECKPOINT = "checkpoint"
+KINDS = (READS, ENTRY, EVENT, CHECKPOINT)
 
 #: Version of the plain layout (``"json"`` format); a change that removes or renames a key bumps it.
 LAYOUT = 1
@@ -94,7 +95,13 @@ def _events(alias: str, ids: list[str]) -> Iterable[dict[str, Any]]:
         yield {"pk": row["id"], "data": event_record(row)}
 
 
-LOADERS = {READS: _reads, ENTRY: _entries, EVENT: _events}
+def _checkpoints(alias: str, ids: list[str]) -> Iterable[dict[str, Any]]:
+    pks = [int(value) for value in ids if value.isdigit()]
+    for row in Checkpoint.objects.using(alias).filter(pk__in=pks):
+        yield {"pk": row.pk, "data": checkpoint_record(row)}
+
+
+LOADERS = {READS: _reads, ENTRY: _entries, EVENT: _events, CHECKPOINT: _checkpoints}
 
 
 def _actor(snapshot: Any, actor_id: Any) -> dict[str, Any] | None:
@@ -210,3 +217,22 @@ def kind_of(instance: Model) -> str:
     if isinstance(instance, SecurityEvent):
         return EVENT
     return ENTRY
+
+
+def checkpoint_record(row: Checkpoint) -> dict[str, Any]:
+    """A signed checkpoint: the log's size and root at its time, and the whole signed note
+    (what ``gql_audit_verify --anchor`` and a consumer check it by, with the public key)."""
+    return {
+        "layout": LAYOUT,
+        "uid": uid(CHECKPOINT, row.pk),
+        "record": CHECKPOINT,
+        "time": when(row.created_at),
+        "request_id": None,
+        "actor": None,
+        "remote_addr": None,
+        "operation": None,
+        "tree_size": row.tree_size,
+        "root_hash": row.root_hash,
+        "key_id": row.key_id,
+        "note": row.note,
+    }

@@ -14,10 +14,20 @@ from django.db import close_old_connections
 from gql_audit.db import run_in_transaction
 from gql_audit.durations import parse_duration
 from gql_audit.evidence import anchors, log, note
+from gql_audit.export import outbox
+from gql_audit.export.records import CHECKPOINT
 from gql_audit.logging import log_payload
 from gql_audit.store import audit_alias
 
 logger = logging.getLogger("gql_audit.evidence")
+
+
+def _append_and_stage(using: str, signer: Any, origin: str, keys: list[note.PublicKey]) -> log.Run:
+    """:func:`gql_audit.evidence.log.append`, and the checkpoint put in the export's outbox
+    (``EXPORT``) in the same transaction: it is shipped to every sink, at least once."""
+    done = log.append(using, signer, origin, keys)
+    outbox.stage(using, {CHECKPOINT: [done.checkpoint.pk]})
+    return done
 
 
 class Command(BaseCommand):
@@ -65,7 +75,7 @@ class Command(BaseCommand):
     def run(self, using: str, signer: Any, settings: log.LogSettings, keys: list[note.PublicKey]) -> bool:
         """One checkpoint: True when nothing went wrong (every seal admitted, every anchor written)."""
         try:
-            done = run_in_transaction(log.append, using, signer, settings.origin, keys, using=using)
+            done = run_in_transaction(_append_and_stage, using, signer, settings.origin, keys, using=using)
         except log.LogError as exc:
             log_payload(logger, logging.ERROR, {"event": "checkpoint_refused", "error": str(exc)})
             raise CommandError(f"no checkpoint written: {exc}") from None
