@@ -217,7 +217,7 @@ def test_a_catch_up_that_fails_half_way_leaves_everything_queued(documents, monk
     assert request_ids(reads_of(documents[0])) == ["r-2", "r-1", "r-0"]
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)  # rows count towards a catch-up once committed
 def test_the_index_catches_up_after_the_response_once_enough_was_written(client, documents, monkeypatch, caplog):
     from tests.conftest import post_graphql
 
@@ -237,6 +237,43 @@ def test_the_index_catches_up_after_the_response_once_enough_was_written(client,
     if SQLITE:
         assert "could not catch up" in caplog.text
         assert ReadIndexQueue.objects.count() == 2
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("in_transaction", [False, True])
+def test_a_rows_objects_count_towards_a_catch_up_only_once_committed(documents, monkeypatch, in_transaction):
+    """Counted before its commit, a row's objects could make another thread's catch-up
+    due while the row is not yet queued: that catch-up uses the count up, finds nothing,
+    and the row waits for the next one."""
+    if not SQLITE:
+        pytest.skip("PostgreSQL's rows index themselves")
+    from django.db import transaction
+
+    from gql_audit.store.backends import reads as reads_store
+
+    seen_at_insert = []
+    real_insert = reads_store.sealing.insert
+
+    def insert(alias, row):
+        real_insert(alias, row)
+        seen_at_insert.append(index._written.get(alias, 0))
+
+    monkeypatch.setattr(reads_store.sealing, "insert", insert)
+    if in_transaction:  # the store's other path: the row written inside a transaction
+        with transaction.atomic():
+            write_reads("r-0", documents)
+            assert index._written.get("default", 0) == 0
+            rolled_back = False
+        with pytest.raises(RuntimeError), transaction.atomic():
+            write_reads("r-gone", documents)
+            rolled_back = True
+            raise RuntimeError
+        assert rolled_back
+    else:
+        write_reads("r-0", documents)
+    assert seen_at_insert[0] == 0
+    # Counted once committed; a row rolled back is not.
+    assert index._written["default"] == len(documents)
 
 
 @pytest.mark.django_db

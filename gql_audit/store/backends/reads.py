@@ -8,9 +8,10 @@ bulk off the request path, the row queued for them by the INSERT's own statement
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
-from django.db import connections
+from django.db import connections, transaction
 from django.utils import timezone
 
 from gql_audit import context
@@ -36,6 +37,7 @@ class ReadsStore(AccessStore):
         row = built(ctx, records, alias, reader)
         if not deferred:
             sealing.insert(alias, row)
+        counted_when_committed(alias, row)
         return ([row] if sealed or outbox.enabled() else []), ([row] if deferred else [])
 
     def save_alone(
@@ -55,17 +57,25 @@ class ReadsStore(AccessStore):
             outbox.insert_together(alias, [row, *exported])
         else:
             sealing.insert(alias, row)
+        counted_when_committed(alias, row)
         return True
 
 
 def built(ctx: context.RequestContext, records: list[Any], alias: str, reader: context.Reader) -> RequestReads:
-    """The request's row, its observers told, its objects counted for the index's catch-up."""
+    """The request's row, its observers told."""
     row = request_reads_row(ctx, records, alias, reader)
     if observers:
         notify("reads", alias, [row])
-    if index.queued(alias):
-        index.wrote(alias, len(row.keys))
     return row
+
+
+def counted_when_committed(alias: str, row: RequestReads) -> None:
+    """The row's objects counted for the index's catch-up once the row is committed (at
+    once in autocommit): counted before, a catch-up another thread of the process runs
+    meanwhile would take the count without finding the row queued, and leave it there
+    until the next catch-up was due."""
+    if index.queued(alias):
+        transaction.on_commit(partial(index.wrote, alias, len(row.keys)), using=alias)
 
 
 def request_reads_row(
