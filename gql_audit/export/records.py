@@ -80,13 +80,7 @@ def _entries(alias: str, ids: list[str]) -> Iterable[dict[str, Any]]:
     from auditlog import get_logentry_model
 
     LogEntry = get_logentry_model()
-    pks = []
-    for value in ids:
-        try:
-            pks.append(LogEntry._meta.pk.to_python(value))
-        except Exception:  # noqa: BLE001 - no entry has a key of another type
-            continue
-    for entry in by_keys(LogEntry.objects.using(alias), pks).select_related("content_type"):
+    for entry in by_keys(LogEntry.objects.using(alias), _keys_of(LogEntry, ids, alias)).select_related("content_type"):
         yield {"pk": entry.pk, "data": entry_record(entry)}
 
 
@@ -96,9 +90,24 @@ def _events(alias: str, ids: list[str]) -> Iterable[dict[str, Any]]:
 
 
 def _checkpoints(alias: str, ids: list[str]) -> Iterable[dict[str, Any]]:
-    pks = [int(value) for value in ids if value.isdigit()]
-    for row in Checkpoint.objects.using(alias).filter(pk__in=pks):
+    for row in by_keys(Checkpoint.objects.using(alias), _keys_of(Checkpoint, ids, alias)):
         yield {"pk": row.pk, "data": checkpoint_record(row)}
+
+
+def _keys_of(model: type[Model], ids: list[str], alias: str) -> list[Any]:
+    """The outbox's record ids that can be keys of ``model`` on ``alias``: of its type, and
+    in its column's range (no row has another key; one out of range would fail the query)."""
+    field = model._meta.pk
+    bounds = connections[alias].ops.integer_field_ranges.get(field.get_internal_type())
+    pks = []
+    for value in ids:
+        try:
+            pk = field.to_python(value)
+        except Exception:  # noqa: BLE001 - not a key of this model: no such record
+            continue
+        if bounds is None or bounds[0] <= pk <= bounds[1]:
+            pks.append(pk)
+    return pks
 
 
 LOADERS = {READS: _reads, ENTRY: _entries, EVENT: _events, CHECKPOINT: _checkpoints}
