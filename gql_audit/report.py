@@ -3,9 +3,10 @@
 The question of GDPR article 15 ("which of my data did you process, who saw it,
 when?") asked of the audit trail. A person is a *subject*: a user, or any model
 instance that stands for a person. ``GQL_AUDIT["SUBJECT_OBJECTS"]`` says which
-objects hold a user's data (any other instance stands for itself); the report lists every read of those objects (from
-either access store) and every change entry django-auditlog holds for them,
-newest first, with who, when, which fields, from where and in which operation.
+objects hold a user's data (any other instance stands for itself); the report
+lists every read of those objects (from either access store) and every change
+entry django-auditlog holds for them, newest first, with who, when, which
+fields, from where and in which operation.
 
 Change entries name the fields that changed, never their old or new values:
 the report says who processed the data, and a value may be a secret the

@@ -12,8 +12,8 @@
 | a signed checkpoint (``CHECKPOINTS``) | API Activity (6003) | Create (1), the checkpoint as its resource |
 
 ``metadata.uid`` is the record's stable id (``reads:<id>``, ``entry:<id>``,
-``event:<id>``, ``checkpoint:<id>``): a consumer drops duplicates on it. ``metadata.correlation_uid`` is
-the request id. What OCSF has no attribute for (the database context, the client
+``event:<id>``, ``checkpoint:<id>``): a consumer drops duplicates on it.
+``metadata.correlation_uid`` is the request id. What OCSF has no attribute for (the database context, the client
 certificate, the operation's hash, an event's details) is under ``unmapped``.
 A record with no actor names ``anonymous`` (a request without a user) or ``system``
 (no request): an authenticated user always has a ``uid``.
